@@ -5,3 +5,33 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory) -> str:
+    """The synthetic TFDS dataset, built once per test session."""
+    from pnoc_jax.data import datasets
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    datasets.prepare("synthetic", data_dir)
+    return data_dir
+
+
+@pytest.fixture
+def tiny_config(synthetic_data_dir):
+    """The quickstart config shrunk to a few seconds of work."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.py")
+    spec = importlib.util.spec_from_file_location("quickstart_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.data.data_dir = synthetic_data_dir
+    config.data.image_size = 32
+    config.train.update(batch_size=8, steps=6, ckpt_every=2, log_every=1, min_size=32, max_size=48)
+    config.infer.update(scales=(1.0, 0.5), batch_size=4)
+    return config

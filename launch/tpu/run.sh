@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run on every worker of a Cloud TPU VM pod slice:
+#   gcloud compute tpus tpu-vm ssh $TPU --zone $ZONE --worker=all \
+#     --command "cd pnoc_jax && bash launch/tpu/run.sh configs/pnoc_voc.py gs://bucket/voc"
+# Needs Python >= 3.11 and `pip install -e ".[tpu]"` on each worker (launch/tpu/setup.sh).
+set -euo pipefail
+config=$1; workdir=$2; shift 2
+export TF_CPP_MIN_LOG_LEVEL=3
+exec python -m pnoc_jax.main --config "$config" --workdir "$workdir" --distributed "$@"

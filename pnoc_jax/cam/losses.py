@@ -1,0 +1,105 @@
+"""Pure loss terms and schedules of the CAM strategies (spec §2–§5). Arrays are NHWC.
+
+Shapes: logits [B, C]; labels [B, C] in [0, 1]; cams [B, h, w, C] raw (pre-ReLU) CAM logits.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def smooth_labels(labels: jax.Array, alpha: float) -> jax.Array:
+    """y <- (1 - alpha) y + alpha / 2 (binary label smoothing; alpha 0.1 gives 0.95 / 0.05)."""
+    return labels * (1.0 - alpha) + 0.5 * alpha
+
+
+def multilabel_soft_margin(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """torch MultiLabelSoftMarginLoss: -(1/C) Σ_c [y log σ(z) + (1-y) log σ(-z)], batch mean."""
+    logits = logits.astype(jnp.float32)
+    per_class = targets * jax.nn.log_sigmoid(logits) + (1.0 - targets) * jax.nn.log_sigmoid(-logits)
+    return -jnp.mean(per_class)
+
+
+def linear_ramp(step: jax.Array, total_steps: int, start: float, end: float, fraction: float):
+    """Reference `linear_schedule`: start -> end linearly over the first `fraction` of training.
+
+    value = start + (end - start) * min(step / (fraction * total), 1), step 0-based.
+    """
+    progress = jnp.minimum(step / jnp.maximum(fraction * total_steps, 1e-8), 1.0)
+    return start + (end - start) * progress
+
+
+# --- Puzzle-CAM (spec §3) ---------------------------------------------------------------------
+
+
+def tile(images: jax.Array) -> jax.Array:
+    """[B, H, W, ...] -> [4B, H/2, W/2, ...]: quadrants TL, TR, BL, BR stacked along batch."""
+    _, h, w = images.shape[:3]
+    hh, hw = h // 2, w // 2
+    quads = [
+        images[:, :hh, :hw],
+        images[:, :hh, hw : 2 * hw],
+        images[:, hh : 2 * hh, :hw],
+        images[:, hh : 2 * hh, hw : 2 * hw],
+    ]
+    return jnp.concatenate(quads, axis=0)
+
+
+def merge(tiles: jax.Array) -> jax.Array:
+    """Inverse of `tile`: [4B, h, w, ...] -> [B, 2h, 2w, ...]."""
+    tl, tr, bl, br = jnp.split(tiles, 4, axis=0)
+    top = jnp.concatenate([tl, tr], axis=2)
+    bottom = jnp.concatenate([bl, br], axis=2)
+    return jnp.concatenate([top, bottom], axis=1)
+
+
+def reconstruction_loss(cams: jax.Array, merged_cams: jax.Array, labels: jax.Array) -> jax.Array:
+    """mean over all B·h·w·C elements of |A - A_re| · y_c, with y the UNSMOOTHED labels."""
+    diff = jnp.abs(cams.astype(jnp.float32) - merged_cams.astype(jnp.float32))
+    return jnp.mean(diff * labels[:, None, None, :])
+
+
+# --- OC-CSE / P-NOC erasing (spec §4, §5) ----------------------------------------------------
+
+
+def sample_erased_class(key: jax.Array, labels: jax.Array) -> jax.Array:
+    """One class per sample, uniformly among its positives (labels > 0.5). [B, C] -> [B] int32.
+
+    A sample without positives gets class 0 and must be masked out by the caller.
+    """
+    logits = jnp.where(labels > 0.5, 0.0, -jnp.inf)
+    logits = jnp.where(jnp.any(labels > 0.5, axis=-1, keepdims=True), logits, 0.0)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
+    """PyTorch `interpolate(bilinear, align_corners=False)`: half-pixel, no antialiasing.
+
+    x: [B, h, w] or [B, h, w, C].
+    """
+    shape = (x.shape[0], height, width, *x.shape[3:])
+    return jax.image.resize(x, shape, method="linear", antialias=False)
+
+
+def class_maps(cams: jax.Array, classes: jax.Array, height: int, width: int) -> jax.Array:
+    """ReLU(A[b, :, :, r_b]) bilinearly upsampled to the image: [B, H, W]."""
+    selected = jnp.take_along_axis(cams, classes[:, None, None, None], axis=-1)[..., 0]
+    return resize_bilinear(jax.nn.relu(selected.astype(jnp.float32)), height, width)
+
+
+def soft_erasing_mask(maps: jax.Array) -> jax.Array:
+    """OC-CSE soft mask 1 - ψ with ψ = maps / (max over the WHOLE BATCH + 1e-5). [B,H,W].
+
+    Gradients flow through the maps and the max, into the generator (no stop_gradient).
+    """
+    return 1.0 - maps / (jnp.max(maps) + 1e-5)
+
+
+def hard_keep_mask(maps: jax.Array, threshold: float) -> jax.Array:
+    """P-NOC hard mask: keep pixels with ψ <= threshold, ψ = maps / (per-sample max + 1e-5)."""
+    psi = maps / (jnp.max(maps, axis=(1, 2), keepdims=True) + 1e-5)
+    return (psi <= threshold).astype(maps.dtype)
+
+
+def remove_class(labels: jax.Array, classes: jax.Array) -> jax.Array:
+    """y ∖ {r}: zero the erased class in each sample's (unsmoothed) labels."""
+    return labels * (1.0 - jax.nn.one_hot(classes, labels.shape[-1], dtype=labels.dtype))

@@ -1,0 +1,177 @@
+"""Config helpers: big_vision-style `parse_arg`, validation before any compute, fingerprints."""
+
+import hashlib
+import json
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses 'a=1,b=x,flag' into a ConfigDict typed by `defaults` (big_vision semantics).
+
+    A bare name sets a boolean to True. Unknown names raise ValueError listing the known ones.
+    """
+    result = ml_collections.ConfigDict(defaults)
+    if not arg:
+        return result
+    for item in arg.split(","):
+        if not item:
+            continue
+        name, eq, raw = item.partition("=")
+        if name not in defaults:
+            raise ValueError(f"config argument {name!r} unknown; known: {sorted(defaults)}")
+        default = defaults[name]
+        if not eq:
+            value: Any = True
+        elif isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"config argument {name}={raw!r}: expected true or false")
+            value = raw.lower() in ("true", "1")
+        elif default is None:
+            value = raw
+        else:
+            value = type(default)(raw)
+        result[name] = value
+    return result
+
+
+def to_plain(config: ml_collections.ConfigDict | Any) -> Any:
+    """A JSON-able copy of a ConfigDict (tuples become lists)."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return {k: to_plain(v) for k, v in sorted(config.items())}
+    if isinstance(config, list | tuple):
+        return [to_plain(v) for v in config]
+    return config
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of a JSON-able object."""
+    text = json.dumps(to_plain(obj), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def validate(config: ml_collections.ConfigDict, device_count: int, process_count: int = 1) -> None:
+    """Rejects bad values before any data is read or anything is compiled.
+
+    Raises ValueError naming the key, the value and what was expected.
+    """
+    from pnoc_jax import stages  # late import: stages imports the stage modules
+
+    if not config.get("stages"):
+        raise ValueError("config.stages is empty: name at least one stage")
+    for name in config.stages:
+        if name not in stages.STAGES:
+            raise ValueError(
+                f"config.stages: unknown stage {name!r}; known: {sorted(stages.STAGES)}"
+            )
+    for section in ("train", "oc"):
+        if section not in config:
+            continue
+        cfg = config[section]
+        batch = cfg.batch_size
+        if batch <= 0 or batch % device_count:
+            raise ValueError(
+                f"config.{section}.batch_size={batch} must be a positive multiple of the "
+                f"device count ({device_count})"
+            )
+        if batch % (process_count * cfg.get("accumulate_steps", 1)):
+            raise ValueError(
+                f"config.{section}.batch_size={batch} must be divisible by the process count "
+                f"({process_count}) times accumulate_steps"
+            )
+        if cfg.epochs <= 0 and cfg.get("steps", 0) <= 0:
+            raise ValueError(f"config.{section}.epochs={cfg.epochs}: expected > 0")
+        if cfg.lr <= 0:
+            raise ValueError(f"config.{section}.lr={cfg.lr}: expected > 0")
+        if not 0 <= cfg.label_smoothing < 1:
+            raise ValueError(
+                f"config.{section}.label_smoothing={cfg.label_smoothing}: expected in [0, 1)"
+            )
+        if cfg.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"config.{section}.dtype={cfg.dtype!r}: expected float32 or bfloat16")
+        if cfg.strategy not in stages.STRATEGIES:
+            raise ValueError(
+                f"config.{section}.strategy={cfg.strategy!r}; known: {sorted(stages.STRATEGIES)}"
+            )
+    if config.model.output_stride not in (8, 16, 32):
+        raise ValueError(
+            f"config.model.output_stride={config.model.output_stride}: expected 8/16/32"
+        )
+    if config.data.image_size <= 0 or config.data.image_size % 16:
+        raise ValueError(
+            f"config.data.image_size={config.data.image_size}: expected a positive multiple of 16"
+        )
+    if "infer" in config and (not config.infer.scales or any(s <= 0 for s in config.infer.scales)):
+        raise ValueError(f"config.infer.scales={config.infer.scales}: expected positive scales")
+
+
+def train_section(**overrides: Any) -> ml_collections.ConfigDict:
+    """Defaults of one classifier-training section (`config.train` or `config.oc`), spec §2/§14."""
+    section = ml_collections.ConfigDict(
+        {
+            "strategy": "cam",
+            "split": "train",
+            "batch_size": 32,
+            "epochs": 15,
+            "steps": 0,  # > 0 overrides epochs
+            "lr": 0.1,
+            "momentum": 0.0,
+            "nesterov": False,
+            "weight_decay": 1e-4,
+            "poly_power": 0.9,
+            "lr_mult": (1.0, 2.0, 10.0, 20.0),  # backbone weight/bias, new-layer weight/bias
+            "label_smoothing": 0.0,
+            "accumulate_steps": 1,
+            "dtype": "float32",
+            "augment": "",  # comma set of colorjitter, randaugment
+            "min_size": 320,  # random resize: longer side in [min_size, max_size]
+            "max_size": 640,
+            "log_every": 50,
+            "ckpt_every": 500,
+            # Strategy parameters (cam/strategies.StrategyConfig fields), e.g. noc_threshold.
+            "strategy_args": ml_collections.ConfigDict(),
+            "oc_checkpoint": "",  # ordinary classifier checkpoint dir; "" = this workdir's train_oc
+            "noc_lr_mult": 1.0,
+        }
+    )
+    section.update(overrides)
+    return section
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key the stages read, with the reference defaults. Config files override these."""
+    config = ml_collections.ConfigDict()
+    config.stages = ("train_cam", "infer_cam", "eval_cam")
+    config.seed = 0
+    config.data = ml_collections.ConfigDict(
+        {
+            "name": "voc2012",
+            "data_dir": "~/tensorflow_datasets",  # where TFDS datasets are built
+            "manual_dir": "",  # user-supplied raw data (VOCdevkit)
+            "image_size": 512,  # training crop
+        }
+    )
+    config.model = ml_collections.ConfigDict(
+        {
+            "backbone": "resnet101",
+            "output_stride": 16,
+            "frozen_bn": False,
+            "pretrained": "",  # .npz from `python -m pnoc_jax.models.convert`
+        }
+    )
+    config.oc = train_section(strategy="cam", augment="randaugment", label_smoothing=0.1)
+    config.train = train_section()
+    config.infer = ml_collections.ConfigDict(
+        {
+            "splits": ("train",),
+            "scales": (0.5, 1.0, 1.5, 2.0),
+            "batch_size": 4,  # images per forward pass (x2 with flips)
+            "max_image_size": 500,  # canvas side at scale 1; larger images are rejected
+            "checkpoint_stage": "train_cam",
+        }
+    )
+    config.eval = ml_collections.ConfigDict(
+        {"split": "train", "thresholds": tuple(round(0.05 * i, 2) for i in range(1, 17))}
+    )
+    return config

@@ -1,0 +1,66 @@
+"""Process and device set-up: one 1-D ("data",) mesh; parameters replicated, batches sharded.
+
+Everything that places arrays on devices goes through this module, so the sharding rules
+live in one place.
+"""
+
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize(force: bool = False) -> None:
+    """Calls `jax.distributed.initialize()` on Cloud TPU pods and under SLURM `srun` (or if forced).
+
+    Must run before any device access.
+    """
+    on_slurm = "SLURM_JOB_ID" in os.environ and "SLURM_STEP_NODELIST" in os.environ
+    on_tpu_pod = (
+        "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+    )
+    if force or on_slurm or on_tpu_pod:
+        jax.distributed.initialize()
+        logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D data-parallel mesh over `devices` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Turns this process's slice of a batch into global arrays sharded along the batch axis."""
+    sharding = data_sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def is_chief() -> bool:
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def allgather(x: np.ndarray) -> np.ndarray:
+    """Stacks a host array from every process along a new leading axis."""
+    if jax.process_count() == 1:
+        return np.asarray(x)[None]
+    return np.asarray(multihost_utils.process_allgather(x, tiled=False))

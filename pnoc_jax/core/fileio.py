@@ -1,0 +1,68 @@
+"""Atomic artifact writing: every file appears whole or not at all (temp file + rename)."""
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_npy_dict(path: str, record: dict[str, np.ndarray]) -> None:
+    """Saves a dict of arrays as a pickled 0-d object array (the official `.npy` CAM format)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(record, dtype=object), allow_pickle=True)
+    write_bytes(path, buffer.getvalue())
+
+
+def read_npy_dict(path: str) -> dict[str, np.ndarray]:
+    try:
+        return np.load(path, allow_pickle=True).item()
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable CAM file (pickled dict .npy): {e}") from e
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, tuple | set):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,153 @@
+"""The one training loop: alternates any number of jitted updates over named train states.
+
+A strategy supplies `Update`s; the loop owns everything else: resume, periodic and
+preemption checkpoints, the NaN guard, metric averaging and writing, and the progress bar.
+"""
+
+import dataclasses
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metrics as clu_metrics
+from tqdm import tqdm
+
+from pnoc_jax.core import distributed
+from pnoc_jax.core.checkpoint import Checkpointer
+from pnoc_jax.core.train_state import TrainState
+from pnoc_jax.core.writers import MetricWriter
+
+# update(state, others, batch, carry, step) -> (state, metrics, carry)
+UpdateFn = Callable[[TrainState, dict, dict, dict, jax.Array], tuple[TrainState, dict, dict]]
+
+
+class Preempted(Exception):
+    """Raised after a SIGTERM once the current step's checkpoint is committed."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """Raised when a metric becomes NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """One jitted update of the state `name`, run when (step + 1) % every == 0.
+
+    `fn` receives its own state (donated), the other states read-only, the batch, the carry
+    produced by the updates before it in the same step, and the step number.
+    """
+
+    name: str
+    fn: UpdateFn
+    every: int = 1
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag checked between steps (main thread only)."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: checkpointing and exiting after this step")
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _average(metrics: list[dict[str, jax.Array]]) -> dict[str, clu_metrics.Average]:
+    """Merges per-step scalars into clu Averages (on device, no host sync)."""
+    merged: dict[str, clu_metrics.Average] = {}
+    for m in metrics:
+        for k, v in m.items():
+            avg = clu_metrics.Average.from_model_output(jnp.asarray(v, jnp.float32))
+            merged[k] = merged[k].merge(avg) if k in merged else avg
+    return merged
+
+
+def train_loop(
+    *,
+    states: dict[str, TrainState],
+    updates: list[Update],
+    batches: Iterator[dict[str, jax.Array]],
+    start_step: int,
+    total_steps: int,
+    checkpointer: Checkpointer,
+    writer: MetricWriter,
+    log_every: int,
+    description: str = "train",
+    on_step: Callable[[int], Any] | None = None,
+) -> dict[str, TrainState]:
+    """Runs steps `start_step .. total_steps-1`; returns the final states.
+
+    Checkpoints are saved by the checkpointer's policy and always at the end. Each saved
+    checkpoint is preceded by a finiteness check of every metric since the previous check, so
+    a saved checkpoint is never NaN. `on_step(step)` is a test hook called after each step.
+    """
+    states = dict(states)
+    pending: list[dict[str, jax.Array]] = []
+    progress = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc=description,
+        disable=not distributed.is_chief(),
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+    with _SigtermFlag() as sigterm:
+        for step in range(start_step, total_steps):
+            batch = next(batches)
+            carry: dict = {}
+            step_metrics: dict[str, jax.Array] = {}
+            step_arr = jnp.asarray(step, jnp.int32)
+            for update in updates:
+                if (step + 1) % update.every:
+                    continue
+                others = {k: v for k, v in states.items() if k != update.name}
+                states[update.name], m, carry = update.fn(
+                    states[update.name], others, batch, carry, step_arr
+                )
+                step_metrics.update(m)
+            pending.append(step_metrics)
+            done = step + 1
+            progress.update(1)
+            if on_step is not None:
+                on_step(done)
+            is_last = done == total_steps
+            preempted = sigterm.raised or checkpointer.manager.reached_preemption(done)
+            wants_save = is_last or preempted or checkpointer.manager.should_save(done)
+            if done % log_every == 0 or wants_save:
+                scalars = {k: float(v.compute()) for k, v in _average(pending).items()}
+                pending = []
+                bad = [k for k, v in scalars.items() if not np.isfinite(v)]
+                if bad:
+                    checkpointer.wait()
+                    raise NonFiniteLoss(
+                        f"{description}: non-finite {', '.join(bad)} at step {done}; stopping. "
+                        f"The last good checkpoint (step {checkpointer.latest_step()}) is kept."
+                    )
+                writer.write(done, {f"train/{k}": v for k, v in scalars.items()})
+                progress.set_postfix({k: f"{v:.3f}" for k, v in list(scalars.items())[:3]})
+            if wants_save:
+                checkpointer.save(done, states, force=is_last or preempted)
+            if preempted and not is_last:
+                checkpointer.wait()
+                progress.close()
+                raise Preempted(f"{description}: preempted; checkpoint saved at step {done}")
+    progress.close()
+    checkpointer.wait()
+    writer.flush()
+    return states

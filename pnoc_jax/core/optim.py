@@ -1,0 +1,87 @@
+"""SGD with the poly schedule and the parameter groups of the reference code (spec §2).
+
+Groups, by parameter path:
+  backbone_weight  backbone kernels and BN scales      lr x1   weight decay
+  backbone_bias    backbone biases and BN offsets      lr x2   no weight decay
+  head_weight      new layers' kernels (CAM head, ...)  lr x10  weight decay
+  head_bias        new layers' biases                   lr x20  no weight decay
+  frozen           parameters that must not move        (updates set to zero)
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import optax
+
+GROUPS = ("backbone_weight", "backbone_bias", "head_weight", "head_bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float
+    total_steps: int  # optimizer steps (after gradient accumulation)
+    weight_decay: float = 1e-4
+    momentum: float = 0.0
+    nesterov: bool = False
+    poly_power: float = 0.9
+    lr_mult: tuple[float, float, float, float] = (1.0, 2.0, 10.0, 20.0)  # in GROUPS order
+    accumulate_steps: int = 1
+    # Path fragments (joined with "/") whose parameters are frozen, e.g. "bn" for FixedBatchNorm.
+    frozen: Sequence[str] = ()
+
+
+def poly_schedule(lr: float, total_steps: int, power: float = 0.9) -> optax.Schedule:
+    """lr * (1 - t/T)^power, the "poly" decay of the reference code."""
+    return optax.polynomial_schedule(
+        init_value=lr, end_value=0.0, power=power, transition_steps=max(total_steps, 1)
+    )
+
+
+def _path_str(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def param_group(path: str, frozen: Sequence[str] = ()) -> str:
+    """Maps a parameter path like 'backbone/layer1_0/bn1/scale' to its group name."""
+    parts = path.split("/")
+    if any(fragment in part for fragment in frozen for part in parts):
+        return "frozen"
+    is_weight = parts[-1] in ("kernel", "scale", "embedding")
+    prefix = "backbone" if parts[0] == "backbone" else "head"
+    return f"{prefix}_{'weight' if is_weight else 'bias'}"
+
+
+def param_labels(params, frozen: Sequence[str] = ()):
+    """A pytree like `params` holding each leaf's group name."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: param_group(_path_str(path), frozen), params
+    )
+
+
+def make_optimizer(cfg: OptimizerConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Returns (transformation, base schedule). Weight decay is added to the gradient (torch SGD).
+
+    With `accumulate_steps` > 1 the gradients of consecutive micro-batches are AVERAGED
+    (optax.MultiSteps); the reference code sums them, which equals averaging at
+    `accumulate_steps` times the learning rate (spec §2, "Batch & gradient accumulation").
+    """
+    schedule = poly_schedule(cfg.lr, cfg.total_steps, cfg.poly_power)
+
+    def group(mult: float, decay: bool) -> optax.GradientTransformation:
+        scaled: Callable = lambda step: mult * schedule(step)
+        parts = []
+        if decay and cfg.weight_decay:
+            parts.append(optax.add_decayed_weights(cfg.weight_decay))
+        parts.append(optax.sgd(scaled, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+        return optax.chain(*parts)
+
+    transforms = {
+        name: group(mult, decay=name.endswith("weight"))
+        for name, mult in zip(GROUPS, cfg.lr_mult, strict=True)
+    }
+    transforms["frozen"] = optax.set_to_zero()
+    tx = optax.multi_transform(transforms, lambda params: param_labels(params, cfg.frozen))
+    if cfg.accumulate_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate_steps, use_grad_mean=True)
+    return tx, schedule

@@ -1,0 +1,73 @@
+"""grain pipelines over TFDS data sources.
+
+The training pipeline is a random-access `MapDataset` of batches: batch s is a pure function
+of (seed, s). Resuming at step s therefore replays exactly the data an uninterrupted run sees,
+with no iterator state to checkpoint.
+"""
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import grain
+import ml_collections
+import numpy as np
+
+from pnoc_jax.data import datasets
+
+Transform = Callable[[dict, np.random.Generator], dict]
+
+
+def open_split(config: ml_collections.ConfigDict, split: str) -> Sequence[dict]:
+    """This process's share of `split` of the configured dataset (built on first use)."""
+    return datasets.load_split(
+        config.data.name,
+        split,
+        os.path.expanduser(config.data.data_dir),
+        os.path.expanduser(config.data.manual_dir) if config.data.manual_dir else None,
+        shard_by_process=True,
+    )
+
+
+def train_batches(
+    source: Sequence[dict],
+    transform: Transform,
+    batch_size: int,
+    seed: int,
+    keys: tuple[str, ...] = ("image", "labels"),
+) -> grain.MapDataset:
+    """Shuffled (reshuffled every epoch), repeated, augmented and batched examples.
+
+    `batch_size` is this process's share of the global batch. Only `keys` are batched.
+    """
+
+    def augment(example: dict, rng: np.random.Generator) -> dict:
+        out = transform(example, rng)
+        return {k: out[k] for k in keys}
+
+    return (
+        grain.MapDataset.source(source)
+        .seed(seed)
+        .shuffle()
+        .repeat()
+        .random_map(augment)
+        .batch(batch_size, drop_remainder=True)
+    )
+
+
+def iterate_from(
+    batches: grain.MapDataset, start: int, num_threads: int = 4, prefetch: int = 8
+) -> Iterator[dict]:
+    """Iterates batches start, start+1, ... with background threads prefetching."""
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    return iter(batches[start:].to_iter_dataset(options))
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+    """Iterations per epoch with drop_last, as a torch DataLoader(drop_last=True) counts them."""
+    steps = num_examples // global_batch_size
+    if steps == 0:
+        raise ValueError(
+            f"the training split has {num_examples} examples, fewer than one batch "
+            f"({global_batch_size})"
+        )
+    return steps

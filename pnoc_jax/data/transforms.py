@@ -1,0 +1,199 @@
+"""Host-side (NumPy / PIL) augmentations for classification training, spec §2 "Input pipeline".
+
+All functions are pure given an `np.random.Generator`. Images are HWC; uint8 RGB until
+`normalize`, float32 afterwards. Masks are uint8[H, W] (0 bg, 1..C, 255 ignore) and follow the
+geometric transforms (resize: nearest, flip, crop/pad with 255); photometric ops leave them alone.
+
+Classification order (`make_classification_transform`): random resize of the long side, random
+horizontal flip, optional colour jitter, optional RandAugment, ImageNet normalisation, random
+crop / pad to ``image_size`` x ``image_size``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from pnoc_jax.data.randaugment import RandAugmentMC
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+IGNORE_INDEX = 255
+AUGMENTATIONS = ("colorjitter", "randaugment")
+
+
+def random_resize_long_side(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    rng: np.random.Generator,
+    min_size: int,
+    max_size: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rescale so the longer side is L ~ U{min_size..max_size} (inclusive).
+
+    Image: PIL bicubic (uint8[H, W, 3]); mask: nearest (uint8[H, W]). Returns (image, mask).
+    """
+    target = int(rng.integers(min_size, max_size + 1))
+    h, w = image.shape[:2]
+    scale = target / max(h, w)
+    new_w = max(1, round(w * scale))
+    new_h = max(1, round(h * scale))
+    if (new_h, new_w) == (h, w):
+        return image, mask
+    out = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC))
+    if mask is not None:
+        mask = np.asarray(Image.fromarray(mask).resize((new_w, new_h), Image.Resampling.NEAREST))
+    return out, mask
+
+
+def random_hflip(
+    image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator, p: float = 0.5
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Flip image (and mask) left-right together with probability `p`."""
+    if rng.random() < p:
+        image = np.ascontiguousarray(image[:, ::-1])
+        if mask is not None:
+            mask = np.ascontiguousarray(mask[:, ::-1])
+    return image, mask
+
+
+def _adjust_hue(img: Image.Image, hue: float) -> Image.Image:
+    """torchvision PIL hue shift: rotate the HSV hue channel (uint8, wrapping) by hue * 255."""
+    h, s, v = img.convert("HSV").split()
+    h_arr = np.asarray(h, dtype=np.uint8)
+    h_arr = (h_arr.astype(np.int16) + int(hue * 255)) % 256  # int(): truncation, as torchvision
+    h = Image.fromarray(h_arr.astype(np.uint8), "L")
+    return Image.merge("HSV", (h, s, v)).convert("RGB")
+
+
+def color_jitter(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    brightness: float = 0.3,
+    contrast: float = 0.3,
+    saturation: float = 0.3,
+    hue: float = 0.1,
+) -> np.ndarray:
+    """torchvision `ColorJitter` on uint8[H, W, 3]: random order of the 4 ops.
+
+    Factors: brightness/contrast/saturation ~ U[max(0, 1 - x), 1 + x], hue ~ U[-hue, hue].
+    """
+    order = rng.permutation(4)
+    b = rng.uniform(max(0.0, 1 - brightness), 1 + brightness) if brightness > 0 else None
+    c = rng.uniform(max(0.0, 1 - contrast), 1 + contrast) if contrast > 0 else None
+    s = rng.uniform(max(0.0, 1 - saturation), 1 + saturation) if saturation > 0 else None
+    h = rng.uniform(-hue, hue) if hue > 0 else None
+    img = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    for op in order:
+        if op == 0 and b is not None:
+            img = ImageEnhance.Brightness(img).enhance(b)
+        elif op == 1 and c is not None:
+            img = ImageEnhance.Contrast(img).enhance(c)
+        elif op == 2 and s is not None:
+            img = ImageEnhance.Color(img).enhance(s)
+        elif op == 3 and h is not None:
+            img = _adjust_hue(img, h)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> float32 ((x / 255) - mean) / std with ImageNet statistics."""
+    return ((image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+def _crop_or_pad_offsets(length: int, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(source start, canvas start) along one axis."""
+    space = length - size
+    if space > 0:
+        return int(rng.integers(space + 1)), 0
+    return 0, int(rng.integers(-space + 1))
+
+
+def random_crop_or_pad(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    rng: np.random.Generator,
+    size: int,
+    image_fill: float = 0.0,
+    mask_fill: int = IGNORE_INDEX,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Random `size` x `size` window: crop an axis that is longer, pad one that is shorter.
+
+    Per axis: if longer, a random crop; if shorter, paste at a random offset into a canvas of
+    `image_fill` (0 = mean colour after `normalize`) and `mask_fill` (255 = ignore).
+    Image [H, W, C] of any dtype (kept), mask uint8[H, W]. Returns (image, mask).
+    """
+    h, w = image.shape[:2]
+    src_y, dst_y = _crop_or_pad_offsets(h, size, rng)
+    src_x, dst_x = _crop_or_pad_offsets(w, size, rng)
+    ch, cw = min(h, size), min(w, size)
+    canvas = np.full((size, size, *image.shape[2:]), image_fill, dtype=image.dtype)
+    canvas[dst_y : dst_y + ch, dst_x : dst_x + cw] = image[src_y : src_y + ch, src_x : src_x + cw]
+    if mask is not None:
+        out_mask = np.full((size, size), mask_fill, dtype=mask.dtype)
+        out_mask[dst_y : dst_y + ch, dst_x : dst_x + cw] = mask[
+            src_y : src_y + ch, src_x : src_x + cw
+        ]
+        mask = out_mask
+    return canvas, mask
+
+
+def parse_augment(augment: str) -> tuple[str, ...]:
+    """'colorjitter,randaugment' -> ('colorjitter', 'randaugment'); '' / 'none' -> ()."""
+    names = [a.strip().lower() for a in (augment or "").split(",")]
+    names = [a for a in names if a and a != "none"]
+    for name in names:
+        if name not in AUGMENTATIONS:
+            raise ValueError(
+                f"Unknown augmentation {name!r} in {augment!r}; "
+                f"expected a comma-separated subset of {AUGMENTATIONS} or 'none'."
+            )
+    return tuple(dict.fromkeys(names))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationTransform:
+    """Picklable callable ``(example, rng) -> {"image", "labels", "mask"}``.
+
+    Output: image float32[S, S, 3] normalised (padding 0), labels float32[C],
+    mask uint8[S, S] (transformed like the image, padding 255; all 255 if the example has none).
+    """
+
+    image_size: int
+    min_size: int
+    max_size: int
+    augment: tuple[str, ...]
+
+    def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        image = np.asarray(example["image"], dtype=np.uint8)
+        mask = example.get("mask")
+        if mask is None:
+            mask = np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
+        mask = np.asarray(mask, dtype=np.uint8)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        image, mask = random_resize_long_side(image, mask, rng, self.min_size, self.max_size)
+        image, mask = random_hflip(image, mask, rng)
+        if "colorjitter" in self.augment:
+            image = color_jitter(image, rng)
+        if "randaugment" in self.augment:
+            image = RandAugmentMC(n=2, m=10)(image, rng)
+        image, mask = random_crop_or_pad(normalize(image), mask, rng, self.image_size)
+        return {
+            "image": image,
+            "labels": np.asarray(example["labels"], dtype=np.float32).copy(),
+            "mask": mask,
+        }
+
+
+def make_classification_transform(
+    image_size: int, min_size: int, max_size: int, augment: str
+) -> Callable[[dict, np.random.Generator], dict]:
+    """Build the classification transform (spec §2 steps 1-6); `augment` as in `parse_augment`."""
+    if not 0 < min_size <= max_size:
+        raise ValueError(f"Need 0 < min_size <= max_size, got {min_size}, {max_size}.")
+    return ClassificationTransform(image_size, min_size, max_size, parse_augment(augment))

@@ -1,0 +1,52 @@
+"""CAM classifier: ResNet backbone + bias-free 1x1 conv head, logits = GAP of the CAMs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pnoc_jax.models.resnet import ResNet, backbone_config
+
+# torch.nn.init.kaiming_normal_ defaults: fan_in, gain sqrt(2), untruncated normal.
+_head_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+class CAMClassifier(nn.Module):
+    """Multi-label classifier whose head yields class activation maps.
+
+    ``__call__(x [B,H,W,3], train)`` returns ``(logits [B,C], cams [B,h,w,C])``, both float32.
+    ``cams`` are the raw (possibly negative) 1x1-conv outputs on the layer4 features and
+    ``logits`` their spatial mean, which equals the conv applied after global average pooling.
+    Submodules: ``backbone`` (:class:`~pnoc_jax.models.resnet.ResNet`) and ``classifier``.
+    """
+
+    backbone: str
+    num_classes: int
+    output_stride: int = 16
+    frozen_bn: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        feats = ResNet(
+            **backbone_config(self.backbone),
+            output_stride=self.output_stride,
+            frozen_bn=self.frozen_bn,
+            dtype=self.dtype,
+            name="backbone",
+        )(x, train=train)
+        cams = nn.Conv(
+            self.num_classes,
+            (1, 1),
+            use_bias=False,
+            kernel_init=_head_init,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="classifier",
+        )(feats["layer4"])
+        cams = cams.astype(jnp.float32)
+        logits = jnp.mean(cams, axis=(1, 2))
+        return logits, cams

@@ -1,0 +1,206 @@
+"""CPU benchmark of the dense CRF (vs pydensecrf2 when installed) and of the random walk.
+
+Run ``python -m pnoc_jax.postprocess.benchmark``; prints one JSON object. Single-threaded: run as
+a script, the BLAS/OpenMP thread variables are pinned to 1 before NumPy is imported. Also provides
+the synthetic photograph-like images and CAM-like probability maps used by the tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+if __name__ == "__main__":  # before NumPy is imported
+    for _var in (
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "NUMEXPR_NUM_THREADS",
+    ):
+        os.environ[_var] = "1"
+
+import argparse
+import json
+import platform
+import resource
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = ["synthetic_cams", "synthetic_photo", "synthetic_probs"]
+
+
+def synthetic_photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Photograph-like uint8 (h, w, 3) RGB: smooth gradients, a few filled shapes, mild noise."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w, 3), np.float32)
+    for c in range(3):
+        a, b, c0 = rng.uniform(-0.3, 0.3, 2), rng.uniform(0.3, 0.7), c
+        img[..., c0] = 255 * (b + a[0] * ys / h + a[1] * xs / w)
+    for _ in range(6):
+        color = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        cy, cx = int(rng.uniform(0, h)), int(rng.uniform(0, w))
+        if rng.random() < 0.5:
+            axes = (int(rng.uniform(0.08, 0.3) * w), int(rng.uniform(0.08, 0.3) * h))
+            cv2.ellipse(img, (cx, cy), axes, float(rng.uniform(0, 180)), 0, 360, color, -1)
+        else:
+            dy, dx = int(rng.uniform(0.1, 0.3) * h), int(rng.uniform(0.1, 0.3) * w)
+            cv2.rectangle(img, (cx - dx, cy - dy), (cx + dx, cy + dy), color, -1)
+    img = cv2.GaussianBlur(img, (0, 0), 1.0)
+    img += rng.normal(0, 4.0, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def synthetic_cams(h: int, w: int, k: int, seed: int = 0) -> np.ndarray:
+    """CAM-like float32 (k, h, w) in [0, 1]: a few smooth blobs per class, max-normalised."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    cams = np.zeros((k, h, w), np.float32)
+    for c in range(k):
+        for _ in range(2):
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            sy, sx = rng.uniform(0.05, 0.2) * h, rng.uniform(0.05, 0.2) * w
+            cams[c] += np.exp(-(((ys - cy) / sy) ** 2 + ((xs - cx) / sx) ** 2) / 2)
+        cams[c] /= cams[c].max() + 1e-5
+    return cams
+
+
+def synthetic_probs(h: int, w: int, k: int, seed: int = 0, temperature: float = 0.15) -> np.ndarray:
+    """Softmax probabilities (k, h, w) float32 from CAM blobs plus a constant background plane."""
+    cams = synthetic_cams(h, w, k - 1, seed)
+    logits = np.concatenate([np.full((1, h, w), 0.3, np.float32), cams]) / temperature
+    logits -= logits.max(axis=0, keepdims=True)
+    e = np.exp(logits)
+    return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def _peak_mib(fn: Callable[[], Any]) -> float:
+    """Peak Python-heap allocation (tracemalloc; NumPy buffers are traced) in MiB."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def _pydensecrf_labels(image: np.ndarray, labels: np.ndarray, k: int, gt: float, t: int):
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_labels
+
+    h, w = labels.shape
+    d = dcrf.DenseCRF2D(w, h, k)
+    d.setUnaryEnergy(unary_from_labels(labels, k, gt, zero_unsure=False))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(image), compat=10)
+    return np.array(d.inference(t)).reshape(k, h, w)
+
+
+def _pydensecrf_probs(image: np.ndarray, probs: np.ndarray, t: int):
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    k, h, w = probs.shape
+    d = dcrf.DenseCRF2D(w, h, k)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(image), compat=10)
+    return np.array(d.inference(t)).reshape(k, h, w)
+
+
+def bench_crf(h: int = 375, w: int = 500, k: int = 21, repeats: int = 3) -> dict[str, Any]:
+    """Per-image CRF times (labels gt .7 t=10, labels gt .9 t=1, probs t=10), ours vs reference."""
+    from pnoc_jax.postprocess.crf import dense_crf, dense_crf_labels
+
+    image = synthetic_photo(h, w, seed=1)
+    probs = synthetic_probs(h, w, k, seed=2)
+    labels = probs.argmax(axis=0)
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+
+        have_ref = True
+    except ImportError:
+        have_ref = False
+    cases = {
+        "labels_gt0.7_t10": (
+            lambda: dense_crf_labels(image, labels, k, 0.7, 10),
+            lambda: _pydensecrf_labels(image, labels, k, 0.7, 10),
+        ),
+        "labels_gt0.9_t1": (
+            lambda: dense_crf_labels(image, labels, k, 0.9, 1),
+            lambda: _pydensecrf_labels(image, labels, k, 0.9, 1),
+        ),
+        "probs_t10": (
+            lambda: dense_crf(image, probs, 10),
+            lambda: _pydensecrf_probs(image, probs, 10),
+        ),
+    }
+    out: dict[str, Any] = {"image_hw": [h, w], "n_labels": k, "pydensecrf2": have_ref}
+    for name, (ours, ref) in cases.items():
+        t_ours, q_ours = _timed(ours, repeats)
+        row: dict[str, Any] = {
+            "ours_s": round(t_ours, 4),
+            "ours_peak_mib": round(_peak_mib(ours), 1),
+        }
+        if have_ref:
+            t_ref, q_ref = _timed(ref, repeats)
+            row["pydensecrf2_s"] = round(t_ref, 4)
+            row["ratio_ours_over_ref"] = round(t_ours / t_ref, 3)
+            row["argmax_agreement"] = float((q_ours.argmax(0) == q_ref.argmax(0)).mean())
+            row["marginal_mad"] = float(np.abs(q_ours - q_ref).mean())
+        out[name] = row
+    return out
+
+
+def bench_random_walk(h: int = 94, w: int = 125, k: int = 3, repeats: int = 3) -> dict[str, Any]:
+    """Random walk (R=5, beta=10, exp_times=8) on a VOC-sized stride-4 problem."""
+    from pnoc_jax.affinity.random_walk import random_walk
+
+    rng = np.random.default_rng(3)
+    cams = synthetic_cams(h, w, k, seed=4)
+    edge = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 2.0)
+    edge = (edge - edge.min()) / (edge.max() - edge.min())
+    fn = lambda: random_walk(cams, edge, beta=10, exp_times=8, radius=5)
+    t, _ = _timed(fn, repeats)
+    return {
+        "cam_hw": [h, w],
+        "n_classes": k,
+        "nodes": h * w,
+        "seconds": round(t, 4),
+        "peak_mib": round(_peak_mib(fn), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-rw", action="store_true")
+    args = parser.parse_args(argv)
+    result: dict[str, Any] = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": 1,
+        "crf": bench_crf(repeats=args.repeats),
+    }
+    if not args.skip_rw:
+        result["random_walk"] = bench_random_walk(repeats=args.repeats)
+    result["process_max_rss_mib"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+    )
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

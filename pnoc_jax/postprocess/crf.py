@@ -1,0 +1,597 @@
+"""Fully connected CRF (Krähenbühl & Koltun, 2011) in NumPy/SciPy, pydensecrf-compatible.
+
+Mean-field inference with Potts compatibility and two Gaussian kernels (position-only and
+bilateral position+RGB). Message passing uses the permutohedral lattice (Adams et al., 2010):
+splat / blur / slice are precomputed once per image as float32 sparse matrices and reused across
+iterations. The lattice construction follows pydensecrf's (densecrf 2.2) conventions so that the
+results agree with `pydensecrf.densecrf.DenseCRF2D` up to float32 rounding:
+
+* features are ``(x / sxy, y / sxy)`` and ``(x / sxy, y / sxy, r / srgb, g / srgb, b / srgb)``;
+* each kernel uses NORMALIZE_SYMMETRIC: ``filter(Q) = n * lattice(n * Q)`` with
+  ``n = 1 / sqrt(lattice(1))``;
+* Potts compatibility ``w``: the message added to the logits is ``+w * filter(Q)``;
+* ``Q_0 = softmax(-unary)``; each iteration ``Q <- softmax(-unary + sum_k w_k filter_k(Q))``.
+
+No jax import: this runs in CPU worker processes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = [
+    "PermutohedralLattice",
+    "crf_label_map",
+    "dense_crf",
+    "dense_crf_labels",
+    "dense_crf_unary",
+    "unary_from_labels",
+    "unary_from_probs",
+]
+
+_PROB_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax default clip
+
+
+_HASH_MULTS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)
+_EMPTY = -1
+
+
+class _KeyTable:
+    """Hash set of non-negative int64 codes with dense ids, built in vectorised rounds.
+
+    Each round scatters the pending codes into a power-of-two table (multiplicative hash, last
+    write wins); codes that own their slot get ids, the others (collisions) go to the next round
+    with another multiplier. Sorting-free, so O(n) rather than np.unique's O(n log n).
+    """
+
+    def __init__(self, codes: np.ndarray) -> None:
+        self.rounds: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+        ids = np.empty(codes.size, dtype=np.int64)
+        uniq = []
+        pending: np.ndarray | None = None  # None: all codes (first round, avoids copies)
+        pend_codes = codes
+        size = 0
+        while pend_codes.size:
+            rnd = len(self.rounds)
+            bits = max(8, int(np.ceil(np.log2(pend_codes.size))))
+            slot = self._hash(pend_codes, rnd, bits)
+            table = np.full(1 << bits, _EMPTY, dtype=np.int64)
+            table[slot] = pend_codes
+            lost = np.flatnonzero(table[slot] != pend_codes)
+            occupied = np.flatnonzero(table != _EMPTY)
+            slot_id = np.empty(table.size, dtype=np.int64)  # only occupied slots are ever read
+            slot_id[occupied] = np.arange(size, size + occupied.size)
+            if pending is None:
+                ids[:] = slot_id[slot]  # entries in `lost` are overwritten by later rounds
+                pending = lost
+            else:
+                ids[pending] = slot_id[slot]
+                pending = pending[lost]
+            uniq.append(table[occupied])
+            size += occupied.size
+            self.rounds.append((rnd, bits, table, slot_id))
+            pend_codes = codes[pending]
+        self.ids = ids
+        self.size = size
+        self.codes = np.concatenate(uniq) if uniq else np.zeros(0, np.int64)
+
+    @staticmethod
+    def _hash(codes: np.ndarray, rnd: int, bits: int) -> np.ndarray:
+        mult = np.uint64(_HASH_MULTS[rnd % len(_HASH_MULTS)])
+        h = codes.view(np.uint64) * mult
+        if rnd >= len(_HASH_MULTS):
+            h ^= h >> np.uint64(29)
+            h *= np.uint64(_HASH_MULTS[(rnd + 1) % len(_HASH_MULTS)] + 2 * rnd)
+        h >>= np.uint64(64 - bits)
+        return h.view(np.int64)
+
+    def lookup(self, codes: np.ndarray) -> np.ndarray:
+        """Ids of ``codes``; missing codes map to ``self.size``."""
+        out = np.full(codes.size, self.size, dtype=np.int64)
+        pending = np.arange(codes.size)
+        pend_codes = codes
+        for rnd, bits, table, slot_id in self.rounds:
+            slot = self._hash(pend_codes, rnd, bits)
+            found = table[slot]
+            hit = found == pend_codes
+            out[pending[hit]] = slot_id[slot[hit]]
+            # Every code still unplaced was inserted in this round: an empty slot means absent.
+            more = ~hit & (found != _EMPTY)
+            pending, pend_codes = pending[more], pend_codes[more]
+            if not pending.size:
+                break
+        return out
+
+
+def _blur_matrix(neighbours: list[tuple[np.ndarray, np.ndarray] | int]) -> sp.csr_matrix:
+    """Block-diagonal CSR of x -> x + 0.5 (x[n1] + x[n2]) along one lattice axis.
+
+    Each block is (n1, n2) neighbour indices of one lattice (index M = missing, i.e. zero), or an
+    int size for an identity block (a lattice with fewer axes).
+    """
+    cols, keeps, start = [], [], 0
+    for block in neighbours:
+        if isinstance(block, int):
+            m = block
+            c = np.zeros((m, 3), dtype=np.int64)
+            c[:, 0] = np.arange(m)
+            keep = np.zeros((m, 3), dtype=bool)
+            keep[:, 0] = True
+        else:
+            n1, n2 = block
+            m = n1.size
+            c = np.stack([np.arange(m), n1, n2], axis=1)
+            keep = c < m
+        cols.append(c + start)
+        keeps.append(keep)
+        start += m
+    c = np.concatenate(cols)
+    keep = np.concatenate(keeps)
+    data = np.broadcast_to(np.array([1.0, 0.5, 0.5], np.float32), c.shape)[keep]
+    indptr = np.zeros(start + 1, dtype=np.int32)
+    np.cumsum(keep.sum(axis=1), out=indptr[1:])
+    return sp.csr_matrix((data, c[keep].astype(np.int32), indptr), shape=(start, start))
+
+
+@dataclass(frozen=True)
+class PermutohedralLattice:
+    """One permutohedral lattice built from N feature vectors of dimension d.
+
+    vertex: (N, d+1) int32, lattice vertex index of each pixel's enclosing-simplex corners.
+    weight: (N, d+1) float32, barycentric weights (sum to 1 per pixel).
+    blur_idx: (d+1, 2, M) int, neighbours of each vertex along each lattice axis (M = missing,
+        counts as zero); the blur x -> x + 0.5 (x[n1] + x[n2]) is applied axis by axis.
+    alpha: pydensecrf's output scale 1 / (1 + 2^-d).
+    """
+
+    vertex: np.ndarray
+    weight: np.ndarray
+    blur_idx: np.ndarray
+    n_vertices: int
+    alpha: float
+
+    @classmethod
+    def build(cls, features: np.ndarray) -> PermutohedralLattice:
+        """Build the lattice for ``features`` of shape (N, d)."""
+        ft = np.ascontiguousarray(np.asarray(features, dtype=np.float32).T)  # (d, N)
+        d, n = ft.shape
+        d1 = d + 1
+        # Elevate onto the hyperplane sum(x) = 0 (E matrix, Adams et al. p.5), float32 like C++.
+        inv_std = np.sqrt(2.0 / 3.0) * d1
+        k = np.arange(1, d + 1, dtype=np.float64)
+        scale = (inv_std / np.sqrt(k * (k + 1))).astype(np.float32)
+        cf = ft * scale[:, None]
+        elevated = np.empty((d1, n), dtype=np.float32)
+        sm = np.zeros(n, dtype=np.float32)
+        for j in range(d, 0, -1):  # sm accumulates from the last feature, like the reference
+            elevated[j] = sm - np.float32(j) * cf[j - 1]
+            sm += cf[j - 1]
+        elevated[0] = sm
+        # Closest 0-coloured lattice point: round each coordinate to a multiple of d+1 (ties
+        # round down, as in the reference).
+        up = np.float32(d1)
+        down = np.float32(1.0 / d1)
+        rem0 = np.ceil(elevated * down - np.float32(0.5))
+        total = rem0.sum(axis=0).astype(np.int32)
+        rem0 *= up
+        # Rank of each residual in decreasing order (ties: the later coordinate ranks higher).
+        diff = elevated - rem0
+        rank = np.zeros((d1, n), dtype=np.int32)
+        for i in range(d):
+            for j in range(i + 1, d1):
+                lt = diff[i] < diff[j]
+                rank[i] += lt
+                rank[j] += ~lt
+        # Bring the point back onto the plane: cyclic rank shift, moving rem0 by +-(d+1).
+        rank += total
+        wrap = (rank < 0).astype(np.int32)
+        wrap -= rank > d
+        rank += d1 * wrap
+        rem0 += up * wrap
+        # Barycentric coordinates (Adams et al. p.10): slot[d - rank_i] = residual_i / (d+1).
+        val = (elevated - rem0) * down
+        flat = (d - rank) * n
+        flat += np.arange(n, dtype=np.int32)
+        slot = np.empty(d1 * n, dtype=np.float32)
+        slot[flat.ravel()] = val.ravel()
+        slot = slot.reshape(d1, n)
+        weight = np.empty((d1, n), dtype=np.float32)
+        weight[1:] = slot[1:] - slot[:-1]
+        weight[0] = slot[0].astype(np.float64) + (1.0 - slot[d].astype(np.float64))
+        # Corner r of the simplex: key_i = rem0_i + r - (d+1) [rank_i > d - r] (i < d), packed
+        # in mixed radix: code_r = code(rem0) + r sum(radix) - (d+1) sum_{rank_i > d-r} radix_i.
+        rem0_i = rem0[:d].astype(np.int64)
+        lo_k = rem0_i.min(axis=1) - 2 * d1  # corners and their blur neighbours stay >= lo_k
+        span = rem0_i.max(axis=1) + 2 * d1 - lo_k + 1
+        if float(np.prod(span.astype(np.float64))) >= 2.0**62:
+            raise ValueError("CRF features span too large a lattice; check the feature scaling")
+        radix = np.ones(d, dtype=np.int64)
+        for i in range(d - 2, -1, -1):
+            radix[i] = radix[i + 1] * span[i + 1]
+        by_rank = np.zeros(d1 * n, dtype=np.int64)  # radix of the coordinate holding each rank
+        by_rank[flat[:d].ravel()] = np.repeat(d1 * radix, n)  # flat indexes slot d - rank
+        by_rank = by_rank.reshape(d1, n)  # row s holds the coordinate with rank d - s
+        codes = np.empty((n, d1), dtype=np.int64)
+        code = (rem0_i - lo_k[:, None]).T @ radix
+        codes[:, 0] = code
+        for r in range(1, d1):
+            code += radix.sum()
+            code -= by_rank[r - 1]  # the coordinate with rank d - r + 1 crosses over
+            codes[:, r] = code
+        table = _KeyTable(codes.reshape(-1))
+        m = table.size
+        # Blur neighbours along axis j: (key - 1, key[j] + d) and (key + 1, key[j] - d).
+        ukeys = np.empty((d, m), dtype=np.int64)
+        rest = table.codes
+        for i in range(d):
+            ukeys[i], rest = np.divmod(rest, radix[i])
+        base = (ukeys - 1).T @ radix  # code of key - 1 (ukeys are offset by lo_k)
+        shift = np.append(d1 * radix, 0)[:, None]  # axis d moves no stored coordinate
+        nbrs = np.stack([base + shift, base + 2 * radix.sum() - shift], axis=1)  # (d+1, 2, M)
+        blur_idx = table.lookup(nbrs.ravel()).reshape(d1, 2, m)
+        return cls(
+            vertex=table.ids.reshape(n, d1).astype(np.int32),
+            weight=np.ascontiguousarray(weight.T),
+            blur_idx=blur_idx,
+            n_vertices=m,
+            alpha=1.0 / (1.0 + 2.0 ** (-d)),
+        )
+
+    def blur(self, values: np.ndarray) -> np.ndarray:
+        """Sequential blur along the d+1 lattice axes of a (M,) float32 signal."""
+        buf = np.append(values, np.float32(0.0))  # index M: missing neighbour
+        for n1, n2 in self.blur_idx:
+            new = buf[n1] + buf[n2]
+            new *= np.float32(0.5)
+            new += buf[:-1]
+            buf[:-1] = new
+        return buf[:-1]
+
+    def compute(self, values: np.ndarray) -> np.ndarray:
+        """Approximate Gaussian filtering of one (N,) signal: slice(blur(splat(values)))."""
+        lat = np.bincount(
+            self.vertex.ravel(), (self.weight * values[:, None]).ravel(), self.n_vertices
+        )
+        lat = self.blur(lat.astype(np.float32))
+        return np.float32(self.alpha) * (self.weight * lat[self.vertex]).sum(axis=1)
+
+
+def _position_features(h: int, w: int, sxy: float) -> np.ndarray:
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.stack([xs.ravel() / np.float32(sxy), ys.ravel() / np.float32(sxy)], axis=1)
+
+
+def _bilateral_features(image: np.ndarray, sxy: float, srgb: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    pos = _position_features(h, w, sxy)
+    rgb = image.reshape(h * w, 3).astype(np.float32) / np.float32(srgb)
+    return np.concatenate([pos, rgb], axis=1)
+
+
+class _MeanField:
+    """Precomputed message passing for a set of kernels, fused into one splat / blur / slice.
+
+    The symmetric normalisation, pydensecrf's alpha and the Potts weight are folded into the
+    barycentric weights, and the kernels' lattices are stacked: an iteration is one sparse
+    splat product (CSC, scatter over pixels), the per-lattice blurs and one sparse slice product.
+    """
+
+    def __init__(self, kernels: list[tuple[PermutohedralLattice, np.ndarray, float]]) -> None:
+        n = kernels[0][0].vertex.shape[0]
+        idx, w_splat, w_slice, sizes = [], [], [], []
+        start = 0
+        for lat, norm, compat in kernels:
+            idx.append(lat.vertex + np.int32(start))
+            w_splat.append(lat.weight * norm[:, None])
+            w_slice.append(lat.weight * (norm * np.float32(lat.alpha * compat))[:, None])
+            sizes.append(lat.n_vertices)
+            start += lat.n_vertices
+        indices = np.concatenate(idx, axis=1).ravel()
+        indptr = np.arange(0, indices.size + 1, indices.size // n, dtype=np.int32)
+        self.splat = sp.csc_matrix(
+            (np.concatenate(w_splat, axis=1).ravel(), indices, indptr), shape=(start, n)
+        )
+        self.slice_ = sp.csr_matrix(
+            (np.concatenate(w_slice, axis=1).ravel(), indices, indptr), shape=(n, start)
+        )
+        # One block-diagonal blur per lattice axis (identity for lattices with fewer axes).
+        self.blurs = [
+            _blur_matrix(
+                [
+                    (lat.blur_idx[j, 0], lat.blur_idx[j, 1]) if j < len(lat.blur_idx) else size
+                    for (lat, _, _), size in zip(kernels, sizes)
+                ]
+            )
+            for j in range(max(len(lat.blur_idx) for lat, _, _ in kernels))
+        ]
+
+    def messages(self, q: np.ndarray) -> np.ndarray:
+        """Sum over kernels of compat_k * filter_k(Q) for Q of shape (N, K) float32."""
+        lat_vals = self.splat @ q
+        for b in self.blurs:
+            lat_vals = b @ lat_vals
+        return self.slice_ @ lat_vals
+
+
+def _lattice_and_norm(features: np.ndarray) -> tuple[PermutohedralLattice, np.ndarray]:
+    """Lattice plus NORMALIZE_SYMMETRIC factors 1 / sqrt(lattice(1) + 1e-20), float32 (N,)."""
+    lat = PermutohedralLattice.build(features)
+    norm = lat.compute(np.ones(features.shape[0], dtype=np.float32))
+    return lat, (1.0 / np.sqrt(norm.astype(np.float64) + 1e-20)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _position_lattice(h: int, w: int, sxy: float) -> tuple[PermutohedralLattice, np.ndarray]:
+    """Position-only lattice: image independent, so cached per (h, w, sxy)."""
+    lat, norm = _lattice_and_norm(_position_features(h, w, sxy))
+    for arr in (lat.vertex, lat.weight, norm):
+        arr.flags.writeable = False
+    return lat, norm
+
+
+def _softmax_rows(logits: np.ndarray, subtract_max: bool = True, transpose: bool = False):
+    """Softmax over the last axis of a (N, K) float32 array (in place).
+
+    Row sums go through BLAS (a (N, K) @ (K,) product), much faster than ``sum(axis=1)``.
+    With ``transpose`` the result is returned as a new C-contiguous (K, N) array.
+    """
+    if subtract_max:
+        logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    inv = 1.0 / (logits @ np.ones(logits.shape[1], dtype=np.float32))
+    if transpose:
+        return np.multiply(logits.T, inv[None, :], order="C")
+    logits *= inv[:, None]
+    return logits
+
+
+def _mean_field(
+    image: np.ndarray,
+    neg_unary: np.ndarray,
+    q: np.ndarray | None,
+    iterations: int,
+    gauss_sxy: float,
+    gauss_compat: float,
+    bilateral_sxy: float,
+    bilateral_srgb: float,
+    bilateral_compat: float,
+) -> np.ndarray:
+    """Mean-field inference; returns Q as a (K, N) float32 array.
+
+    neg_unary: (N, K) float32 -unary shifted so that every row max is 0 (softmax is
+    shift-invariant); q: softmax(neg_unary) if the caller has it cheaply, else None.
+    """
+    h, w = image.shape[:2]
+    kernels = []
+    if iterations > 0 and gauss_compat != 0:
+        _check_positive(gauss_sxy=gauss_sxy)
+        kernels.append((*_position_lattice(h, w, float(gauss_sxy)), float(gauss_compat)))
+    if iterations > 0 and bilateral_compat != 0:
+        _check_positive(bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb)
+        feats = _bilateral_features(image, bilateral_sxy, bilateral_srgb)
+        kernels.append((*_lattice_and_norm(feats), float(bilateral_compat)))
+    if not kernels:
+        if q is None:
+            return _softmax_rows(neg_unary.copy(), subtract_max=False, transpose=True)
+        return np.ascontiguousarray(q.T)
+    if q is None:
+        q = _softmax_rows(neg_unary.copy(), subtract_max=False)
+    mf = _MeanField(kernels)
+    nonneg = all(c >= 0 for _, _, c in kernels)
+    for it in range(iterations):
+        logits = mf.messages(q)
+        logits += neg_unary
+        # With compat >= 0 messages are >= 0 and every row max of neg_unary is 0, so each row
+        # max is >= 0; if the global max is small, exp neither overflows nor underflows a row.
+        safe = nonneg and float(logits.max()) < 60.0
+        q = _softmax_rows(logits, subtract_max=not safe, transpose=it == iterations - 1)
+    return q
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy uint8 array of shape (H, W, 3), got {type(image)}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must have dtype uint8 (RGB 0..255), got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image must be non-empty, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def _check_iterations(iterations: int) -> int:
+    if isinstance(iterations, bool) or not isinstance(iterations, int | np.integer):
+        raise TypeError(f"iterations must be an int, got {type(iterations)}")
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    return int(iterations)
+
+
+def _check_positive(**kwargs: float) -> None:
+    for name, value in kwargs.items():
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive finite number, got {value}")
+
+
+def unary_from_probs(probs: np.ndarray) -> np.ndarray:
+    """Unary energy -log(clip(p, 1e-5, 1)) of (K, H, W) probabilities, float32."""
+    return -np.log(np.clip(probs, _PROB_CLIP, 1.0)).astype(np.float32)
+
+
+def unary_from_labels(labels: np.ndarray, n_labels: int, gt_prob: float) -> np.ndarray:
+    """pydensecrf ``unary_from_labels(..., zero_unsure=False)``: (H, W) -> (K, H, W) float32."""
+    n_energy = np.float32(-np.log((1.0 - gt_prob) / (n_labels - 1)))
+    p_energy = np.float32(-np.log(gt_prob))
+    u = np.full((n_labels, *labels.shape), n_energy, dtype=np.float32)
+    np.put_along_axis(u, labels[None].astype(np.intp), p_energy, axis=0)
+    return u
+
+
+def dense_crf_unary(
+    image: np.ndarray,
+    unary: np.ndarray,
+    iterations: int = 10,
+    gauss_sxy: float = 3,
+    gauss_compat: float = 3,
+    bilateral_sxy: float = 50,
+    bilateral_srgb: float = 5,
+    bilateral_compat: float = 10,
+) -> np.ndarray:
+    """Mean-field marginals (K, H, W) float32 for a unary energy (K, H, W).
+
+    A compat of 0 drops that kernel. ``iterations=0`` returns softmax(-unary).
+    """
+    image = _check_image(image)
+    iterations = _check_iterations(iterations)
+    h, w = image.shape[:2]
+    unary = np.asarray(unary)
+    if unary.ndim != 3 or unary.shape[1:] != (h, w):
+        raise ValueError(f"unary must have shape (K, {h}, {w}) matching image, got {unary.shape}")
+    if not np.all(np.isfinite(unary)):
+        raise ValueError("unary contains NaN or inf")
+    k = unary.shape[0]
+    u = unary.reshape(k, h * w).astype(np.float32)
+    neg_unary = np.ascontiguousarray((u.min(axis=0) - u).T)  # (N, K), row max 0
+    q = _mean_field(
+        image,
+        neg_unary,
+        None,
+        iterations,
+        gauss_sxy,
+        gauss_compat,
+        bilateral_sxy,
+        bilateral_srgb,
+        bilateral_compat,
+    )
+    return q.reshape(k, h, w)
+
+
+def dense_crf(
+    image: np.ndarray,
+    probs: np.ndarray,
+    iterations: int = 10,
+    gauss_sxy: float = 3,
+    gauss_compat: float = 3,
+    bilateral_sxy: float = 50,
+    bilateral_srgb: float = 5,
+    bilateral_compat: float = 10,
+) -> np.ndarray:
+    """Dense CRF on softmax probabilities.
+
+    image: uint8 (H, W, 3) RGB; probs: float (K, H, W), summing to 1 over K.
+    Unary = -log(clip(p, 1e-5)) (pydensecrf ``unary_from_softmax``). Returns float32 (K, H, W).
+    """
+    image = _check_image(image)
+    h, w = image.shape[:2]
+    probs = np.asarray(probs)
+    if not np.issubdtype(probs.dtype, np.floating):
+        raise TypeError(f"probs must be a float array, got dtype {probs.dtype}")
+    if probs.ndim != 3 or probs.shape[1:] != (h, w):
+        raise ValueError(f"probs must have shape (K, {h}, {w}) matching image, got {probs.shape}")
+    if probs.shape[0] < 2:
+        raise ValueError(f"probs must have at least 2 labels (K >= 2), got K={probs.shape[0]}")
+    if np.isnan(probs).any():
+        raise ValueError("probs contains NaN")
+    if (probs < 0).any():
+        raise ValueError("probs must be non-negative")
+    sums = probs.sum(axis=0, dtype=np.float64)
+    if not np.allclose(sums, 1.0, atol=1e-3, rtol=0):
+        worst = float(np.abs(sums - 1.0).max())
+        raise ValueError(f"probs must sum to 1 over K (tolerance 1e-3); max deviation {worst:.3g}")
+    return dense_crf_unary(
+        image,
+        unary_from_probs(probs),
+        iterations,
+        gauss_sxy,
+        gauss_compat,
+        bilateral_sxy,
+        bilateral_srgb,
+        bilateral_compat,
+    )
+
+
+def _check_labels(labels: np.ndarray, n_labels: int, hw: tuple[int, int]) -> np.ndarray:
+    if isinstance(n_labels, bool) or not isinstance(n_labels, int | np.integer):
+        raise TypeError(f"n_labels must be an int, got {type(n_labels)}")
+    if n_labels < 2:
+        raise ValueError(f"n_labels must be >= 2, got {n_labels}")
+    labels = np.asarray(labels)
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
+    if labels.shape != hw:
+        raise ValueError(f"labels must have shape {hw} matching image, got {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_labels):
+        raise ValueError(
+            f"labels must lie in [0, n_labels={n_labels}), got range "
+            f"[{labels.min()}, {labels.max()}]"
+        )
+    return labels
+
+
+def dense_crf_labels(
+    image: np.ndarray,
+    labels: np.ndarray,
+    n_labels: int,
+    gt_prob: float = 0.7,
+    iterations: int = 10,
+    gauss_sxy: float = 3,
+    gauss_compat: float = 3,
+    bilateral_sxy: float = 50,
+    bilateral_srgb: float = 5,
+    bilateral_compat: float = 10,
+) -> np.ndarray:
+    """Dense CRF on a hard label map (P-NOC ``crf_inference_label`` semantics).
+
+    image: uint8 (H, W, 3); labels: int (H, W) in [0, n_labels). Unary is pydensecrf's
+    ``unary_from_labels(labels, n_labels, gt_prob, zero_unsure=False)``. Returns float32
+    marginals (n_labels, H, W).
+    """
+    image = _check_image(image)
+    iterations = _check_iterations(iterations)
+    labels = _check_labels(labels, n_labels, image.shape[:2])
+    if not 0.0 < gt_prob < 1.0:
+        raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}")
+    h, w = labels.shape
+    n_energy = np.float32(-np.log((1.0 - gt_prob) / (n_labels - 1)))
+    p_energy = np.float32(-np.log(gt_prob))
+    # Two-valued unary: shift so the row max is 0; softmax(-unary) in closed form.
+    shift = min(n_energy, p_energy)
+    rows, cols = np.arange(h * w), labels.ravel()
+    neg_unary = np.full((h * w, n_labels), shift - n_energy, dtype=np.float32)
+    neg_unary[rows, cols] = shift - p_energy
+    e_n, e_p = np.exp(np.float64(shift - n_energy)), np.exp(np.float64(shift - p_energy))
+    z = e_p + (n_labels - 1) * e_n
+    q0 = np.full((h * w, n_labels), e_n / z, dtype=np.float32)
+    q0[rows, cols] = e_p / z
+    q = _mean_field(
+        image,
+        neg_unary,
+        q0,
+        iterations,
+        gauss_sxy,
+        gauss_compat,
+        bilateral_sxy,
+        bilateral_srgb,
+        bilateral_compat,
+    )
+    return q.reshape(n_labels, h, w)
+
+
+def crf_label_map(
+    image: np.ndarray,
+    labels: np.ndarray,
+    n_labels: int,
+    gt_prob: float = 0.7,
+    iterations: int = 10,
+    **kernel_params: float,
+) -> np.ndarray:
+    """argmax of `dense_crf_labels` as uint8 (H, W) (n_labels <= 256)."""
+    if n_labels > 256:
+        raise ValueError(f"crf_label_map returns uint8; n_labels must be <= 256, got {n_labels}")
+    q = dense_crf_labels(image, labels, n_labels, gt_prob, iterations, **kernel_params)
+    return q.argmax(axis=0).astype(np.uint8)

@@ -1,0 +1,209 @@
+"""Dense CRF: hand-checkable properties, input validation, and agreement with pydensecrf2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pnoc_jax.postprocess.benchmark import synthetic_photo, synthetic_probs
+from pnoc_jax.postprocess.crf import (
+    PermutohedralLattice,
+    crf_label_map,
+    dense_crf,
+    dense_crf_labels,
+    unary_from_labels,
+    unary_from_probs,
+)
+
+H, W = 120, 160
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return synthetic_photo(H, W, seed=0)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties
+
+
+def test_zero_iterations_is_softmax_of_minus_unary(photo):
+    probs = synthetic_probs(H, W, 4, seed=1)
+    np.testing.assert_allclose(
+        dense_crf(photo, probs, iterations=0), _softmax(-unary_from_probs(probs)), atol=1e-6
+    )
+    labels = probs.argmax(axis=0)
+    q = dense_crf_labels(photo, labels, 4, gt_prob=0.7, iterations=0)
+    np.testing.assert_allclose(q, _softmax(-unary_from_labels(labels, 4, 0.7)), atol=1e-6)
+    # Hand value: gt_prob on the given label, (1 - gt_prob) / (n - 1) elsewhere.
+    np.testing.assert_allclose(q[labels[0, 0], 0, 0], 0.7, atol=1e-6)
+    np.testing.assert_allclose(q.sum(axis=0), 1.0, atol=1e-6)
+
+
+def test_unary_from_labels_values():
+    u = unary_from_labels(np.array([[0, 2]]), 3, 0.8)
+    np.testing.assert_allclose(u[:, 0, 0], -np.log([0.8, 0.1, 0.1]), rtol=1e-6)
+    np.testing.assert_allclose(u[:, 0, 1], -np.log([0.1, 0.1, 0.8]), rtol=1e-6)
+
+
+def test_uniform_stays_uniform():
+    image = np.full((20, 30, 3), 128, np.uint8)
+    probs = np.full((5, 20, 30), 0.2, np.float32)
+    q = dense_crf(image, probs, iterations=5)
+    np.testing.assert_allclose(q, 0.2, atol=1e-6)
+
+
+@pytest.mark.parametrize("iterations", [1, 3, 10])
+def test_marginals_are_distributions(photo, iterations):
+    probs = synthetic_probs(H, W, 6, seed=2)
+    for q in (
+        dense_crf(photo, probs, iterations=iterations),
+        dense_crf_labels(photo, probs.argmax(0), 6, iterations=iterations),
+    ):
+        assert q.shape == (6, H, W) and q.dtype == np.float32
+        assert np.all(q >= 0)
+        np.testing.assert_allclose(q.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_crf_smooths_isolated_label_noise():
+    # Two flat colour halves; labels follow the halves except for salt noise: CRF removes it.
+    rng = np.random.default_rng(0)
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, 30:] = (200, 60, 30)
+    truth = np.zeros((40, 60), np.int64)
+    truth[:, 30:] = 1
+    noisy = truth.copy()
+    flip = rng.random(truth.shape) < 0.1
+    noisy[flip] = 1 - noisy[flip]
+    out = crf_label_map(image, noisy, 2, gt_prob=0.7, iterations=5)
+    assert out.dtype == np.uint8
+    assert (out == truth).mean() > 0.99 > (noisy == truth).mean()
+
+
+def test_lattice_weights_are_barycentric(photo):
+    feats = np.random.default_rng(0).normal(size=(500, 5)).astype(np.float32) * 3
+    lat = PermutohedralLattice.build(feats)
+    assert lat.vertex.shape == lat.weight.shape == (500, 6)
+    assert np.all(lat.weight >= -1e-6)
+    np.testing.assert_allclose(lat.weight.sum(axis=1), 1.0, atol=1e-5)
+    # A pixel's corners are distinct lattice vertices.
+    assert all(len(set(row)) == 6 for row in lat.vertex.tolist())
+
+
+def test_position_kernel_cache_is_not_mutated(photo):
+    labels = synthetic_probs(H, W, 3, seed=3).argmax(0)
+    a = dense_crf_labels(photo, labels, 3, iterations=3)
+    b = dense_crf_labels(photo, labels, 3, iterations=3)
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _img(h=8, w=9):
+    return np.zeros((h, w, 3), np.uint8)
+
+
+def _probs(k=3, h=8, w=9):
+    return np.full((k, h, w), 1.0 / k, np.float32)
+
+
+@pytest.mark.parametrize(
+    ("image", "probs", "kwargs", "exc", "match"),
+    [
+        (_img().astype(np.float32), _probs(), {}, TypeError, "image must have dtype uint8"),
+        (_img()[..., :2], _probs(), {}, ValueError, r"image must have shape \(H, W, 3\)"),
+        (_img(), _probs(h=7), {}, ValueError, "probs must have shape"),
+        (_img(), _probs() * 1.01, {}, ValueError, "sum to 1"),
+        (_img(), _probs() - 0.5, {}, ValueError, "non-negative"),
+        (_img(), np.where(_probs() > 0, np.nan, 0), {}, ValueError, "NaN"),
+        (_img(), _probs().astype(np.int64), {}, TypeError, "float"),
+        (_img(), _probs(), {"iterations": -1}, ValueError, "iterations must be >= 0"),
+        (_img(), _probs(), {"iterations": 1.5}, TypeError, "iterations must be an int"),
+    ],
+)
+def test_dense_crf_rejects_bad_inputs(image, probs, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        dense_crf(image, probs, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("labels", "n_labels", "kwargs", "exc", "match"),
+    [
+        (np.full((8, 9), 3), 3, {}, ValueError, r"labels must lie in \[0, n_labels=3\)"),
+        (np.full((8, 9), -1), 3, {}, ValueError, "labels must lie in"),
+        (np.zeros((8, 9)), 3, {}, TypeError, "labels must be an integer array"),
+        (np.zeros((8, 8), np.int64), 3, {}, ValueError, "labels must have shape"),
+        (np.zeros((8, 9), np.int64), 1, {}, ValueError, "n_labels must be >= 2"),
+        (np.zeros((8, 9), np.int64), 2, {"gt_prob": 1.0}, ValueError, "gt_prob"),
+        (np.zeros((8, 9), np.int64), 2, {"iterations": -2}, ValueError, "iterations"),
+    ],
+)
+def test_dense_crf_labels_rejects_bad_inputs(labels, n_labels, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        dense_crf_labels(_img(), labels, n_labels, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Agreement with the reference implementation (pydensecrf2)
+
+
+@pytest.fixture(scope="module")
+def dcrf():
+    return pytest.importorskip(
+        "pydensecrf.densecrf",
+        reason="reference CRF not installed: pip install pydensecrf2 (module pydensecrf)",
+    )
+
+
+def _reference(dcrf, image, unary, t):
+    k, h, w = unary.shape
+    d = dcrf.DenseCRF2D(w, h, k)
+    d.setUnaryEnergy(np.ascontiguousarray(unary.reshape(k, -1), dtype=np.float32))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(image), compat=10)
+    return np.array(d.inference(t)).reshape(k, h, w)
+
+
+def _assert_close(ours, ref):
+    agreement = (ours.argmax(0) == ref.argmax(0)).mean()
+    mad = np.abs(ours - ref).mean()
+    assert agreement >= 0.99, agreement
+    assert mad <= 0.02, mad
+
+
+@pytest.mark.parametrize("k", [3, 8, 21])
+@pytest.mark.parametrize(("gt_prob", "t"), [(0.7, 10), (0.9, 1)])
+def test_labels_match_pydensecrf(dcrf, photo, k, gt_prob, t):
+    labels = synthetic_probs(H, W, k, seed=k).argmax(axis=0)
+    ours = dense_crf_labels(photo, labels, k, gt_prob=gt_prob, iterations=t)
+    ref = _reference(dcrf, photo, unary_from_labels(labels, k, gt_prob), t)
+    _assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("k", [3, 21])
+def test_probs_match_pydensecrf(dcrf, photo, k):
+    probs = synthetic_probs(H, W, k, seed=10 + k)
+    ours = dense_crf(photo, probs, iterations=10)
+    ref = _reference(dcrf, photo, unary_from_probs(probs), 10)
+    _assert_close(ours, ref)
+
+
+def test_noise_image_and_custom_params_match_pydensecrf(dcrf):
+    # Worst case for the lattice (every pixel its own colour) and non-default kernel parameters.
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    probs = synthetic_probs(48, 64, 5, seed=6)
+    params = {"gauss_sxy": 1, "bilateral_sxy": 67, "bilateral_srgb": 3, "bilateral_compat": 4}
+    ours = dense_crf(image, probs, 5, **params)
+    d = dcrf.DenseCRF2D(64, 48, 5)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_probs(probs).reshape(5, -1)))
+    d.addPairwiseGaussian(sxy=1, compat=3)
+    d.addPairwiseBilateral(sxy=67, srgb=3, rgbim=image, compat=4)
+    _assert_close(ours, np.array(d.inference(5)).reshape(5, 48, 64))
