@@ -1,4 +1,4 @@
-"""Stages `train_oc` and `train_cam`: a CAM classifier trained by any strategy on the shared loop."""
+"""Stages `train_oc` and `train_cam`: train a CAM classifier with any strategy (shared loop)."""
 
 import dataclasses
 import os

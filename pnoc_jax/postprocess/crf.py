@@ -50,7 +50,7 @@ class _KeyTable:
 
     def __init__(self, codes: np.ndarray) -> None:
         self.rounds: list[tuple[int, int, np.ndarray, np.ndarray]] = []
-        ids = np.empty(codes.size, dtype=np.int64)
+        ids = np.empty(codes.size, dtype=np.int32)
         uniq = []
         pending: np.ndarray | None = None  # None: all codes (first round, avoids copies)
         pend_codes = codes
@@ -63,10 +63,10 @@ class _KeyTable:
             table[slot] = pend_codes
             lost = np.flatnonzero(table[slot] != pend_codes)
             occupied = np.flatnonzero(table != _EMPTY)
-            slot_id = np.empty(table.size, dtype=np.int64)  # only occupied slots are ever read
-            slot_id[occupied] = np.arange(size, size + occupied.size)
+            slot_id = np.empty(table.size, dtype=np.int32)  # only occupied slots are ever read
+            slot_id[occupied] = np.arange(size, size + occupied.size, dtype=np.int32)
             if pending is None:
-                ids[:] = slot_id[slot]  # entries in `lost` are overwritten by later rounds
+                np.take(slot_id, slot, out=ids)  # entries in `lost` are overwritten later
                 pending = lost
             else:
                 ids[pending] = slot_id[slot]
@@ -113,28 +113,38 @@ def _blur_matrix(neighbours: list[tuple[np.ndarray, np.ndarray] | int]) -> sp.cs
     Each block is (n1, n2) neighbour indices of one lattice (index M = missing, i.e. zero), or an
     int size for an identity block (a lattice with fewer axes).
     """
-    cols, keeps, start = [], [], 0
+    cols, vals, start = [], [], 0
     for block in neighbours:
         if isinstance(block, int):
             m = block
-            c = np.zeros((m, 3), dtype=np.int64)
-            c[:, 0] = np.arange(m)
-            keep = np.zeros((m, 3), dtype=bool)
-            keep[:, 0] = True
+            self_idx = np.arange(m, dtype=np.int32)
+            c = np.stack([self_idx, self_idx, self_idx], axis=1)
+            v = np.broadcast_to(np.array([1.0, 0.0, 0.0], np.float32), (m, 3))
         else:
             n1, n2 = block
             m = n1.size
-            c = np.stack([np.arange(m), n1, n2], axis=1)
-            keep = c < m
-        cols.append(c + start)
-        keeps.append(keep)
+            self_idx = np.arange(m, dtype=np.int32)
+            c = np.stack(
+                [self_idx, np.where(n1 < m, n1, self_idx), np.where(n2 < m, n2, self_idx)], 1
+            )
+            v = np.empty((m, 3), dtype=np.float32)
+            v[:, 0] = 1.0
+            v[:, 1] = np.where(n1 < m, np.float32(0.5), np.float32(0.0))
+            v[:, 2] = np.where(n2 < m, np.float32(0.5), np.float32(0.0))
+        cols.append((c + start).astype(np.int32))
+        vals.append(v)
         start += m
-    c = np.concatenate(cols)
-    keep = np.concatenate(keeps)
-    data = np.broadcast_to(np.array([1.0, 0.5, 0.5], np.float32), c.shape)[keep]
-    indptr = np.zeros(start + 1, dtype=np.int32)
-    np.cumsum(keep.sum(axis=1), out=indptr[1:])
-    return sp.csr_matrix((data, c[keep].astype(np.int32), indptr), shape=(start, start))
+    # Missing neighbours were given weight 0 on the diagonal; drop them (O(nnz) in C).
+    mat = sp.csr_matrix(
+        (
+            np.concatenate(vals).ravel(),
+            np.concatenate(cols).ravel(),
+            np.arange(0, 3 * start + 1, 3, dtype=np.int32),
+        ),
+        shape=(start, start),
+    )
+    mat.eliminate_zeros()
+    return mat
 
 
 @dataclass(frozen=True)
@@ -161,9 +171,9 @@ class PermutohedralLattice:
         d, n = ft.shape
         d1 = d + 1
         # Elevate onto the hyperplane sum(x) = 0 (E matrix, Adams et al. p.5), float32 like C++.
-        inv_std = np.sqrt(2.0 / 3.0) * d1
+        inv_std = float(np.float32(np.sqrt(2.0 / 3.0) * d1))  # stored as float in the reference
         k = np.arange(1, d + 1, dtype=np.float64)
-        scale = (inv_std / np.sqrt(k * (k + 1))).astype(np.float32)
+        scale = (1.0 / np.sqrt(k * (k + 1)) * inv_std).astype(np.float32)
         cf = ft * scale[:, None]
         elevated = np.empty((d1, n), dtype=np.float32)
         sm = np.zeros(n, dtype=np.float32)
@@ -186,6 +196,7 @@ class PermutohedralLattice:
                 lt = diff[i] < diff[j]
                 rank[i] += lt
                 rank[j] += ~lt
+        del diff, lt
         # Bring the point back onto the plane: cyclic rank shift, moving rem0 by +-(d+1).
         rank += total
         wrap = (rank < 0).astype(np.int32)
@@ -194,6 +205,7 @@ class PermutohedralLattice:
         rem0 += up * wrap
         # Barycentric coordinates (Adams et al. p.10): slot[d - rank_i] = residual_i / (d+1).
         val = (elevated - rem0) * down
+        del elevated, cf, wrap
         flat = (d - rank) * n
         flat += np.arange(n, dtype=np.int32)
         slot = np.empty(d1 * n, dtype=np.float32)
@@ -202,6 +214,7 @@ class PermutohedralLattice:
         weight = np.empty((d1, n), dtype=np.float32)
         weight[1:] = slot[1:] - slot[:-1]
         weight[0] = slot[0].astype(np.float64) + (1.0 - slot[d].astype(np.float64))
+        del slot, val
         # Corner r of the simplex: key_i = rem0_i + r - (d+1) [rank_i > d - r] (i < d), packed
         # in mixed radix: code_r = code(rem0) + r sum(radix) - (d+1) sum_{rank_i > d-r} radix_i.
         rem0_i = rem0[:d].astype(np.int64)
@@ -222,7 +235,9 @@ class PermutohedralLattice:
             code += radix.sum()
             code -= by_rank[r - 1]  # the coordinate with rank d - r + 1 crosses over
             codes[:, r] = code
+        del by_rank, flat, rank, rem0, rem0_i, code
         table = _KeyTable(codes.reshape(-1))
+        del codes
         m = table.size
         # Blur neighbours along axis j: (key - 1, key[j] + d) and (key + 1, key[j] - d).
         ukeys = np.empty((d, m), dtype=np.int64)
@@ -234,7 +249,7 @@ class PermutohedralLattice:
         nbrs = np.stack([base + shift, base + 2 * radix.sum() - shift], axis=1)  # (d+1, 2, M)
         blur_idx = table.lookup(nbrs.ravel()).reshape(d1, 2, m)
         return cls(
-            vertex=table.ids.reshape(n, d1).astype(np.int32),
+            vertex=table.ids.reshape(n, d1),
             weight=np.ascontiguousarray(weight.T),
             blur_idx=blur_idx,
             n_vertices=m,

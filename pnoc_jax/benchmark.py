@@ -1,0 +1,164 @@
+"""Times the train step and TTA inference on the present devices; prints JSON.
+
+    python -m pnoc_jax.benchmark --backbone resnet101 --batch 16 --size 512 --dtype bfloat16
+    python -m pnoc_jax.benchmark --strategy pnoc --backbone tiny --batch 16 --size 96
+
+Reports images/s, step time (median), peak memory and, on GPU/TPU, the model-FLOPs
+utilisation (XLA's FLOP count of the compiled step / step time / the chip's peak).
+"""
+
+import json
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from pnoc_jax.cam import inference, strategies
+from pnoc_jax.core import distributed, optim, rng
+from pnoc_jax.core.train_state import create_state
+from pnoc_jax.models.classifier import CAMClassifier
+
+_BACKBONE = flags.DEFINE_string("backbone", "resnet101", "Backbone name.")
+_STRATEGY = flags.DEFINE_enum("strategy", "cam", list(strategies.STRATEGIES), "Strategy.")
+_BATCH = flags.DEFINE_integer("batch", 16, "Global batch size.")
+_SIZE = flags.DEFINE_integer("size", 512, "Training crop / inference canvas side at scale 1.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_CLASSES = flags.DEFINE_integer("classes", 20, "Number of classes.")
+_STRIDE = flags.DEFINE_integer("output_stride", 16, "Output stride.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
+_INFER_IMAGES = flags.DEFINE_integer("infer_images", 0, "Images for TTA timing (0: batch).")
+
+# Dense peak FLOP/s per chip: (bf16, f32). f32 matmuls/convs on these GPUs run as TF32.
+_PEAKS = {
+    "H100": (989e12, 495e12),
+    "H200": (989e12, 495e12),
+    "A100": (312e12, 156e12),
+    "TPU v4": (275e12, 275e12),
+    "TPU v5 lite": (197e12, 197e12),
+    "TPU v5p": (459e12, 459e12),
+    "TPU v6 lite": (918e12, 918e12),
+}
+
+
+def peak_flops(device, dtype: str) -> float | None:
+    for name, (bf16, f32) in _PEAKS.items():
+        if name in device.device_kind:
+            return bf16 if dtype == "bfloat16" else f32
+    return None
+
+
+def peak_memory_bytes() -> int:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # host RSS on CPU
+
+
+def _time(fn, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def benchmark_train(mesh) -> dict:
+    dtype = jnp.dtype(_DTYPE.value)
+    model = CAMClassifier(_BACKBONE.value, _CLASSES.value, _STRIDE.value, dtype=dtype)
+    tx, _ = optim.make_optimizer(optim.OptimizerConfig(lr=0.01, total_steps=1000))
+    shape = (1, _SIZE.value, _SIZE.value, 3)
+    states = {"f": create_state(model, tx, rng.init_key(0), shape, mesh)}
+    oc_model = None
+    if strategies.needs_oc(_STRATEGY.value):
+        oc_model = CAMClassifier(_BACKBONE.value, _CLASSES.value, _STRIDE.value, True, dtype)
+        states["oc"] = create_state(oc_model, tx, rng.init_key(1), shape, mesh)
+    cfg = strategies.StrategyConfig(_STRATEGY.value, total_steps=1000, label_smoothing=0.1)
+    updates = strategies.build_updates(cfg, model=model, oc_model=oc_model, mesh=mesh, seed=0)
+    r = np.random.default_rng(0)
+    batch = distributed.to_global(
+        {
+            "image": r.normal(size=(_BATCH.value, *shape[1:])).astype(np.float32),
+            "labels": (r.random((_BATCH.value, _CLASSES.value)) < 0.2).astype(np.float32),
+        },
+        mesh,
+    )
+    carries: dict[str, dict] = {}
+
+    def step():
+        carry: dict = {}
+        for u in updates:
+            others = {k: v for k, v in states.items() if k != u.name}
+            carries[u.name] = carry
+            states[u.name], _, carry = u.fn(states[u.name], others, batch, carry, jnp.asarray(0))
+        return states["f"].params
+
+    with jax.set_mesh(mesh):
+        step()  # compile + warm-up; records each update's input carry
+        flops = 0.0
+        for u in updates:
+            others = {k: v for k, v in states.items() if k != u.name}
+            lowered = u.fn.lower(states[u.name], others, batch, carries[u.name], jnp.asarray(0))
+            cost = lowered.compile().cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            flops += float((cost or {}).get("flops", 0.0))
+        times = _time(step, _STEPS.value)
+    median = statistics.median(times)
+    result = {
+        "train_step_s": median,
+        "train_images_per_s": _BATCH.value / median,
+        "train_flops_per_step": flops,
+    }
+    peak = peak_flops(jax.devices()[0], _DTYPE.value)
+    if peak and flops:
+        result["train_mfu"] = flops / median / (peak * jax.device_count())
+    return result
+
+
+def benchmark_tta(mesh) -> dict:
+    dtype = jnp.dtype(_DTYPE.value)
+    model = CAMClassifier(_BACKBONE.value, _CLASSES.value, _STRIDE.value, dtype=dtype)
+    variables = jax.jit(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False),
+        out_shardings=distributed.replicated(mesh),
+    )()
+    predict = inference.make_predict_fn(model, variables, mesh)
+    n = _INFER_IMAGES.value or max(_BATCH.value // 2, 1)
+    images = [
+        np.random.default_rng(i).integers(0, 255, (_SIZE.value, _SIZE.value, 3), np.uint8)
+        for i in range(n)
+    ]
+    run = lambda: inference.tta_cams(
+        images, predict, (0.5, 1.0, 1.5, 2.0), _SIZE.value, _STRIDE.value, len(mesh.devices.flat)
+    )
+    run()  # compile every scale
+    times = _time(run, max(_STEPS.value // 2, 1))
+    median = statistics.median(times)
+    return {"tta_images_per_s": n / median, "tta_batch_s": median, "tta_images_per_batch": n}
+
+
+def main(argv) -> None:
+    del argv
+    mesh = distributed.make_mesh()
+    result = {
+        "backbone": _BACKBONE.value,
+        "strategy": _STRATEGY.value,
+        "batch": _BATCH.value,
+        "size": _SIZE.value,
+        "dtype": _DTYPE.value,
+        "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+    }
+    result.update(benchmark_train(mesh))
+    result.update(benchmark_tta(mesh))
+    result["peak_memory_bytes"] = peak_memory_bytes()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
