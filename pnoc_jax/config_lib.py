@@ -129,8 +129,25 @@ def train_section(**overrides: Any) -> ml_collections.ConfigDict:
             "max_size": 640,
             "log_every": 50,
             "ckpt_every": 500,
-            # Strategy parameters (cam/strategies.StrategyConfig fields), e.g. noc_threshold.
-            "strategy_args": ml_collections.ConfigDict(),
+            # Loss weights and schedules of the strategies (cam/strategies.StrategyConfig).
+            "strategy_args": ml_collections.ConfigDict(
+                {
+                    "re_start": 0.0,  # Puzzle λ_re: 0 -> 4 over the first half
+                    "re_end": 4.0,
+                    "re_fraction": 0.5,
+                    "cse_start": 0.3,  # OC-CSE λ_cse: 0.3 -> 1 over all steps
+                    "cse_end": 1.0,
+                    "cse_fraction": 1.0,
+                    "noc_start": 0.0,  # P-NOC λ_noc: 0 -> 1 over all steps
+                    "noc_end": 1.0,
+                    "noc_fraction": 1.0,
+                    "noc_threshold": 0.2,  # δ_noc: noc sees pixels with ψ(A^r) <= δ_noc
+                    "noc_every": 1,  # k_noc
+                    # The official code also feeds noc the gradient of λ_cse·ℓ(noc(x̃), y∖r)
+                    # (spec §5.4); True reproduces the published numbers, False = paper text.
+                    "noc_cse_gradient": True,
+                }
+            ),
             "oc_checkpoint": "",  # ordinary classifier checkpoint dir; "" = this workdir's train_oc
             "noc_lr_mult": 1.0,
         }
@@ -174,4 +191,73 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict(
         {"split": "train", "thresholds": tuple(round(0.05 * i, 2) for i in range(1, 17))}
     )
+    # Affinity labels (spec §8) and AffinityNet training (spec §9); labels need CAMs of `split`.
+    config.affinity = ml_collections.ConfigDict(
+        {
+            "split": "train",
+            "fg_threshold": 0.30,
+            "bg_threshold": 0.05,
+            "saliency_dir": "",  # <id>.png saliency (PNG/255); "" = conventional labels
+            "saliency_threshold": 0.10,
+            "crf_iterations": 10,
+            "crf_gt_prob": 0.7,
+            "num_workers": 0,  # CRF worker processes; 0 = one per CPU, 1 = in-process
+            "backbone": "",  # "" = config.model.backbone
+            "output_stride": 16,
+            "backbone_weights": "pretrained",  # or "train_cam" (the CAM network's backbone)
+            "batch_size": 32,
+            "epochs": 3,
+            "steps": 0,  # > 0 overrides epochs
+            "lr": 0.1,
+            "weight_decay": 1e-4,
+            "poly_power": 0.9,
+            "crop_size": 512,
+            "min_size": 320,
+            "max_size": 640,
+            "radius": 10,
+            "log_every": 50,
+            "ckpt_every": 500,
+        }
+    )
+    # Random walk and pseudo labels (spec §9); CAMs of every split must exist.
+    config.rw = ml_collections.ConfigDict(
+        {
+            "splits": ("train",),
+            "beta": 10.0,
+            "exp_times": 8,
+            "radius": 5,
+            "bg_threshold": 0.30,
+            "crf_iterations": 1,
+            "crf_gt_prob": 0.9,
+            "max_image_size": 500,  # canvas side for the edge network
+            "batch_size": 4,  # images per forward pass (x2 with flips)
+            "num_workers": 0,  # RW + CRF worker processes; 0 = one per CPU, 1 = in-process
+        }
+    )
     return config
+
+
+def synthetic_config(strategy: str = "pnoc", epochs: int = 8) -> ml_collections.ConfigDict:
+    """The recipe for the embedded synthetic dataset: tiny ResNet, OS 8, ~100 px images.
+
+    Priors are evaluated on the `val` split (200 images) to keep CPU runs short.
+    """
+    config = base_config()
+    config.data.name = "synthetic"
+    config.data.image_size = 96
+    config.model.backbone = "tiny"
+    config.model.output_stride = 8
+    small = {"batch_size": 16, "epochs": epochs, "min_size": 80, "max_size": 128}
+    small.update(log_every=20, ckpt_every=200)
+    config.oc.update(small)
+    config.train.update(small, strategy=strategy, label_smoothing=0.1)
+    config.infer.update(splits=("val",), batch_size=8, max_image_size=112)
+    config.eval.split = "val"
+    config.stages = ("train_oc", "train_cam", "infer_cam", "eval_cam")
+    if not strategy_needs_oc(strategy):
+        config.stages = config.stages[1:]
+    return config
+
+
+def strategy_needs_oc(strategy: str) -> bool:
+    return strategy in ("occse", "poc", "pnoc")

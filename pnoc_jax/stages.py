@@ -17,7 +17,9 @@ import ml_collections
 from absl import logging
 
 from pnoc_jax import config_lib
-from pnoc_jax.cam import evaluate, inference, train
+from pnoc_jax.affinity import stages as affinity_stages
+from pnoc_jax.affinity import train as affinity_train
+from pnoc_jax.cam import compare, evaluate, inference, train
 from pnoc_jax.cam.strategies import STRATEGIES  # noqa: F401  (re-exported for validation)
 from pnoc_jax.core import distributed, fileio
 
@@ -52,7 +54,42 @@ STAGES: dict[str, Stage] = {
     ),
     "infer_cam": Stage("infer_cam", inference.run, ("data", "model", "infer"), ("train_cam",)),
     "eval_cam": Stage("eval_cam", evaluate.run, ("data", "eval"), ("infer_cam",)),
+    "compare": Stage(
+        "compare",
+        compare.run,
+        ("seed", "data", "model", "oc", "train", "infer", "eval", "compare"),
+    ),
 }
+
+# From priors to pseudo-labels (spec §8-§9). Dotted keys select single fields of a section.
+STAGES.update(
+    {
+        "affinity_labels": Stage(
+            "affinity_labels",
+            affinity_stages.affinity_labels,
+            ("data", *affinity_stages.LABEL_KEYS),
+            ("infer_cam",),
+        ),
+        "train_affinity": Stage(
+            "train_affinity",
+            affinity_train.run,
+            ("seed", "data", "model", "affinity"),
+            ("affinity_labels",),
+        ),
+        "random_walk": Stage(
+            "random_walk",
+            affinity_stages.random_walk,
+            ("data", *affinity_stages.RW_KEYS),
+            ("train_affinity", "infer_cam"),
+        ),
+        "eval_pseudo_labels": Stage(
+            "eval_pseudo_labels",
+            affinity_stages.eval_pseudo_labels,
+            ("data", "eval"),
+            ("random_walk",),
+        ),
+    }
+)
 
 
 def deps_of(name: str, config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -63,7 +100,14 @@ def deps_of(name: str, config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def stage_fingerprint(name: str, config: ml_collections.ConfigDict) -> str:
     stage = STAGES[name]
-    subset = {key: config_lib.to_plain(config[key]) for key in stage.config_keys if key in config}
+    subset = {}
+    for key in stage.config_keys:  # "section" or "section.field"
+        node, found = config, True
+        for part in key.split("."):
+            found = found and isinstance(node, ml_collections.ConfigDict) and part in node
+            node = node[part] if found else None
+        if found:
+            subset[key] = config_lib.to_plain(node)
     upstream = {dep: stage_fingerprint(dep, config) for dep in deps_of(name, config)}
     return config_lib.fingerprint({"stage": name, "config": subset, "deps": upstream})
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -100,6 +104,17 @@ def test_position_kernel_cache_is_not_mutated(photo):
     a = dense_crf_labels(photo, labels, 3, iterations=3)
     b = dense_crf_labels(photo, labels, 3, iterations=3)
     np.testing.assert_array_equal(a, b)
+
+
+def test_cpu_modules_do_not_import_jax():
+    # CRF / random walk / affinity labels run in worker processes without accelerators.
+    code = (
+        "import sys; import pnoc_jax.postprocess.crf, pnoc_jax.postprocess.benchmark, "
+        "pnoc_jax.affinity.paths, pnoc_jax.affinity.random_walk, pnoc_jax.affinity.labels; "
+        "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=root)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,7 +106,9 @@ def transition_matrix(aff: sp.spmatrix, beta: float = 10) -> sp.csr_matrix:
     return (a @ sp.diags(1.0 / col_sum)).tocsr()
 
 
-def _check_walk_args(cams, edge, beta, exp_times):
+def _check_walk_args(
+    cams: np.ndarray, edge: np.ndarray, beta: float, exp_times: int
+) -> tuple[np.ndarray, np.ndarray]:
     edge = _check_edge(edge)
     cams = _check_cams(cams, edge.shape)
     if isinstance(exp_times, bool) or not isinstance(exp_times, int | np.integer):

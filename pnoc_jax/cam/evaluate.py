@@ -16,8 +16,14 @@ from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.evaluation import miou
 
 
-def accumulate_sweep(source, cams_dir: str, thresholds, num_labels: int, desc: str) -> np.ndarray:
-    """Sums the per-threshold confusion matrices over a split (one read per image)."""
+def accumulate_sweep(
+    source, cams_dir: str, thresholds, num_labels: int, desc: str, key: str = "hr_cam"
+) -> np.ndarray:
+    """Sums the per-threshold confusion matrices over a split (one read per image).
+
+    `key` names the full-resolution [K, H, W] scores in each `.npy` ("hr_cam" for CAM files,
+    "rw" for random-walk files).
+    """
     total = np.zeros((len(thresholds), num_labels, num_labels), np.int64)
     for index in tqdm(range(len(source)), desc=desc, disable=not distributed.is_chief()):
         example = source[index]
@@ -27,12 +33,12 @@ def accumulate_sweep(source, cams_dir: str, thresholds, num_labels: int, desc: s
         else:
             path = os.path.join(cams_dir, f"{example['id']}.npy")
             if not os.path.exists(path):
-                raise FileNotFoundError(f"{path}: CAM file missing; run the infer_cam stage first")
+                raise FileNotFoundError(f"{path}: score file missing; run its stage first")
             record = fileio.read_npy_dict(path)
-            keys, cams = record["keys"], record["hr_cam"]
+            keys, cams = record["keys"], record[key]
             if cams.shape[1:] != gt.shape:
                 raise ValueError(
-                    f"{path}: hr_cam {cams.shape[1:]} does not match the mask {gt.shape}"
+                    f"{path}: {key} {cams.shape[1:]} does not match the mask {gt.shape}"
                 )
         total += miou.sweep_confusions(gt, cams, keys, thresholds, num_labels)
     return total

@@ -57,7 +57,12 @@ def _optimizer_config(cfg: ml_collections.ConfigDict, steps: int, frozen: tuple[
 
 def _strategy_config(cfg: ml_collections.ConfigDict, total_steps: int):
     fields = {f.name for f in dataclasses.fields(strategies.StrategyConfig)}
-    extra = {k: v for k, v in cfg.get("strategy_args", {}).items() if k in fields}
+    extra = dict(cfg.strategy_args)
+    unknown = set(extra) - fields
+    if unknown:
+        raise ValueError(
+            f"config.*.strategy_args: unknown {sorted(unknown)}; known: {sorted(fields)}"
+        )
     return strategies.StrategyConfig(
         name=cfg.strategy,
         total_steps=total_steps,

@@ -28,17 +28,18 @@ def create_state(
     mesh: Mesh,
     init_variables: Callable[[dict], dict] | None = None,
 ) -> TrainState:
-    """Initialises a replicated TrainState directly on the mesh (jit with out_shardings).
+    """Initialises a TrainState replicated over the mesh (jit with out_shardings).
 
-    `init_variables` may rewrite the freshly initialised variables, e.g. to load pretrained
-    backbone weights or a trained checkpoint.
+    `init_variables` may replace the freshly initialised variables (a pretrained backbone, a
+    trained checkpoint). It runs outside jit, so large weights are transferred, not compiled in.
     """
+    repl = distributed.replicated(mesh)
+    dummy = jnp.zeros(input_shape, jnp.float32)
+    variables = jax.jit(lambda k: dict(model.init(k, dummy, train=False)), out_shardings=repl)(key)
+    if init_variables is not None:
+        variables = jax.device_put(init_variables(variables), repl)
 
-    def init() -> TrainState:
-        variables = model.init(key, jnp.zeros(input_shape, jnp.float32), train=False)
-        variables = dict(variables)
-        if init_variables is not None:
-            variables = init_variables(variables)
+    def create(variables: dict) -> TrainState:
         return TrainState.create(
             apply_fn=model.apply,
             params=variables["params"],
@@ -46,7 +47,7 @@ def create_state(
             tx=tx,
         )
 
-    return jax.jit(init, out_shardings=distributed.replicated(mesh))()
+    return jax.jit(create, out_shardings=repl)(variables)
 
 
 def abstract_state(state_fn: Callable[[], TrainState]) -> TrainState:

@@ -197,3 +197,41 @@ def make_classification_transform(
     if not 0 < min_size <= max_size:
         raise ValueError(f"Need 0 < min_size <= max_size, got {min_size}, {max_size}.")
     return ClassificationTransform(image_size, min_size, max_size, parse_augment(augment))
+
+
+def nearest_downsample(mask: np.ndarray, factor: int) -> np.ndarray:
+    """uint8[H, W] -> uint8[round(H/f), round(W/f)] with PIL nearest (pixel centres, as IRN)."""
+    h, w = mask.shape
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    return np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
+
+
+@dataclasses.dataclass(frozen=True)
+class AffinityTransform:
+    """Picklable ``(example, rng) -> {"image", "aff_label"}`` for AffinityNet training (spec §9).
+
+    The example's ``aff_label`` (uint8[H, W]: 0 bg, 1..C, 255 uncertain) follows the image
+    through the classification geometry (random long-side resize, flip, normalise, crop/pad with
+    0 / 255), then is nearest-downsampled to the stride-4 edge grid. Output: image
+    float32[S, S, 3], aff_label uint8[S/4, S/4].
+    """
+
+    crop_size: int
+    min_size: int
+    max_size: int
+
+    def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        base = ClassificationTransform(self.crop_size, self.min_size, self.max_size, ())
+        out = base({**example, "mask": example["aff_label"]}, rng)
+        return {"image": out["image"], "aff_label": nearest_downsample(out["mask"], 4)}
+
+
+def make_affinity_transform(
+    crop_size: int, min_size: int, max_size: int
+) -> Callable[[dict, np.random.Generator], dict]:
+    """Build the AffinityNet transform; `crop_size` must be a multiple of 4."""
+    if crop_size <= 0 or crop_size % 4:
+        raise ValueError(f"crop_size={crop_size}: expected a positive multiple of 4")
+    if not 0 < min_size <= max_size:
+        raise ValueError(f"Need 0 < min_size <= max_size, got {min_size}, {max_size}.")
+    return AffinityTransform(crop_size, min_size, max_size)

@@ -1,0 +1,21 @@
+r"""The paper's strategy ablation (Tables 2-3) on the synthetic dataset: 4 strategies x 3 seeds.
+
+    python -m pnoc_jax.main --config configs/compare_strategies.py --workdir runs/compare
+
+Writes runs/compare/compare/results.{md,csv}.
+Arguments: `:seeds=3,epochs=8,strategies=cam+puzzle+poc+pnoc`.
+"""
+
+import ml_collections
+
+from pnoc_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+    args = config_lib.parse_arg(arg, seeds=3, epochs=8, strategies="cam+puzzle+poc+pnoc")
+    config = config_lib.synthetic_config("cam", epochs=args.epochs)
+    config.stages = ("compare",)
+    config.compare = ml_collections.ConfigDict(
+        {"strategies": tuple(args.strategies.split("+")), "seeds": tuple(range(args.seeds))}
+    )
+    return config

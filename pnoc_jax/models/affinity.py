@@ -1,0 +1,86 @@
+"""AffinityNet: IRN's boundary (inter-pixel relation) branch on a frozen ResNet (spec §9, PE).
+
+The backbone runs in inference mode (BN running statistics) and its five taps are cut from the
+gradient, so only the edge layers learn; the optimizer additionally freezes every parameter
+under ``backbone`` (`core.optim` ``frozen=("backbone",)``) so weight decay cannot move them.
+
+Each tap (stem after max-pool, layer1..layer4) -> 1x1 conv to 32 (no bias) -> GroupNorm(4) ->
+bilinear upsample (half-pixel, PyTorch ``align_corners=False``) by tap stride / 4 -> ReLU; all
+are cropped to layer1's size, concatenated (160) and mapped by a 1x1 conv with bias to one
+boundary logit per stride-4 cell.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pnoc_jax.models.resnet import FEATURE_NAMES, ResNet, backbone_config, stage_plan
+
+EDGE_CHANNELS = 32
+EDGE_STRIDE = 4  # stride of the edge map (layer1)
+
+
+def tap_strides(backbone: str, output_stride: int) -> dict[str, int]:
+    """Stride of each backbone tap, e.g. OS16: stem 4, layer1 4, layer2 8, layer3 16, layer4 16."""
+    cfg = backbone_config(backbone)
+    plan = stage_plan(
+        cfg["stage_sizes"],
+        cfg["block"],
+        cfg.get("stem_width", 64),
+        cfg.get("widths", (64, 128, 256, 512)),
+        output_stride,
+    )
+    strides = {"stem": 4}
+    stride = 4
+    for i, blocks in enumerate(plan, start=1):
+        stride *= blocks[0]["stride"]
+        strides[f"layer{i}"] = stride
+    return strides
+
+
+def upsample_bilinear(x: jax.Array, factor: int) -> jax.Array:
+    """[B, h, w, C] -> [B, h·f, w·f, C], half-pixel bilinear without antialiasing."""
+    if factor == 1:
+        return x
+    b, h, w, c = x.shape
+    return jax.image.resize(x, (b, h * factor, w * factor, c), "bilinear", antialias=False)
+
+
+class AffinityNet(nn.Module):
+    """``__call__(x [B, H, W, 3]) -> edge logits [B, ⌈H/4⌉, ⌈W/4⌉]`` (float32).
+
+    Submodules: ``backbone`` (frozen ResNet) and the edge layers ``edge{1..5}``, ``gn{1..5}``,
+    ``edge_out``.
+    """
+
+    backbone: str
+    output_stride: int = 16
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train  # the backbone is always in inference mode; the edge layers have no BN
+        feats = ResNet(
+            **backbone_config(self.backbone),
+            output_stride=self.output_stride,
+            frozen_bn=True,
+            dtype=self.dtype,
+            name="backbone",
+        )(x, train=False)
+        strides = tap_strides(self.backbone, self.output_stride)
+        h, w = feats["layer1"].shape[1:3]
+        maps = []
+        for i, name in enumerate(FEATURE_NAMES, start=1):
+            y = jax.lax.stop_gradient(feats[name])
+            y = nn.Conv(EDGE_CHANNELS, (1, 1), use_bias=False, dtype=self.dtype, name=f"edge{i}")(y)
+            y = nn.GroupNorm(num_groups=4, epsilon=1e-5, dtype=self.dtype, name=f"gn{i}")(y)
+            y = upsample_bilinear(y, strides[name] // EDGE_STRIDE)
+            maps.append(nn.relu(y)[:, :h, :w])
+        edge = nn.Conv(1, (1, 1), use_bias=True, dtype=self.dtype, name="edge_out")(
+            jnp.concatenate(maps, axis=-1)
+        )
+        return edge[..., 0].astype(jnp.float32)

@@ -1,0 +1,165 @@
+"""P-NOC's two updates: isolation, the CSE-gradient switch, 1 vs 8 devices, two-state resume."""
+
+import os
+import shutil
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from pnoc_jax.cam import losses, strategies
+from pnoc_jax.cam import train as cam_train
+from pnoc_jax.core import distributed, optim, rng
+from pnoc_jax.core.checkpoint import Checkpointer
+from pnoc_jax.core.loop import Preempted
+from pnoc_jax.core.train_state import create_state
+
+SIZE, CLASSES, BATCH = 32, 6, 8
+
+
+def _batch():
+    r = np.random.default_rng(1)
+    labels = (r.random((BATCH, CLASSES)) < 0.4).astype(np.float32)
+    labels[np.arange(BATCH), r.integers(0, CLASSES, BATCH)] = 1.0
+    return {"image": r.normal(size=(BATCH, SIZE, SIZE, 3)).astype(np.float32), "labels": labels}
+
+
+def _setup(config, devices, strategy="pnoc", leak=True):
+    mesh = distributed.make_mesh(devices)
+    model = cam_train.build_model(config)
+    oc_model = cam_train.build_model(config, frozen_bn=True)
+    shape = (1, SIZE, SIZE, 3)
+    tx, _ = optim.make_optimizer(optim.OptimizerConfig(lr=0.1, total_steps=10))
+    oc_tx, _ = optim.make_optimizer(optim.OptimizerConfig(lr=0.1, total_steps=10, frozen=("bn",)))
+    states = {
+        "f": create_state(model, tx, rng.init_key(0), shape, mesh),
+        "oc": create_state(oc_model, oc_tx, rng.init_key(1), shape, mesh),
+    }
+    cfg = strategies.StrategyConfig(
+        strategy, total_steps=10, label_smoothing=0.1, noc_cse_gradient=leak
+    )
+    updates = strategies.build_updates(cfg, model=model, oc_model=oc_model, mesh=mesh, seed=0)
+    return mesh, states, updates, cfg, model, oc_model
+
+
+def _run_step(mesh, states, updates, batch, step=3):
+    out, metrics, carry = dict(states), {}, {}
+    with jax.set_mesh(mesh):
+        batch = distributed.to_global(batch, mesh)
+        for u in updates:
+            others = {k: v for k, v in out.items() if k != u.name}
+            out[u.name], m, carry = u.fn(out[u.name], others, batch, carry, jnp.asarray(step))
+            metrics.update(m)
+    return out, metrics, carry
+
+
+def _host(tree):
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_updates_change_only_their_own_network(tiny_config):
+    mesh, states, updates, *_ = _setup(tiny_config, jax.devices())
+    before = _host(states)
+    gen, noc = updates
+    with jax.set_mesh(mesh):
+        batch = distributed.to_global(_batch(), mesh)
+        f, _, carry = gen.fn(states["f"], {"oc": states["oc"]}, batch, {}, jnp.asarray(3))
+        assert _equal(_host(states["oc"]), before["oc"])  # generator step: noc bit-identical
+        assert not _equal(_host(f.params), before["f"].params)
+        oc, _, _ = noc.fn(states["oc"], {"f": f}, batch, carry, jnp.asarray(3))
+    f_after = _host(f)
+    assert not _equal(_host(oc.params), before["oc"].params)
+    assert _equal(_host(f), f_after)  # noc step: generator bit-identical
+    assert _equal(_host(oc.batch_stats), before["oc"].batch_stats)  # frozen BN statistics
+    bn_scale = lambda p: p["backbone"]["bn1"]["scale"]
+    np.testing.assert_array_equal(bn_scale(_host(oc.params)), bn_scale(before["oc"].params))
+
+
+@pytest.mark.parametrize("leak", [False, True])
+def test_noc_update_matches_independent_gradient(tiny_config, leak):
+    """noc's step = SGD on λ_noc·ℓ(noc(x ∘ [ψ <= δ]), ỹ) (+ λ_cse·ℓ(noc(x̃_soft), ỹ∖r) if leak)."""
+    mesh, states, updates, _, model, oc_model = _setup(tiny_config, jax.devices()[:1], leak=leak)
+    batch = _batch()
+    before = _host(states)
+    out, _, carry = _run_step(mesh, states, updates, batch, step=3)
+
+    x, y = jnp.asarray(batch["image"]), jnp.asarray(batch["labels"])
+    ys = losses.smooth_labels(y, 0.1)
+    f_vars = {"params": before["f"].params, "batch_stats": before["f"].batch_stats}
+    _, cams = model.apply(f_vars, x, train=True, mutable=["batch_stats"])[0]
+    r = losses.sample_erased_class(rng.step_key(0, rng.Stream.TRAIN, 3), y)
+    maps = losses.class_maps(cams, r, SIZE, SIZE)
+    psi = np.asarray(maps) / (np.asarray(maps).max(axis=(1, 2), keepdims=True) + 1e-5)
+    hard = x * jnp.asarray(psi <= 0.2, jnp.float32)[..., None]
+    soft = x * (1 - maps / (maps.max() + 1e-5))[..., None]
+    lam_noc = 3 / 10  # 0 -> 1 over 10 steps, at step 3
+    lam_cse = 0.3 + 0.7 * 3 / 10
+
+    def noc_objective(params):
+        variables = {"params": params, "batch_stats": before["oc"].batch_stats}
+        loss = lam_noc * losses.multilabel_soft_margin(oc_model.apply(variables, hard)[0], ys)
+        if leak:
+            target = losses.smooth_labels(losses.remove_class(y, r), 0.1)
+            soft_logits = oc_model.apply(variables, soft)[0]
+            loss += lam_cse * losses.multilabel_soft_margin(soft_logits, target)
+        return loss
+
+    grads = jax.grad(noc_objective)(before["oc"].params)
+    tx, _ = optim.make_optimizer(optim.OptimizerConfig(lr=0.1, total_steps=10, frozen=("bn",)))
+    updates_, _ = tx.update(grads, tx.init(before["oc"].params), before["oc"].params)
+    expected = jax.tree.map(lambda p, u: p + u, before["oc"].params, updates_)
+    got = _host(out["oc"].params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    np.testing.assert_array_equal(np.asarray(carry["keep_mask"]), psi <= 0.2)
+
+
+def test_two_updates_same_on_1_and_8_devices(tiny_config, strategy="pnoc"):
+    batch = _batch()
+    m1, s1, u1, *_ = _setup(tiny_config, jax.devices()[:1], strategy)
+    m8, s8, u8, *_ = _setup(tiny_config, jax.devices(), strategy)
+    out1, met1, _ = _run_step(m1, s1, u1, batch)
+    out8, met8, _ = _run_step(m8, s8, u8, batch)
+    for k in met1:
+        assert float(met1[k]) == pytest.approx(float(met8[k]), rel=1e-5), k
+    for a, b in zip(jax.tree.leaves(_host(out1)), jax.tree.leaves(_host(out8)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_pnoc_run_resumes_both_states_exactly(tiny_config, tmp_path):
+    tiny_config.oc.update(
+        batch_size=8, steps=3, ckpt_every=10, log_every=1, min_size=32, max_size=48
+    )
+    tiny_config.train.update(strategy="pnoc", steps=4)
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    cam_train.run(tiny_config, full, "train_oc", "oc")
+    shutil.copytree(os.path.join(full, "train_oc"), os.path.join(cut, "train_oc"))
+    cam_train.run(tiny_config, full, "train_cam", "train")
+
+    def sigterm_at_2(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Preempted):
+        cam_train.run(tiny_config, cut, "train_cam", "train", on_step=sigterm_at_2)
+    cam_train.run(tiny_config, cut, "train_cam", "train")
+
+    def final(workdir):
+        ckpt = Checkpointer(os.path.join(workdir, "train_cam", "ckpt"), save_every=1)
+        step = ckpt.latest_step()
+        items = {k: ocp.args.StandardRestore() for k in ("f", "oc")}
+        raw = ckpt.manager.restore(step, args=ocp.args.Composite(**items))
+        ckpt.close()
+        return step, _host({k: raw[k] for k in items})
+
+    (step_a, a), (step_b, b) = final(full), final(cut)
+    assert step_a == step_b == 4
+    assert set(a) == {"f", "oc"}
+    assert _equal(a, b)

@@ -1,0 +1,43 @@
+"""Visualisation helpers, and the notebook's code cells run against a finished tiny run."""
+
+import json
+import os
+
+import numpy as np
+
+from pnoc_jax import visualize
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def test_palette_and_overlay():
+    mask = np.array([[0, 1], [15, 255]], np.uint8)
+    rgb = visualize.colorize_mask(mask)
+    np.testing.assert_array_equal(rgb[0, 0], [0, 0, 0])
+    np.testing.assert_array_equal(rgb[0, 1], [128, 0, 0])  # aeroplane
+    np.testing.assert_array_equal(rgb[1, 0], [192, 128, 128])  # person
+    out = visualize.overlay_cam(np.zeros((2, 2, 3), np.uint8), np.ones((2, 2)))
+    assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
+
+
+def test_notebook_cells_run(tiny_config, tmp_path, monkeypatch):
+    from pnoc_jax import stages
+
+    tiny_config.stages = ("train_cam", "infer_cam", "eval_cam")
+    tiny_config.train.strategy = "cam"
+    tiny_config.infer.splits = ("val",)
+    tiny_config.eval.split = "val"
+    workdir = str(tmp_path / "run")
+    stages.run_stages(tiny_config, workdir)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with open(os.path.join(ROOT, "notebooks", "inspect_cams.ipynb")) as f:
+        cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
+    namespace: dict = {}
+    for cell in cells:
+        source = "".join(cell["source"]).replace(
+            "os.path.abspath('../runs/quickstart')", repr(workdir)
+        )
+        exec(compile(source, "notebook", "exec"), namespace)
+    assert namespace["grid"].shape[0] == 3 * 160
