@@ -3,7 +3,7 @@ r"""The paper's strategy ablation (Tables 2-3) on the synthetic dataset: 4 strat
     python -m pnoc_jax.main --config configs/compare_strategies.py --workdir runs/compare
 
 Writes runs/compare/compare/results.{md,csv}.
-Arguments: `:seeds=3,epochs=8,strategies=cam+puzzle+poc+pnoc`.
+Arguments: `:seeds=3,epochs=5,strategies=cam+puzzle+poc+pnoc`.
 """
 
 import ml_collections
@@ -12,7 +12,7 @@ from pnoc_jax import config_lib
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, seeds=3, epochs=8, strategies="cam+puzzle+poc+pnoc")
+    args = config_lib.parse_arg(arg, seeds=3, epochs=5, strategies="cam+puzzle+poc+pnoc")
     config = config_lib.synthetic_config("cam", epochs=args.epochs)
     config.stages = ("compare",)
     config.compare = ml_collections.ConfigDict(

@@ -36,7 +36,8 @@ def _train_deps(config: ml_collections.ConfigDict, section: str) -> tuple[str, .
     from pnoc_jax.cam.strategies import needs_oc
 
     cfg = config[section]
-    if needs_oc(cfg.strategy) and not cfg.get("oc_checkpoint"):
+    uses_oc = needs_oc(cfg.strategy) or cfg.get("init_backbone_from") == "train_oc"
+    if uses_oc and not cfg.get("oc_checkpoint"):
         return ("train_oc",)
     return ()
 

@@ -32,6 +32,9 @@ def tiny_config(synthetic_data_dir):
     config = module.get_config()
     config.data.data_dir = synthetic_data_dir
     config.data.image_size = 32
-    config.train.update(batch_size=8, steps=6, ckpt_every=2, log_every=1, min_size=32, max_size=48)
+    small = dict(batch_size=8, steps=6, ckpt_every=2, log_every=1, min_size=32, max_size=48)
+    config.oc.update(small, steps=3)
+    config.train.update(small, strategy="cam", init_backbone_from="")
+    config.stages = ("train_cam", "infer_cam", "eval_cam")
     config.infer.update(scales=(1.0, 0.5), batch_size=4)
     return config

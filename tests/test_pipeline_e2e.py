@@ -10,8 +10,11 @@ from pnoc_jax import stages
 from pnoc_jax.core import fileio
 
 
-def test_train_infer_eval_then_skip(tiny_config, tmp_path):
+def test_quickstart_stages_then_skip(tiny_config, tmp_path):
+    """The quickstart's P-NOC pipeline: train_oc -> train_cam (pnoc) -> infer_cam -> eval_cam."""
     workdir = str(tmp_path)
+    tiny_config.stages = ("train_oc", "train_cam", "infer_cam", "eval_cam")
+    tiny_config.train.update(strategy="pnoc", init_backbone_from="train_oc")
     tiny_config.infer.splits = ("val",)
     tiny_config.eval.split = "val"
     stages.run_stages(tiny_config, workdir)
@@ -38,7 +41,7 @@ def test_train_infer_eval_then_skip(tiny_config, tmp_path):
     assert not any(stages.run_stage(n, tiny_config, workdir) for n in tiny_config.stages)
     tiny_config.eval.thresholds = (0.2, 0.4)
     ran = [stages.run_stage(n, tiny_config, workdir) for n in tiny_config.stages]
-    assert ran == [False, False, True]
+    assert ran == [False, False, False, True]
     assert os.path.isdir(os.path.join(workdir, "eval_cam.stale-1"))
     with open(os.path.join(workdir, "eval_cam", "config.json")) as f:
         assert json.load(f)["config"]["eval"]["thresholds"] == [0.2, 0.4]

@@ -25,7 +25,8 @@ def sub_config(
     with sub.unlocked():
         sub.seed = seed
         sub.train.strategy = strategy
-        sub.train.oc_checkpoint = oc_ckpt if strategies.needs_oc(strategy) else ""
+        uses_oc = strategies.needs_oc(strategy) or sub.train.init_backbone_from == "train_oc"
+        sub.train.oc_checkpoint = oc_ckpt if uses_oc else ""
         sub.stages = ("train_cam", "infer_cam", "eval_cam")
     return sub
 
@@ -65,9 +66,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     for seed in config.compare.seeds:
         seed_dir = os.path.join(root, f"seed{seed}")
         oc_ckpt = os.path.join(seed_dir, "train_oc", "ckpt")
-        if any(strategies.needs_oc(s) for s in config.compare.strategies):
-            oc_config = sub_config(config, seed, "cam", "")
-            stages.run_stage("train_oc", oc_config, seed_dir)
+        oc_config = sub_config(config, seed, "cam", "")
+        stages.run_stage("train_oc", oc_config, seed_dir)
         for strategy in config.compare.strategies:
             sub = sub_config(config, seed, strategy, oc_ckpt)
             sub_dir = os.path.join(seed_dir, strategy)

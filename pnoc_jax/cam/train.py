@@ -33,11 +33,21 @@ def build_model(config: ml_collections.ConfigDict, frozen_bn: bool | None = None
     )
 
 
-def _pretrained_init(path: str):
-    """Variables rewrite that loads an ImageNet backbone (.npz from models.convert), if given."""
-    if not path:
+def _backbone_init(config: ml_collections.ConfigDict, cfg, workdir: str, mesh):
+    """Variables rewrite that loads the backbone of f, or None to keep the random init.
+
+    `cfg.init_backbone_from == "train_oc"` takes the backbone (weights and BN statistics) of
+    this workdir's trained OC, a stand-in for ImageNet pre-training where none exists (the
+    synthetic data); otherwise `config.model.pretrained` (.npz from models.convert) if set.
+    """
+    if cfg.get("init_backbone_from") == "train_oc":
+        ckpt_dir = cfg.oc_checkpoint or os.path.join(workdir, "train_oc", "ckpt")
+        oc = load_classifier_variables(config, "oc", ckpt_dir, build_model(config), mesh)
+        weights = {col: {"backbone": jax.device_get(oc[col]["backbone"])} for col in oc}
+    elif config.model.pretrained:
+        weights = convert.load_npz_weights(config.model.pretrained)
+    else:
         return None
-    weights = convert.load_npz_weights(path)
     return lambda variables: convert.merge_pretrained(variables, weights)
 
 
@@ -143,7 +153,7 @@ def run(
                 rng.init_key(config.seed),
                 input_shape,
                 mesh,
-                _pretrained_init(config.model.pretrained),
+                _backbone_init(config, cfg, workdir, mesh),
             )
         }
         if strategies.needs_oc(cfg.strategy):
