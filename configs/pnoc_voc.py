@@ -1,4 +1,4 @@
-r"""P-NOC priors on Pascal VOC 2012 (spec §1 runner 1): OC, P-NOC, CAM inference + TTA, evaluation.
+r"""P-NOC on Pascal VOC 2012 (spec §1 runners 1 and 3): priors, then RW pseudo-labels.
 
     python -m pnoc_jax.main --config configs/pnoc_voc.py --workdir runs/voc \
         --config.data.manual_dir=/data/VOCdevkit --config.model.pretrained=resnet101.npz
@@ -43,9 +43,15 @@ def get_config(arg: str | None = None):
         label_smoothing=args.ls,
     )
     config.train.strategy_args.update(noc_threshold=0.2, noc_every=1, noc_cse_gradient=True)
-    config.infer.update(splits=("train", "val"), max_image_size=500, batch_size=4)
+    config.infer.update(splits=("train_aug", "train", "val"), max_image_size=500, batch_size=4)
     config.eval.split = "train"
+    # Pseudo-labels (spec §8-§9): conventional affinity labels from the P-NOC CAMs (set
+    # config.affinity.saliency_dir for the saliency-based recipe), IRN boundary net on the frozen
+    # ImageNet backbone, random walk β 10, 2^8 steps, bg 0.3, CRF t1 gt .9.
+    config.affinity.update(split="train_aug")
+    config.rw.update(splits=("train_aug", "train", "val"))
     config.stages = ("train_oc", "train_cam", "infer_cam", "eval_cam")
     if not config_lib.strategy_needs_oc(args.strategy):
         config.stages = config.stages[1:]
+    config.stages += ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
     return config

@@ -269,7 +269,26 @@ def synthetic_config(strategy: str = "pnoc", epochs: int = 5) -> ml_collections.
     config.train.update(small, strategy=strategy, init_backbone_from="train_oc")
     config.infer.update(splits=("val",), batch_size=8, max_image_size=112)
     config.eval.split = "val"
-    config.stages = ("train_oc", "train_cam", "infer_cam", "eval_cam")
+    # Pseudo-labels on the same 200 images. The AffinityNet backbone is the CAM network's
+    # (nothing ImageNet-like exists here); 2^4 random-walk steps, not 2^8: the stride-4 grids of
+    # ~100 px images are ~25 x 25, and 256 steps spread the CAMs over the whole image.
+    config.affinity.update(
+        split="val",
+        batch_size=8,
+        epochs=3,
+        crop_size=96,
+        min_size=80,
+        max_size=128,
+        radius=5,
+        backbone_weights="train_cam",
+        log_every=10,
+        ckpt_every=200,
+    )
+    config.rw.update(splits=("val",), max_image_size=112, batch_size=8, exp_times=4)
+    config.stages = (
+        "train_oc", "train_cam", "infer_cam", "eval_cam",
+        "affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels",
+    )  # fmt: skip
     return config
 
 

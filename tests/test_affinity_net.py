@@ -128,6 +128,7 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
     config.eval.split = "val"
     config.affinity.update(
         split="val",
+        backbone_weights="pretrained",
         crf_iterations=2,
         num_workers=1,
         batch_size=8,

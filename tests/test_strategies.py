@@ -163,3 +163,26 @@ def test_pnoc_run_resumes_both_states_exactly(tiny_config, tmp_path):
     assert step_a == step_b == 4
     assert set(a) == {"f", "oc"}
     assert _equal(a, b)
+
+
+def test_bf16_compute_with_accumulation_keeps_f32_master_weights(tiny_config):
+    """bf16 compute, f32 parameters; with accumulate_steps=2 the first step changes nothing."""
+    mesh = distributed.make_mesh(jax.devices()[:1])
+    model = cam_train.build_model(tiny_config, dtype="bfloat16")
+    oc_model = cam_train.build_model(tiny_config, frozen_bn=True, dtype="bfloat16")
+    cfg = optim.OptimizerConfig(lr=0.1, total_steps=10, accumulate_steps=2)
+    tx, _ = optim.make_optimizer(cfg)
+    shape = (1, SIZE, SIZE, 3)
+    states = {
+        "f": create_state(model, tx, rng.init_key(0), shape, mesh),
+        "oc": create_state(oc_model, tx, rng.init_key(1), shape, mesh),
+    }
+    strategy = strategies.StrategyConfig("pnoc", total_steps=10, label_smoothing=0.1)
+    updates = strategies.build_updates(strategy, model=model, oc_model=oc_model, mesh=mesh, seed=0)
+    before = _host(states)
+    once, metrics, _ = _run_step(mesh, states, updates, _batch())
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(_host(once["f"].params)))
+    assert _equal(_host(once["f"].params), before["f"].params)  # gradient accumulated only
+    twice, _, _ = _run_step(mesh, once, updates, _batch(), step=4)
+    assert not _equal(_host(twice["f"].params), before["f"].params)

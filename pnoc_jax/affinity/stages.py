@@ -27,7 +27,7 @@ from pnoc_jax.affinity import train as aff_train
 from pnoc_jax.affinity import workers
 from pnoc_jax.cam import evaluate, inference
 from pnoc_jax.core import distributed, fileio
-from pnoc_jax.data import datasets, pipeline, transforms
+from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.evaluation import miou
 
 # Config keys that determine each stage's output (fingerprints; worker counts excluded).
@@ -141,11 +141,10 @@ def affinity_labels(config: ml_collections.ConfigDict, workdir: str) -> None:
             "pixels": {"labelled": labelled, "agreeing": agree, "gt_valid": gt_valid},
         }
         fileio.write_json(os.path.join(workdir, "affinity_labels", "metrics.json"), metrics)
-        logging.info(
-            "affinity labels %s: precision %.3f, coverage %.3f",
-            split,
-            metrics["precision"],
-            metrics["coverage"],
+        print(
+            f"affinity labels ({split}): precision {100 * metrics['precision']:.1f}%, "
+            f"coverage {100 * metrics['coverage']:.1f}% "
+            f"(foreground precision {100 * metrics['fg_precision']:.1f}%)"
         )
     distributed.barrier("affinity_labels")
 
@@ -172,16 +171,7 @@ def edge_maps(
     Each image and its flip are normalised and zero-padded bottom/right to `canvas`², so the
     network compiles once.
     """
-    pairs = []
-    for image in images:
-        x = transforms.normalize(image)
-        for view in (x, x[:, ::-1]):
-            padded = np.zeros((canvas, canvas, 3), np.float32)
-            padded[: view.shape[0], : view.shape[1]] = view
-            pairs.append(padded)
-    while len(pairs) % batch_multiple:
-        pairs.append(np.zeros_like(pairs[0]))
-    logits = predict(np.stack(pairs))
+    logits = predict(inference.flip_pairs_on_canvas(images, canvas, batch_multiple))
     out = []
     for i, image in enumerate(images):
         h, w = math.ceil(image.shape[0] / 4), math.ceil(image.shape[1] / 4)

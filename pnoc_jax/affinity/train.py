@@ -23,9 +23,8 @@ from pnoc_jax.affinity import loss as aff_loss
 from pnoc_jax.affinity import workers
 from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import checkpoint, distributed, optim, rng
-from pnoc_jax.core.loop import Update, train_loop
+from pnoc_jax.core.loop import Update, run_training
 from pnoc_jax.core.train_state import TrainState, create_state
-from pnoc_jax.core.writers import MetricWriter
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.models import convert
 from pnoc_jax.models.affinity import AffinityNet
@@ -216,28 +215,15 @@ def run(
     states = {STATE: create_state(model, tx, rng.init_key(config.seed), shape, mesh, init)}
     update = build_update(model, mesh, cfg.radius, info.num_classes + 1)
 
-    ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "ckpt"), save_every=cfg.ckpt_every)
-    start = ckpt.latest_step() or 0
-    if start:
-        logging.info("%s: resuming from step %d", STAGE, start)
-        states = ckpt.restore(start, states)
-    writer = MetricWriter(stage_dir)
-    iterator = pipeline.iterate_from(batches, start)
-    global_batches = (distributed.to_global(b, mesh) for b in iterator)
-    try:
-        with jax.set_mesh(mesh):
-            train_loop(
-                states=states,
-                updates=[update],
-                batches=global_batches,
-                start_step=start,
-                total_steps=total_steps,
-                checkpointer=ckpt,
-                writer=writer,
-                log_every=cfg.log_every,
-                description=STAGE,
-                on_step=on_step,
-            )
-    finally:
-        ckpt.close()
-        writer.close()
+    run_training(
+        stage_dir=stage_dir,
+        states=states,
+        updates=[update],
+        batches=batches,
+        total_steps=total_steps,
+        mesh=mesh,
+        ckpt_every=cfg.ckpt_every,
+        log_every=cfg.log_every,
+        description=STAGE,
+        on_step=on_step,
+    )

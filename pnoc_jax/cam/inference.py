@@ -60,6 +60,23 @@ def make_predict_fn(model, variables, mesh):
     return lambda images: np.asarray(jitted(variables, images))
 
 
+def flip_pairs_on_canvas(images: list[np.ndarray], canvas: int, batch_multiple: int) -> np.ndarray:
+    """[x0, flip x0, x1, flip x1, ...] normalised, padded bottom/right into canvas² (mean colour).
+
+    Zero images pad the batch to a multiple of `batch_multiple` (the local device count).
+    """
+    pairs = []
+    for image in images:
+        x = transforms.normalize(image)
+        for view in (x, x[:, ::-1]):
+            padded = np.zeros((canvas, canvas, 3), np.float32)
+            padded[: view.shape[0], : view.shape[1]] = view
+            pairs.append(padded)
+    while len(pairs) % batch_multiple:
+        pairs.append(np.zeros_like(pairs[0]))
+    return np.stack(pairs)
+
+
 def tta_cams(
     images: list[np.ndarray],
     predict,
@@ -73,16 +90,7 @@ def tta_cams(
     for scale in scales:
         canvas = canvas_size(max_image_size, scale)
         resized = [resize_image(im, scale) for im in images]
-        pairs = []
-        for im in resized:
-            x = transforms.normalize(im)
-            for view in (x, x[:, ::-1]):
-                padded = np.zeros((canvas, canvas, 3), np.float32)
-                padded[: view.shape[0], : view.shape[1]] = view
-                pairs.append(padded)
-        while len(pairs) % batch_multiple:
-            pairs.append(np.zeros_like(pairs[0]))
-        cams = predict(np.stack(pairs))
+        cams = predict(flip_pairs_on_canvas(resized, canvas, batch_multiple))
         for i, im in enumerate(resized):
             fh = math.ceil(im.shape[0] / output_stride)
             fw = math.ceil(im.shape[1] / output_stride)

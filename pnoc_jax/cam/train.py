@@ -13,9 +13,8 @@ from absl import logging
 
 from pnoc_jax.cam import strategies
 from pnoc_jax.core import checkpoint, distributed, optim, rng
-from pnoc_jax.core.loop import train_loop
+from pnoc_jax.core.loop import run_training
 from pnoc_jax.core.train_state import TrainState, create_state
-from pnoc_jax.core.writers import MetricWriter
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.models import convert
 from pnoc_jax.models.classifier import CAMClassifier
@@ -170,32 +169,18 @@ def run(
     )
 
     # ---------------------------------------------------------------- resume and train
-    ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "ckpt"), save_every=cfg.ckpt_every)
-    states = init_states()
-    start = ckpt.latest_step() or 0
-    if start:
-        logging.info("%s: resuming from step %d", stage, start)
-        states = ckpt.restore(start, states)
-    writer = MetricWriter(stage_dir)
-    iterator = pipeline.iterate_from(batches, start)
-    global_batches = (distributed.to_global(b, mesh) for b in iterator)
-    try:
-        with jax.set_mesh(mesh):
-            train_loop(
-                states=states,
-                updates=updates,
-                batches=global_batches,
-                start_step=start,
-                total_steps=total_steps,
-                checkpointer=ckpt,
-                writer=writer,
-                log_every=cfg.log_every,
-                description=stage,
-                on_step=on_step,
-            )
-    finally:
-        ckpt.close()
-        writer.close()
+    run_training(
+        stage_dir=stage_dir,
+        states=init_states(),
+        updates=updates,
+        batches=batches,
+        total_steps=total_steps,
+        mesh=mesh,
+        ckpt_every=cfg.ckpt_every,
+        log_every=cfg.log_every,
+        description=stage,
+        on_step=on_step,
+    )
 
 
 def _oc_state(config, cfg, workdir, mesh, strategy, total_steps) -> TrainState:

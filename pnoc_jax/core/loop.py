@@ -5,6 +5,7 @@ preemption checkpoints, the NaN guard, metric averaging and writing, and the pro
 """
 
 import dataclasses
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from pnoc_jax.core import distributed
 from pnoc_jax.core.checkpoint import Checkpointer
 from pnoc_jax.core.train_state import TrainState
 from pnoc_jax.core.writers import MetricWriter
+from pnoc_jax.data import pipeline
 
 # update(state, others, batch, carry, step) -> (state, metrics, carry)
 UpdateFn = Callable[[TrainState, dict, dict, dict, jax.Array], tuple[TrainState, dict, dict]]
@@ -151,3 +153,48 @@ def train_loop(
     checkpointer.wait()
     writer.flush()
     return states
+
+
+def run_training(
+    *,
+    stage_dir: str,
+    states: dict[str, TrainState],
+    updates: list[Update],
+    batches: Any,
+    total_steps: int,
+    mesh: Any,
+    ckpt_every: int,
+    log_every: int,
+    description: str,
+    on_step: Callable[[int], Any] | None = None,
+) -> dict[str, TrainState]:
+    """Resumes from `<stage_dir>/ckpt` if a checkpoint exists, then runs `train_loop` to the end.
+
+    `batches` is a random-access grain dataset of host batches (batch s = a function of s), so
+    resuming at step s replays exactly what an uninterrupted run would see.
+    """
+    ckpt = Checkpointer(os.path.join(stage_dir, "ckpt"), save_every=ckpt_every)
+    writer = MetricWriter(stage_dir)
+    try:
+        start = ckpt.latest_step() or 0
+        if start:
+            logging.info("%s: resuming from step %d", description, start)
+            states = ckpt.restore(start, states)
+        host_batches = pipeline.iterate_from(batches, start)
+        global_batches = (distributed.to_global(b, mesh) for b in host_batches)
+        with jax.set_mesh(mesh):
+            return train_loop(
+                states=states,
+                updates=updates,
+                batches=global_batches,
+                start_step=start,
+                total_steps=total_steps,
+                checkpointer=ckpt,
+                writer=writer,
+                log_every=log_every,
+                description=description,
+                on_step=on_step,
+            )
+    finally:
+        ckpt.close()
+        writer.close()
