@@ -19,6 +19,7 @@ the 2 accumulated gradients; we average them, so the learning rates are doubled 
 """
 
 from pnoc_jax import config_lib
+from pnoc_jax.cam import strategies
 
 
 def get_config(arg: str | None = None):
@@ -51,7 +52,7 @@ def get_config(arg: str | None = None):
     config.affinity.update(split="train_aug")
     config.rw.update(splits=("train_aug", "train", "val"))
     config.stages = ("train_oc", "train_cam", "infer_cam", "eval_cam")
-    if not config_lib.strategy_needs_oc(args.strategy):
+    if not strategies.reads_oc_checkpoint(config.train):
         config.stages = config.stages[1:]
     config.stages += ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
     return config

@@ -290,7 +290,3 @@ def synthetic_config(strategy: str = "pnoc", epochs: int = 5) -> ml_collections.
         "affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels",
     )  # fmt: skip
     return config
-
-
-def strategy_needs_oc(strategy: str) -> bool:
-    return strategy in ("occse", "poc", "pnoc")

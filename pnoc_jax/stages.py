@@ -33,11 +33,10 @@ class Stage:
 
 
 def _train_deps(config: ml_collections.ConfigDict, section: str) -> tuple[str, ...]:
-    from pnoc_jax.cam.strategies import needs_oc
+    from pnoc_jax.cam.strategies import reads_oc_checkpoint
 
     cfg = config[section]
-    uses_oc = needs_oc(cfg.strategy) or cfg.get("init_backbone_from") == "train_oc"
-    if uses_oc and not cfg.get("oc_checkpoint"):
+    if reads_oc_checkpoint(cfg) and not cfg.get("oc_checkpoint"):
         return ("train_oc",)
     return ()
 

@@ -154,13 +154,7 @@ def affinity_labels(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def make_edge_fn(model, variables, mesh):
     """Jitted boundary logits [B, S/4, S/4] for a batch sharded over this process's devices."""
-    data = distributed.data_sharded(mesh)
-    jitted = jax.jit(
-        lambda v, x: model.apply(v, x),
-        in_shardings=(distributed.replicated(mesh), data),
-        out_shardings=data,
-    )
-    return lambda images: np.asarray(jitted(variables, images))
+    return distributed.batch_predictor(lambda v, x: model.apply(v, x), variables, mesh)
 
 
 def edge_maps(

@@ -23,7 +23,7 @@ from pnoc_jax.affinity import loss as aff_loss
 from pnoc_jax.affinity import workers
 from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import checkpoint, distributed, optim, rng
-from pnoc_jax.core.loop import Update, run_training
+from pnoc_jax.core.loop import Update, jit_update, run_training
 from pnoc_jax.core.train_state import TrainState, create_state
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.models import convert
@@ -159,15 +159,8 @@ def affinity_update(
 
 def build_update(model: AffinityNet, mesh: Mesh, radius: int, num_labels: int) -> Update:
     """The jitted update: state replicated (donated), batch sharded along "data"."""
-    repl, data = distributed.replicated(mesh), distributed.data_sharded(mesh)
     fn = functools.partial(affinity_update, model=model, radius=radius, num_labels=num_labels)
-    jitted = jax.jit(
-        fn,
-        in_shardings=(repl, repl, data, None, repl),
-        out_shardings=(repl, repl, None),
-        donate_argnums=0,
-    )
-    return Update(STATE, jitted)
+    return Update(STATE, jit_update(fn, mesh))
 
 
 def run(

@@ -25,8 +25,7 @@ def sub_config(
     with sub.unlocked():
         sub.seed = seed
         sub.train.strategy = strategy
-        uses_oc = strategies.needs_oc(strategy) or sub.train.init_backbone_from == "train_oc"
-        sub.train.oc_checkpoint = oc_ckpt if uses_oc else ""
+        sub.train.oc_checkpoint = oc_ckpt if strategies.reads_oc_checkpoint(sub.train) else ""
         sub.stages = ("train_cam", "infer_cam", "eval_cam")
     return sub
 

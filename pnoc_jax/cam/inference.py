@@ -50,14 +50,12 @@ def resize_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def make_predict_fn(model, variables, mesh):
     """Jitted ReLU(CAMs) for a batch sharded over this process's devices."""
-    data = distributed.data_sharded(mesh)
 
     def predict(variables, images):
         _, cams = model.apply(variables, images, train=False)
         return jax.nn.relu(cams)
 
-    jitted = jax.jit(predict, in_shardings=(distributed.replicated(mesh), data), out_shardings=data)
-    return lambda images: np.asarray(jitted(variables, images))
+    return distributed.batch_predictor(predict, variables, mesh)
 
 
 def flip_pairs_on_canvas(images: list[np.ndarray], canvas: int, batch_multiple: int) -> np.ndarray:

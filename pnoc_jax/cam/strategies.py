@@ -16,7 +16,6 @@ the official code does (spec §5.4); the generator update itself never changes n
 
 import dataclasses
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -24,8 +23,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from pnoc_jax.cam import losses
-from pnoc_jax.core import distributed
-from pnoc_jax.core.loop import Update
+from pnoc_jax.core.loop import Update, jit_update
 from pnoc_jax.core.train_state import TrainState
 
 STRATEGIES = ("cam", "puzzle", "occse", "poc", "pnoc")
@@ -66,7 +64,13 @@ class StrategyConfig:
 
 
 def needs_oc(name: str) -> bool:
+    """Whether a strategy trains against an ordinary classifier."""
     return name in ("occse", "poc", "pnoc")
+
+
+def reads_oc_checkpoint(section) -> bool:
+    """Whether a training config section reads a trained OC: as the OC or as f's backbone."""
+    return needs_oc(section.strategy) or section.get("init_backbone_from") == "train_oc"
 
 
 def _forward(model: nn.Module, params, batch_stats, x, train: bool):
@@ -210,20 +214,9 @@ def build_updates(
     seed: int,
 ) -> list[Update]:
     """The jitted updates of a strategy: always the generator; for P-NOC also noc."""
-    repl, data = distributed.replicated(mesh), distributed.data_sharded(mesh)
-
-    def compile_update(fn: Any) -> Any:
-        # state (donated) and the other networks replicated; batch sharded along "data".
-        return jax.jit(
-            fn,
-            in_shardings=(repl, repl, data, None, repl),
-            out_shardings=(repl, repl, None),
-            donate_argnums=0,
-        )
-
     gen = functools.partial(generator_update, model=model, oc_model=oc_model, cfg=cfg, seed=seed)
-    updates = [Update("f", compile_update(gen))]
+    updates = [Update("f", jit_update(gen, mesh))]
     if cfg.adversarial:
         noc = functools.partial(noc_update, model=oc_model, cfg=cfg)
-        updates.append(Update("oc", compile_update(noc), every=cfg.noc_every))
+        updates.append(Update("oc", jit_update(noc, mesh), every=cfg.noc_every))
     return updates

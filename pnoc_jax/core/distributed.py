@@ -64,3 +64,11 @@ def allgather(x: np.ndarray) -> np.ndarray:
     if jax.process_count() == 1:
         return np.asarray(x)[None]
     return np.asarray(multihost_utils.process_allgather(x, tiled=False))
+
+
+def batch_predictor(fn, variables, mesh: Mesh):
+    """`images -> np.ndarray` running jitted `fn(variables, images)` with the batch sharded
+    along "data" over `mesh` and the variables replicated (inference on fixed canvases)."""
+    data = data_sharded(mesh)
+    jitted = jax.jit(fn, in_shardings=(replicated(mesh), data), out_shardings=data)
+    return lambda images: np.asarray(jitted(variables, images))

@@ -49,6 +49,18 @@ class Update:
     every: int = 1
 
 
+def jit_update(fn: UpdateFn, mesh: Any) -> UpdateFn:
+    """Jits an update: own state donated and replicated, other states replicated, batch
+    sharded along "data", carry as it comes, step replicated."""
+    repl, data = distributed.replicated(mesh), distributed.data_sharded(mesh)
+    return jax.jit(
+        fn,
+        in_shardings=(repl, repl, data, None, repl),
+        out_shardings=(repl, repl, None),
+        donate_argnums=0,
+    )
+
+
 class _SigtermFlag:
     """Turns SIGTERM into a flag checked between steps (main thread only)."""
 
