@@ -16,19 +16,23 @@ image is reproducible on its own and the build is bit-identical across runs and 
   - BODY: a rotated ellipse (aspect 0.45-0.8) with a wobbly outline (low-frequency radial
     sinusoid). Shape family and texture are SHARED by all classes: a random base colour
     (uniform 60-180 per channel), sinusoidal stripes at a random angle (contrast 25-45) and
-    Gaussian noise. It is only WEAKLY class-specific: the stripe period is drawn around a class
-    value (4.0 ... 8.0 px, +-12 %, so neighbouring classes overlap) and a small class tint
-    (|tint| ~ 14/255) is added to the random base colour.
+    Gaussian noise. It is class-specific, but less distinctively than the part: the stripe
+    period is drawn around a class value (3.5, 4.6, ... 9.0 px, +-3 %) and a class tint
+    (|tint| up to 70/255 per channel) is added to the random base colour, so the body's class
+    must be read from a texture frequency and a colour cast on a random colour.
   - PART: a small patch attached at one end of the body's major axis, 10-20 % of the object's
     area, strongly class-specific: its own saturated colour AND shape/pattern (red disc, green
     checkered square, blue triangle, yellow ring, magenta diamond, cyan cross).
 
-  The labels can be predicted from the parts alone, so plain CAM under-covers the bodies; once
-  a part is erased, the body's stripe period and tint still carry a weak but real signal.
-* 1-3 objects per image (p = 0.45 / 0.35 / 0.20). Object extent (body length plus part) is
-  15 %-60 % of the shorter image side. Objects may overlap; a later object occludes earlier
-  ones. Layouts are re-drawn until every object keeps >= 40 % of its body area and >= 50 % of
-  its part visible (a heavily occluded object without a visible part would be label noise).
+  The labels can be predicted from the parts alone, so plain CAM peaks on the parts and
+  under-covers the bodies; once a part is erased, the body still carries real class evidence
+  that an erasing strategy can exploit (the premise of OC-CSE and P-NOC on VOC).
+* 1-3 objects per image (p = 0.50 / 0.35 / 0.15). Object extent (body length plus part) is
+  45 %-100 % of the shorter image side, so objects fill a large part of the image as on VOC
+  (about 20 % of the pixels are foreground). Objects may overlap; a later object occludes
+  earlier ones. Layouts are re-drawn until every object keeps >= 40 % of its body area and
+  >= 50 % of its part visible (a heavily occluded object without a visible part would be
+  label noise).
 * Class co-occurrence: classes (0, 1) and (2, 3) are "partners" (like person + horse on VOC):
   each object after the first copies a partner of an earlier object with probability 0.6 when
   one exists; otherwise its class is uniform. Classes 4 and 5 have no partner.
@@ -66,12 +70,16 @@ SPLIT_INDEX = {"train": 0, "val": 1}
 MIN_SIDE, MAX_SIDE = 80, 112
 IGNORE_INDEX = 255
 
-# Weak, shared-looking body cues: stripe period (px) and a small RGB tint per class.
-_BODY_PERIOD = np.array([4.0, 4.8, 5.6, 6.4, 7.2, 8.0])
+# Body cues, less distinctive than the parts: stripe period (px, +-PERIOD_JITTER) and an RGB
+# tint added to a random base colour, per class.
+_BODY_PERIOD = np.array([3.5, 4.6, 5.7, 6.8, 7.9, 9.0])
+PERIOD_JITTER = 0.03
 _BODY_TINT = np.array(
-    [[14, 0, -6], [-6, 14, 0], [0, -6, 14], [10, 10, -10], [-10, 10, 10], [10, -10, 10]],
+    [[70, 0, -30], [-30, 70, 0], [0, -30, 70], [50, 50, -50], [-50, 50, 50], [50, -50, 50]],
     dtype=np.float32,
 )
+EXTENT = (0.45, 1.0)  # object extent (body length + part) as a fraction of the shorter side
+OBJECT_COUNT_P = (0.50, 0.35, 0.15)  # P(1, 2, 3 objects)
 # Strong part cues: colour (RGB) per class; the shape is chosen in `_part_mask`.
 _PART_COLOUR = np.array(
     [[225, 30, 30], [30, 200, 45], [40, 60, 235], [240, 220, 30], [220, 40, 220], [30, 220, 225]],
@@ -163,7 +171,7 @@ def _sample_classes(rng: np.random.Generator, n: int) -> list[int]:
 
 def _sample_object(rng: np.random.Generator, cls: int, h: int, w: int) -> dict:
     side = min(h, w)
-    extent = rng.uniform(0.15, 0.60) * side  # body length + part
+    extent = rng.uniform(*EXTENT) * side  # body length + part
     part_frac = rng.uniform(0.10, 0.20)
     aspect = rng.uniform(0.45, 0.8)
     # Body length 2a plus part diameter ~2r = extent, with pi r^2 = f/(1-f) * pi a b.
@@ -190,13 +198,13 @@ def _sample_object(rng: np.random.Generator, cls: int, h: int, w: int) -> dict:
         "dir": direction,
         "px": cx + offset * np.cos(theta),
         "py": cy + offset * np.sin(theta),
-        "period": _BODY_PERIOD[cls] * rng.uniform(0.88, 1.12),
+        "period": _BODY_PERIOD[cls] * rng.uniform(1 - PERIOD_JITTER, 1 + PERIOD_JITTER),
     }
 
 
 def _layout(rng: np.random.Generator, h: int, w: int, yy, xx):
     """Draw objects until all are visible enough; returns (objects, part masks, instance map)."""
-    n = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.20]))
+    n = int(rng.choice([1, 2, 3], p=OBJECT_COUNT_P))
     for attempt in range(50):
         if attempt >= 25 and n > 1:
             n -= 1  # crowded layout: use fewer objects
@@ -324,8 +332,12 @@ class PnocSynthetic(tfds.core.GeneratorBasedBuilder):
     """Embedded synthetic WSSS dataset (see module docstring)."""
 
     name = "pnoc_synthetic"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "Initial release.",
+        "2.0.0": "VOC-sized objects (extent 45-100 % of the shorter side, 1-3 objects with "
+        "p .50/.35/.15) and learnable body cues (distinct stripe periods +-3 %, 5x tint).",
+    }
 
     @tfds_utils.classproperty
     @classmethod
