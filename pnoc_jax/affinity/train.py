@@ -2,7 +2,8 @@
 
 Data: the images of `config.affinity.split` with the affinity-label PNGs of stage
 `affinity_labels`; random long-side resize, flip, normalise, random crop, labels to crop/4.
-Plain SGD (momentum 0) with poly decay on the edge layers only; the backbone is frozen.
+SGD (`config.affinity.momentum`, 0 in the spec) with poly decay on the edge layers only; the
+backbone is frozen.
 Runs on the shared `core.loop.train_loop` with one update; resumes from the latest checkpoint.
 """
 
@@ -45,7 +46,7 @@ def build_model(config: ml_collections.ConfigDict) -> AffinityNet:
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
-    """SGD (momentum 0), lr·poly(0.9) on every edge parameter; backbone frozen (spec §9).
+    """SGD, lr·poly(0.9) on every edge parameter; backbone frozen (spec §9: momentum 0).
 
     Deviation: `core.optim` decays only kernels/scales, so GN offsets and the output bias get
     no weight decay (the reference decays them too).
@@ -55,7 +56,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
             lr=cfg.lr,
             total_steps=total_steps,
             weight_decay=cfg.weight_decay,
-            momentum=0.0,
+            momentum=cfg.momentum,
             poly_power=cfg.poly_power,
             lr_mult=(1.0, 1.0, 1.0, 1.0),
             frozen=("backbone",),
