@@ -33,6 +33,23 @@ def overlay_cam(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.nd
     return (alpha * heat[..., ::-1] + (1 - alpha) * image).astype(np.uint8)
 
 
+def _max_map(path: str, key: str, shape: tuple[int, int]) -> np.ndarray:
+    """Max over classes of the [K, H, W] scores `key` in a `.npy` dict (zeros when K = 0)."""
+    scores = fileio.read_npy_dict(path)[key]
+    return scores.max(axis=0) if len(scores) else np.zeros(shape, np.float32)
+
+
+def _grid(columns: list[list[np.ndarray]], size: int) -> np.ndarray:
+    """Stacks each column's tiles vertically (each resized to size x size), columns side by side."""
+    resized = [
+        np.concatenate(
+            [cv2.resize(t, (size, size), interpolation=cv2.INTER_NEAREST) for t in tiles], axis=0
+        )
+        for tiles in columns
+    ]
+    return np.concatenate(resized, axis=1)
+
+
 def cam_grid(examples: list[dict], cams_dir: str, size: int = 160) -> np.ndarray:
     """Rows image | ground truth | max-over-classes CAM overlay, one column per example.
 
@@ -40,9 +57,34 @@ def cam_grid(examples: list[dict], cams_dir: str, size: int = 160) -> np.ndarray
     """
     columns = []
     for ex in examples:
-        record = fileio.read_npy_dict(os.path.join(cams_dir, f"{ex['id']}.npy"))
-        cam = record["hr_cam"].max(axis=0) if len(record["hr_cam"]) else np.zeros(ex["mask"].shape)
-        tiles = [ex["image"], colorize_mask(ex["mask"]), overlay_cam(ex["image"], cam)]
-        tiles = [cv2.resize(t, (size, size), interpolation=cv2.INTER_NEAREST) for t in tiles]
-        columns.append(np.concatenate(tiles, axis=0))
-    return np.concatenate(columns, axis=1)
+        cam = _max_map(os.path.join(cams_dir, f"{ex['id']}.npy"), "hr_cam", ex["mask"].shape)
+        columns.append([ex["image"], colorize_mask(ex["mask"]), overlay_cam(ex["image"], cam)])
+    return _grid(columns, size)
+
+
+def pseudo_label_grid(
+    examples: list[dict], cams_dir: str, rw_dir: str, pseudo_dir: str, size: int = 160
+) -> np.ndarray:
+    """Rows image | ground truth | CAM | random walk | pseudo-label, one column per example.
+
+    Reads `<cams_dir>/<id>.npy` (hr_cam), `<rw_dir>/<id>.npy` (rw) and `<pseudo_dir>/<id>.png`,
+    the outputs of stages infer_cam and random_walk.
+    """
+    columns = []
+    for ex in examples:
+        shape = ex["mask"].shape
+        cam = _max_map(os.path.join(cams_dir, f"{ex['id']}.npy"), "hr_cam", shape)
+        rw = _max_map(os.path.join(rw_dir, f"{ex['id']}.npy"), "rw", shape)
+        pseudo = cv2.imread(os.path.join(pseudo_dir, f"{ex['id']}.png"), cv2.IMREAD_UNCHANGED)
+        if pseudo is None:
+            raise FileNotFoundError(f"{pseudo_dir}/{ex['id']}.png: missing pseudo-label")
+        columns.append(
+            [
+                ex["image"],
+                colorize_mask(ex["mask"]),
+                overlay_cam(ex["image"], cam),
+                overlay_cam(ex["image"], rw),
+                colorize_mask(pseudo),
+            ]
+        )
+    return _grid(columns, size)

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from pnoc_jax import visualize
 
@@ -18,6 +19,26 @@ def test_palette_and_overlay():
     np.testing.assert_array_equal(rgb[1, 0], [192, 128, 128])  # person
     out = visualize.overlay_cam(np.zeros((2, 2, 3), np.uint8), np.ones((2, 2)))
     assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
+
+
+def test_pseudo_label_grid(tmp_path):
+    from pnoc_jax.affinity import workers
+    from pnoc_jax.core import fileio
+
+    mask = np.zeros((6, 8), np.uint8)
+    mask[2:5, 3:7] = 2
+    example = {"id": "a", "image": np.full((6, 8, 3), 50, np.uint8), "mask": mask}
+    keys = np.array([0, 2])
+    score = (mask[None] == 2).astype(np.float32)
+    fileio.write_npy_dict(str(tmp_path / "a.npy"), {"keys": keys, "hr_cam": score, "rw": score})
+    workers.write_png(str(tmp_path / "a.png"), mask)
+    grid = visualize.pseudo_label_grid([example, example], *[str(tmp_path)] * 3, size=16)
+    assert grid.shape == (5 * 16, 2 * 16, 3) and grid.dtype == np.uint8
+    # Row 5 (pseudo-label) shows class 2's palette colour where the mask has class 2.
+    np.testing.assert_array_equal(grid[4 * 16 + 8, 9], visualize.colorize_mask(mask)[3, 4])
+    fileio.write_npy_dict(str(tmp_path / "b.npy"), {"keys": keys, "hr_cam": score, "rw": score})
+    with pytest.raises(FileNotFoundError, match=r"b\.png"):
+        visualize.pseudo_label_grid([{**example, "id": "b"}], *[str(tmp_path)] * 3)
 
 
 def test_notebook_cells_run(tiny_config, tmp_path, monkeypatch):
