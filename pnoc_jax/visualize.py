@@ -75,9 +75,7 @@ def pseudo_label_grid(
         shape = ex["mask"].shape
         cam = _max_map(os.path.join(cams_dir, f"{ex['id']}.npy"), "hr_cam", shape)
         rw = _max_map(os.path.join(rw_dir, f"{ex['id']}.npy"), "rw", shape)
-        pseudo = cv2.imread(os.path.join(pseudo_dir, f"{ex['id']}.png"), cv2.IMREAD_UNCHANGED)
-        if pseudo is None:
-            raise FileNotFoundError(f"{pseudo_dir}/{ex['id']}.png: missing pseudo-label")
+        pseudo = fileio.read_png(os.path.join(pseudo_dir, f"{ex['id']}.png"))
         columns.append(
             [
                 ex["image"],

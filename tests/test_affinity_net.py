@@ -13,7 +13,6 @@ from pnoc_jax.affinity import labels as aff_labels
 from pnoc_jax.affinity import loss as aff_loss
 from pnoc_jax.affinity import stages as aff_stages
 from pnoc_jax.affinity import train as aff_train
-from pnoc_jax.affinity import workers
 from pnoc_jax.affinity.paths import PathIndex
 from pnoc_jax.cam import inference
 from pnoc_jax.core import distributed, fileio, optim
@@ -145,7 +144,7 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
     ids = _fake_priors(config, workdir, "val")
     stages.run_stages(config, workdir)
 
-    label = workers.read_png(os.path.join(workdir, "affinity_labels", "val", f"{ids[0]}.png"))
+    label = fileio.read_png(os.path.join(workdir, "affinity_labels", "val", f"{ids[0]}.png"))
     assert set(np.unique(label).tolist()) <= set(range(7)) | {255}
     label_metrics = fileio.read_json(os.path.join(workdir, "affinity_labels", "metrics.json"))
     assert 0.5 < label_metrics["precision"] <= 1 and 0 < label_metrics["coverage"] <= 1

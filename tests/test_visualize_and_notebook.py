@@ -22,7 +22,6 @@ def test_palette_and_overlay():
 
 
 def test_pseudo_label_grid(tmp_path):
-    from pnoc_jax.affinity import workers
     from pnoc_jax.core import fileio
 
     mask = np.zeros((6, 8), np.uint8)
@@ -31,7 +30,7 @@ def test_pseudo_label_grid(tmp_path):
     keys = np.array([0, 2])
     score = (mask[None] == 2).astype(np.float32)
     fileio.write_npy_dict(str(tmp_path / "a.npy"), {"keys": keys, "hr_cam": score, "rw": score})
-    workers.write_png(str(tmp_path / "a.png"), mask)
+    fileio.write_png(str(tmp_path / "a.png"), mask)
     grid = visualize.pseudo_label_grid([example, example], *[str(tmp_path)] * 3, size=16)
     assert grid.shape == (5 * 16, 2 * 16, 3) and grid.dtype == np.uint8
     # Row 5 (pseudo-label) shows class 2's palette colour where the mask has class 2.

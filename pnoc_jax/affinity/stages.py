@@ -107,7 +107,7 @@ def affinity_labels(config: ml_collections.ConfigDict, workdir: str) -> None:
                 continue
             out_path = os.path.join(out_dir, f"{example['id']}.png")
             if os.path.exists(out_path):
-                counts[:] += workers.label_counts(workers.read_png(out_path), example["mask"])
+                counts[:] += workers.label_counts(fileio.read_png(out_path), example["mask"])
                 done[1] += 1
                 continue
             saliency = ""
@@ -220,7 +220,7 @@ def random_walk(config: ml_collections.ConfigDict, workdir: str) -> None:
                 png_path = os.path.join(png_dir, f"{example['id']}.png")
                 if example["labels"].sum() == 0:  # no classes: all background, no RW file
                     if not os.path.exists(png_path):
-                        workers.write_png(png_path, np.zeros(example["mask"].shape, np.uint8))
+                        fileio.write_png(png_path, np.zeros(example["mask"].shape, np.uint8))
                     continue
                 npy_path = os.path.join(npy_dir, f"{example['id']}.npy")
                 if os.path.exists(npy_path) and os.path.exists(png_path):
@@ -270,7 +270,7 @@ def eval_pseudo_labels(config: ml_collections.ConfigDict, workdir: str) -> None:
         range(len(source)), desc=f"eval pseudo {split}", disable=not distributed.is_chief()
     ):
         example = source[index]
-        label = workers.read_png(os.path.join(png_dir, f"{example['id']}.png"))
+        label = fileio.read_png(os.path.join(png_dir, f"{example['id']}.png"))
         conf += miou.confusion(example["mask"], label, num_labels)
     sweep = distributed.allgather(sweep).sum(axis=0)
     conf = distributed.allgather(conf).sum(axis=0)

@@ -21,9 +21,8 @@ from absl import logging
 from jax.sharding import Mesh
 
 from pnoc_jax.affinity import loss as aff_loss
-from pnoc_jax.affinity import workers
 from pnoc_jax.cam import train as cam_train
-from pnoc_jax.core import checkpoint, distributed, optim, rng
+from pnoc_jax.core import checkpoint, distributed, fileio, optim, rng
 from pnoc_jax.core.loop import Update, jit_update, run_training
 from pnoc_jax.core.train_state import TrainState, create_state
 from pnoc_jax.data import datasets, pipeline, transforms
@@ -128,7 +127,7 @@ class LabelledSource(Sequence):
         example = dict(self._source[index])
         path = os.path.join(self._directory, f"{example['id']}.png")
         if os.path.exists(path) or example["labels"].sum() > 0:
-            example["aff_label"] = workers.read_png(path)
+            example["aff_label"] = fileio.read_png(path)
         else:
             example["aff_label"] = np.full(example["image"].shape[:2], 255, np.uint8)
         return example

@@ -22,22 +22,6 @@ from pnoc_jax.core import fileio
 IGNORE = 255
 
 
-def read_png(path: str) -> np.ndarray:
-    """Single-channel PNG -> uint8[H, W] (values kept)."""
-    out = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if out is None:
-        raise FileNotFoundError(f"{path}: missing or unreadable PNG")
-    return out if out.ndim == 2 else out[..., 0]
-
-
-def write_png(path: str, label: np.ndarray) -> None:
-    """Atomically writes uint8[H, W] as an index PNG."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(label, np.uint8))
-    if not ok:
-        raise ValueError(f"{path}: PNG encoding failed")
-    fileio.write_bytes(path, data.tobytes())
-
-
 def label_counts(label: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """[labelled, agreeing, gt_valid, labelled_fg, agreeing_fg] pixel counts vs the GT mask.
 
@@ -60,7 +44,7 @@ def affinity_label_task(task: dict[str, Any]) -> np.ndarray:
     image = task["image"]
     p = task["params"]
     if task.get("saliency_path"):
-        saliency = read_png(task["saliency_path"]).astype(np.float32) / 255.0
+        saliency = fileio.read_png(task["saliency_path"]).astype(np.float32) / 255.0
         label = aff_labels.affinity_labels_saliency(
             image,
             record["hr_cam"],
@@ -81,7 +65,7 @@ def affinity_label_task(task: dict[str, Any]) -> np.ndarray:
             crf_iterations=p["crf_iterations"],
             crf_gt_prob=p["crf_gt_prob"],
         )
-    write_png(task["out_path"], label)
+    fileio.write_png(task["out_path"], label)
     return label_counts(label, task["gt"])
 
 
@@ -108,7 +92,7 @@ def random_walk_task(task: dict[str, Any]) -> None:
         crf_iterations=p["crf_iterations"],
         crf_gt_prob=p["crf_gt_prob"],
     )
-    write_png(task["png_path"], label)
+    fileio.write_png(task["png_path"], label)
 
 
 def _worker_init() -> None:

@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+import cv2
 import numpy as np
 
 
@@ -37,6 +38,22 @@ def write_text(path: str, text: str) -> None:
 
 def write_json(path: str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_png(path: str) -> np.ndarray:
+    """Index PNG (labels, saliency) -> uint8[H, W], values kept."""
+    out = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if out is None:
+        raise FileNotFoundError(f"{path}: missing or unreadable PNG")
+    return out if out.ndim == 2 else out[..., 0]
+
+
+def write_png(path: str, label: np.ndarray) -> None:
+    """Atomically writes uint8[H, W] as an index PNG."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(label, np.uint8))
+    if not ok:
+        raise ValueError(f"{path}: PNG encoding failed")
+    write_bytes(path, data.tobytes())
 
 
 def read_json(path: str) -> Any:
