@@ -15,7 +15,6 @@ def get_config(arg: str | None = None):
     args = config_lib.parse_arg(arg, seeds=3, epochs=5, strategies="cam+puzzle+poc+pnoc")
     config = config_lib.synthetic_config("cam", epochs=args.epochs)
     config.stages = ("compare",)
-    config.infer.splits = ("val",)  # the priors are evaluated on val; train CAMs are not needed
     config.compare = ml_collections.ConfigDict(
         {"strategies": tuple(args.strategies.split("+")), "seeds": tuple(range(args.seeds))}
     )

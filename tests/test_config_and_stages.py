@@ -65,3 +65,17 @@ def test_fingerprints_propagate_downstream(tiny_config):
     again = {name: stages.stage_fingerprint(name, tiny_config) for name in stages.STAGES}
     assert again["train_cam"] != after["train_cam"]
     assert again["infer_cam"] != after["infer_cam"] and again["eval_cam"] != after["eval_cam"]
+
+
+def test_compare_sub_config_reads_oc_only_when_needed_and_infers_the_eval_split():
+    from pnoc_jax.cam import compare
+
+    config = config_lib.synthetic_config("cam")  # f's backbone starts from the OC
+    for strategy in ("cam", "pnoc"):
+        sub = compare.sub_config(config, 2, strategy, "/oc/ckpt")
+        assert sub.seed == 2 and sub.train.strategy == strategy
+        assert sub.train.oc_checkpoint == "/oc/ckpt"
+        assert sub.infer.splits == (config.eval.split,)
+    config.train.init_backbone_from = ""
+    assert compare.sub_config(config, 0, "cam", "/oc/ckpt").train.oc_checkpoint == ""
+    assert compare.sub_config(config, 0, "poc", "/oc/ckpt").train.oc_checkpoint == "/oc/ckpt"

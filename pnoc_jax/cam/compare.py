@@ -27,6 +27,7 @@ def sub_config(
         sub.train.strategy = strategy
         sub.train.oc_checkpoint = oc_ckpt if strategies.reads_oc_checkpoint(sub.train) else ""
         sub.stages = ("train_cam", "infer_cam", "eval_cam")
+        sub.infer.splits = (sub.eval.split,)  # only the evaluated split's CAMs are needed
     return sub
 
 
