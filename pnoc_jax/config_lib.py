@@ -94,6 +94,10 @@ def validate(config: ml_collections.ConfigDict, device_count: int, process_count
             raise ValueError(
                 f"config.{section}.strategy={cfg.strategy!r}; known: {sorted(stages.STRATEGIES)}"
             )
+    for section in ("train", "oc", "affinity"):
+        momentum = config[section].get("momentum", 0.0) if section in config else 0.0
+        if not 0 <= momentum < 1:
+            raise ValueError(f"config.{section}.momentum={momentum}: expected in [0, 1)")
     if config.model.output_stride not in (8, 16, 32):
         raise ValueError(
             f"config.model.output_stride={config.model.output_stride}: expected 8/16/32"

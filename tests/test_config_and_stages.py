@@ -28,6 +28,10 @@ def test_validate_rejects_bad_values(tiny_config):
     with pytest.raises(ValueError, match="strategy='magic'"):
         config_lib.validate(tiny_config, device_count=8)
     tiny_config.train.strategy = "cam"
+    tiny_config.affinity.momentum = 1.5
+    with pytest.raises(ValueError, match=r"config.affinity.momentum=1.5: expected in \[0, 1\)"):
+        config_lib.validate(tiny_config, device_count=8)
+    tiny_config.affinity.momentum = 0.9
     tiny_config.stages = ("train_cam", "nope")
     with pytest.raises(ValueError, match="unknown stage 'nope'"):
         config_lib.validate(tiny_config, device_count=8)
