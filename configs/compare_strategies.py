@@ -6,8 +6,6 @@ Writes runs/compare/compare/results.{md,csv}.
 Arguments: `:seeds=3,epochs=5,strategies=cam+puzzle+poc+pnoc`.
 """
 
-import ml_collections
-
 from pnoc_jax import config_lib
 
 
@@ -15,7 +13,7 @@ def get_config(arg: str | None = None):
     args = config_lib.parse_arg(arg, seeds=3, epochs=5, strategies="cam+puzzle+poc+pnoc")
     config = config_lib.synthetic_config("cam", epochs=args.epochs)
     config.stages = ("compare",)
-    config.compare = ml_collections.ConfigDict(
-        {"strategies": tuple(args.strategies.split("+")), "seeds": tuple(range(args.seeds))}
+    config.compare.update(
+        strategies=tuple(args.strategies.split("+")), seeds=tuple(range(args.seeds))
     )
     return config

@@ -44,15 +44,15 @@ def get_config(arg: str | None = None):
         label_smoothing=args.ls,
     )
     config.train.strategy_args.update(noc_threshold=0.2, noc_every=1, noc_cse_gradient=True)
-    config.infer.update(splits=("train_aug", "train", "val"), max_image_size=500, batch_size=4)
+    config.infer.update(splits=("train_aug", "train", "val"), max_image_size=500)
     config.eval.split = "train"
     # Pseudo-labels (spec §8-§9): conventional affinity labels from the P-NOC CAMs (set
-    # config.affinity.saliency_dir for the saliency-based recipe), IRN boundary net on the frozen
-    # ImageNet backbone, random walk β 10, 2^8 steps, bg 0.3, CRF t1 gt .9.
-    config.affinity.update(split="train_aug")
+    # config.affinity_labels.saliency_dir for the saliency-based recipe), IRN boundary net on the
+    # frozen ImageNet backbone, random walk β 10, 2^8 steps, bg 0.3, CRF t1 gt .9.
+    config.affinity_labels.split = "train_aug"
     config.rw.update(splits=("train_aug", "train", "val"))
     config.stages = ("train_oc", "train_cam", "infer_cam", "eval_cam")
-    if not strategies.reads_oc_checkpoint(config.train):
+    if not strategies.reads_oc(config.train):
         config.stages = config.stages[1:]
     config.stages += ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
     return config

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from pnoc_jax.cam import inference, strategies
+from pnoc_jax.cam import infer, strategies
 from pnoc_jax.core import distributed, optim, rng
 from pnoc_jax.core.train_state import create_state
+from pnoc_jax.inference import tta
 from pnoc_jax.models.classifier import CAMClassifier
 
 _BACKBONE = flags.DEFINE_string("backbone", "resnet101", "Backbone name.")
@@ -87,10 +88,10 @@ def benchmark_train(mesh) -> dict:
         },
         mesh,
     )
-    carries: dict[str, dict] = {}
+    carries: dict[str, object] = {}
 
     def step():
-        carry: dict = {}
+        carry = None
         for u in updates:
             others = {k: v for k, v in states.items() if k != u.name}
             carries[u.name] = carry
@@ -119,21 +120,20 @@ def benchmark_train(mesh) -> dict:
     return result
 
 
-def benchmark_tta(mesh) -> dict:
+def benchmark_tta() -> dict:
     dtype = jnp.dtype(_DTYPE.value)
     model = CAMClassifier(_BACKBONE.value, _CLASSES.value, _STRIDE.value, dtype=dtype)
     variables = jax.jit(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False),
-        out_shardings=distributed.replicated(mesh),
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
     )()
-    predict = inference.make_predict_fn(model, variables, mesh)
+    predict, batch_multiple = infer.cam_predictor(model, jax.device_get(variables))
     n = _INFER_IMAGES.value or max(_BATCH.value // 2, 1)
     images = [
         np.random.default_rng(i).integers(0, 255, (_SIZE.value, _SIZE.value, 3), np.uint8)
         for i in range(n)
     ]
-    run = lambda: inference.tta_cams(
-        images, predict, (0.5, 1.0, 1.5, 2.0), _SIZE.value, _STRIDE.value, len(mesh.devices.flat)
+    run = lambda: tta.multiscale_flip_sums(
+        images, predict, (0.5, 1.0, 1.5, 2.0), _SIZE.value, _STRIDE.value, batch_multiple
     )
     run()  # compile every scale
     times = _time(run, max(_STEPS.value // 2, 1))
@@ -155,7 +155,7 @@ def main(argv) -> None:
         "jax": jax.__version__,
     }
     result.update(benchmark_train(mesh))
-    result.update(benchmark_tta(mesh))
+    result.update(benchmark_tta())
     result["peak_memory_bytes"] = peak_memory_bytes()
     print(json.dumps(result, indent=2))
 

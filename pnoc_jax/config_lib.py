@@ -1,8 +1,18 @@
-"""Config helpers: big_vision-style `parse_arg`, validation before any compute, fingerprints."""
+"""The config schema (`base_config`: every key the stages read), big_vision-style `parse_arg`,
+checks run before any compute, and fingerprints.
 
+Sections map onto stages: a stage declares the sections whose values determine its outputs
+(its fingerprint) and the checks that validate them. `config.runtime` holds the knobs that
+change how fast or how often, never what a stage produces, so no stage declares it and
+changing it never reruns anything.
+"""
+
+import dataclasses
 import hashlib
 import json
-from typing import Any
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import ml_collections
 
@@ -51,63 +61,146 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def validate(config: ml_collections.ConfigDict, device_count: int, process_count: int = 1) -> None:
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and what fits."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """The devices a run has, for the checks that depend on them (batch divisibility)."""
+
+    device_count: int
+    process_count: int = 1
+
+
+Check = Callable[[ml_collections.ConfigDict, Topology], None]
+
+
+class StageChecks(Protocol):
+    """What `validate` needs of a stage: the sections it reads and its cross-section checks."""
+
+    sections: tuple[str, ...]
+    checks: tuple[Check, ...]
+
+
+def get(config: ml_collections.ConfigDict, key: str) -> Any:
+    """The value at a dotted key ("train.strategy_args.noc_every")."""
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def check(ok: bool, key: str, value: Any, expected: str) -> None:
+    """Raises ConfigError `config.<key>=<value>: expected <expected>` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"config.{key}={value!r}: expected {expected}")
+
+
+def check_number(
+    config: ml_collections.ConfigDict,
+    key: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+) -> None:
+    """Checks that `config.<key>` is a number (an int if `integer`) in the given interval."""
+    value = get(config, key)
+    kind = "an integer" if integer else "a number"
+    types = (int,) if integer else (int, float)
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high}")
+    expected = f"{kind} {' and '.join(bounds)}".strip()
+    ok = isinstance(value, types) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    check(ok, key, value, expected)
+
+
+def check_choice(config: ml_collections.ConfigDict, key: str, choices: Sequence[Any]) -> None:
+    value = get(config, key)
+    check(value in choices, key, value, f"one of {sorted(choices)}")
+
+
+def check_file(config: ml_collections.ConfigDict, key: str, what: str) -> None:
+    """An optional path: "" or an existing file."""
+    value = get(config, key)
+    path = os.path.expanduser(value) if value else ""
+    check(not path or os.path.isfile(path), key, value, f"{what}: an existing file, or ''")
+
+
+def from_section(cls: type, section: ml_collections.ConfigDict, **extra: Any) -> Any:
+    """The dataclass `cls` filled from the same-named keys of a config section (plus `extra`)."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(extra)
+    return cls(**{name: section[name] for name in names}, **extra)
+
+
+def validate(
+    config: ml_collections.ConfigDict,
+    stages: Mapping[str, StageChecks],
+    section_checks: Mapping[str, Check],
+    topology: Topology,
+) -> None:
     """Rejects bad values before any data is read or anything is compiled.
 
-    Raises ValueError naming the key, the value and what was expected.
+    Checks every config section the selected stages read (each once, with `section_checks`),
+    `config.runtime`, then each stage's cross-section checks. Raises ConfigError naming the
+    key, the value and what was expected.
     """
-    from pnoc_jax import stages  # late import: stages imports the stage modules
-
-    if not config.get("stages"):
-        raise ValueError("config.stages is empty: name at least one stage")
+    check(bool(config.get("stages")), "stages", config.get("stages"), "at least one stage")
     for name in config.stages:
-        if name not in stages.STAGES:
-            raise ValueError(
-                f"config.stages: unknown stage {name!r}; known: {sorted(stages.STAGES)}"
-            )
-    for section in ("train", "oc"):
-        if section not in config:
-            continue
-        cfg = config[section]
-        batch = cfg.batch_size
-        if batch <= 0 or batch % device_count:
-            raise ValueError(
-                f"config.{section}.batch_size={batch} must be a positive multiple of the "
-                f"device count ({device_count})"
-            )
-        if batch % (process_count * cfg.get("accumulate_steps", 1)):
-            raise ValueError(
-                f"config.{section}.batch_size={batch} must be divisible by the process count "
-                f"({process_count}) times accumulate_steps"
-            )
-        if cfg.epochs <= 0 and cfg.get("steps", 0) <= 0:
-            raise ValueError(f"config.{section}.epochs={cfg.epochs}: expected > 0")
-        if cfg.lr <= 0:
-            raise ValueError(f"config.{section}.lr={cfg.lr}: expected > 0")
-        if not 0 <= cfg.label_smoothing < 1:
-            raise ValueError(
-                f"config.{section}.label_smoothing={cfg.label_smoothing}: expected in [0, 1)"
-            )
-        if cfg.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"config.{section}.dtype={cfg.dtype!r}: expected float32 or bfloat16")
-        if cfg.strategy not in stages.STRATEGIES:
-            raise ValueError(
-                f"config.{section}.strategy={cfg.strategy!r}; known: {sorted(stages.STRATEGIES)}"
-            )
-    for section in ("train", "oc", "affinity"):
-        momentum = config[section].get("momentum", 0.0) if section in config else 0.0
-        if not 0 <= momentum < 1:
-            raise ValueError(f"config.{section}.momentum={momentum}: expected in [0, 1)")
-    if config.model.output_stride not in (8, 16, 32):
-        raise ValueError(
-            f"config.model.output_stride={config.model.output_stride}: expected 8/16/32"
-        )
-    if config.data.image_size <= 0 or config.data.image_size % 16:
-        raise ValueError(
-            f"config.data.image_size={config.data.image_size}: expected a positive multiple of 16"
-        )
-    if "infer" in config and (not config.infer.scales or any(s <= 0 for s in config.infer.scales)):
-        raise ValueError(f"config.infer.scales={config.infer.scales}: expected positive scales")
+        check(name in stages, "stages", name, f"known stage names {sorted(stages)}")
+    sections = dict.fromkeys(s for name in config.stages for s in stages[name].sections)
+    checks = [section_checks[s] for s in ("runtime", *sections)]
+    checks += [c for name in config.stages for c in stages[name].checks]
+    for validator in dict.fromkeys(checks):
+        validator(config, topology)
+
+
+def validate_seed(config: ml_collections.ConfigDict, topology: Topology) -> None:
+    del topology
+    check_number(config, "seed", low=0, integer=True)
+
+
+def validate_runtime(config: ml_collections.ConfigDict, topology: Topology) -> None:
+    del topology
+    for key in ("log_every", "ckpt_every", "predict_batch_size"):
+        check_number(config, f"runtime.{key}", low=1, integer=True)
+    check_number(config, "runtime.num_workers", low=0, integer=True)
+
+
+def check_training(config: ml_collections.ConfigDict, name: str, topology: Topology) -> None:
+    """The keys every training section has: batch, duration, SGD and the random resize."""
+    section = config[name]
+    check_number(config, f"{name}.batch_size", low=1, integer=True)
+    check(
+        section.batch_size % topology.device_count == 0,
+        f"{name}.batch_size",
+        section.batch_size,
+        f"a multiple of the device count ({topology.device_count})",
+    )
+    check_number(config, f"{name}.epochs", low=0, integer=True)
+    check_number(config, f"{name}.steps", low=0, integer=True)
+    check(
+        section.epochs > 0 or section.steps > 0,
+        f"{name}.epochs",
+        section.epochs,
+        f"> 0 (or config.{name}.steps > 0)",
+    )
+    check_number(config, f"{name}.lr", low=0, low_open=True)
+    check_number(config, f"{name}.momentum", low=0, high=1, high_open=True)
+    check_number(config, f"{name}.weight_decay", low=0)
+    check_number(config, f"{name}.poly_power", low=0)
+    check_number(config, f"{name}.min_size", low=1, integer=True)
+    check_number(config, f"{name}.max_size", low=section.min_size, integer=True)
 
 
 def train_section(**overrides: Any) -> ml_collections.ConfigDict:
@@ -131,8 +224,6 @@ def train_section(**overrides: Any) -> ml_collections.ConfigDict:
             "augment": "",  # comma set of colorjitter, randaugment
             "min_size": 320,  # random resize: longer side in [min_size, max_size]
             "max_size": 640,
-            "log_every": 50,
-            "ckpt_every": 500,
             # Loss weights and schedules of the strategies (cam/strategies.StrategyConfig).
             "strategy_args": ml_collections.ConfigDict(
                 {
@@ -152,7 +243,8 @@ def train_section(**overrides: Any) -> ml_collections.ConfigDict:
                     "noc_cse_gradient": True,
                 }
             ),
-            "oc_checkpoint": "",  # ordinary classifier checkpoint dir; "" = this workdir's train_oc
+            # The ordinary classifier's weights (.npz); "" = this workdir's train_oc.
+            "oc_weights": "",
             # "train_oc": start f's backbone from the trained OC (pre-training stand-in).
             "init_backbone_from": "",
             "noc_lr_mult": 1.0,
@@ -189,16 +281,15 @@ def base_config() -> ml_collections.ConfigDict:
         {
             "splits": ("train",),
             "scales": (0.5, 1.0, 1.5, 2.0),
-            "batch_size": 4,  # images per forward pass (x2 with flips)
             "max_image_size": 500,  # canvas side at scale 1; larger images are rejected
-            "checkpoint_stage": "train_cam",
+            "weights_from": "train_cam",  # the training stage whose network makes the CAMs
         }
     )
     config.eval = ml_collections.ConfigDict(
         {"split": "train", "thresholds": tuple(round(0.05 * i, 2) for i in range(1, 17))}
     )
-    # Affinity labels (spec §8) and AffinityNet training (spec §9); labels need CAMs of `split`.
-    config.affinity = ml_collections.ConfigDict(
+    # Affinity labels from the CAMs of `split` (spec §8).
+    config.affinity_labels = ml_collections.ConfigDict(
         {
             "split": "train",
             "fg_threshold": 0.30,
@@ -207,7 +298,11 @@ def base_config() -> ml_collections.ConfigDict:
             "saliency_threshold": 0.10,
             "crf_iterations": 10,
             "crf_gt_prob": 0.7,
-            "num_workers": 0,  # CRF worker processes; 0 = one per CPU, 1 = in-process
+        }
+    )
+    # AffinityNet (IRN boundary branch) trained on those labels (spec §9).
+    config.affinity = ml_collections.ConfigDict(
+        {
             "backbone": "",  # "" = config.model.backbone
             "output_stride": 16,
             "backbone_weights": "pretrained",  # or "train_cam" (the CAM network's backbone)
@@ -222,8 +317,6 @@ def base_config() -> ml_collections.ConfigDict:
             "min_size": 320,
             "max_size": 640,
             "radius": 10,
-            "log_every": 50,
-            "ckpt_every": 500,
         }
     )
     # Random walk and pseudo labels (spec §9); CAMs of every split must exist.
@@ -237,8 +330,19 @@ def base_config() -> ml_collections.ConfigDict:
             "crf_iterations": 1,
             "crf_gt_prob": 0.9,
             "max_image_size": 500,  # canvas side for the edge network
-            "batch_size": 4,  # images per forward pass (x2 with flips)
-            "num_workers": 0,  # RW + CRF worker processes; 0 = one per CPU, 1 = in-process
+        }
+    )
+    # The strategy ablation (stage `compare`): every strategy for every seed.
+    config.compare = ml_collections.ConfigDict(
+        {"strategies": ("cam", "puzzle", "poc", "pnoc"), "seeds": (0, 1, 2)}
+    )
+    # How fast and how often, never what: not part of any stage's fingerprint.
+    config.runtime = ml_collections.ConfigDict(
+        {
+            "log_every": 50,  # training steps between metric lines
+            "ckpt_every": 500,  # training steps between checkpoints
+            "num_workers": 0,  # CPU worker processes (CRF, random walk); 0 = one per CPU
+            "predict_batch_size": 4,  # images per forward pass at inference (x2 with flips)
         }
     )
     return config
@@ -268,21 +372,19 @@ def synthetic_config(strategy: str = "pnoc", epochs: int = 5) -> ml_collections.
         "augment": "",
         "min_size": 80,
         "max_size": 128,
-        "log_every": 20,
-        "ckpt_every": 200,
     }
     config.oc.update(small)
     config.train.update(small, strategy=strategy, init_backbone_from="train_oc")
     # CAMs of `train` feed the affinity labels, CAMs of `val` the evaluation.
-    config.infer.update(splits=("train", "val"), batch_size=8, max_image_size=112)
+    config.infer.update(splits=("train", "val"), max_image_size=112)
     config.eval.split = "val"
     # AffinityNet on the 1000 train images, pseudo-labels evaluated on val. Its frozen backbone
     # is the CAM network's (nothing ImageNet-like exists here) and its SGD uses momentum 0.9
     # (spec: 0; with momentum 0 the edge layers are still far from fitted after 3 epochs).
     # 2^4 random-walk steps, not 2^8: the stride-4 grids of ~100 px images are ~25 x 25, and
     # 256 steps spread the CAMs over the whole image.
+    config.affinity_labels.split = "train"
     config.affinity.update(
-        split="train",
         batch_size=8,
         epochs=3,
         momentum=0.9,
@@ -291,10 +393,10 @@ def synthetic_config(strategy: str = "pnoc", epochs: int = 5) -> ml_collections.
         max_size=128,
         radius=5,
         backbone_weights="train_cam",
-        log_every=10,
-        ckpt_every=200,
     )
-    config.rw.update(splits=("val",), max_image_size=112, batch_size=8, exp_times=4)
+    config.rw.update(splits=("val",), max_image_size=112, exp_times=4)
+    config.compare.update(strategies=("cam", "puzzle", "poc", "pnoc"), seeds=(0, 1, 2))
+    config.runtime.update(log_every=20, ckpt_every=200, predict_batch_size=8)
     config.stages = (
         "train_oc", "train_cam", "infer_cam", "eval_cam",
         "affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels",

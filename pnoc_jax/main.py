@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pnoc_jax import config_lib, stages
+from pnoc_jax import config_lib, pipeline
 from pnoc_jax.core import distributed
 from pnoc_jax.core.loop import NonFiniteLoss, Preempted
 
@@ -39,11 +39,11 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_QuietLibraries())
     distributed.maybe_initialize(force=_DISTRIBUTED.value)
     config = _CONFIG.value
-    config_lib.validate(config, jax.device_count(), jax.process_count())
+    pipeline.validate(config, config_lib.Topology(jax.device_count(), jax.process_count()))
     workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
     logging.info("devices: %s; workdir %s", jax.devices(), workdir)
     try:
-        stages.run_stages(config, workdir)
+        pipeline.run_stages(config, workdir)
     except Preempted as e:
         logging.warning("%s", e)
         sys.exit(143)

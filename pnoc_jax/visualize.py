@@ -6,24 +6,13 @@ import cv2
 import numpy as np
 
 from pnoc_jax.core import fileio
-
-# VOC colour map: class c's colour comes from the bits of c (the standard VOC palette).
-_PALETTE = np.zeros((256, 3), np.uint8)
-for _c in range(256):
-    _r = _g = _b = 0
-    _v = _c
-    for _j in range(8):
-        _r |= ((_v >> 0) & 1) << (7 - _j)
-        _g |= ((_v >> 1) & 1) << (7 - _j)
-        _b |= ((_v >> 2) & 1) << (7 - _j)
-        _v >>= 3
-    _PALETTE[_c] = (_r, _g, _b)
+from pnoc_jax.core.masks import IGNORE, PALETTE
 
 
 def colorize_mask(mask: np.ndarray) -> np.ndarray:
     """Index mask [H, W] -> RGB [H, W, 3] in the VOC palette (255 = ignore is light grey)."""
-    rgb = _PALETTE[mask]
-    rgb[mask == 255] = 224
+    rgb = PALETTE[mask]
+    rgb[mask == IGNORE] = 224
     return rgb
 
 

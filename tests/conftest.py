@@ -19,22 +19,26 @@ def synthetic_data_dir(tmp_path_factory) -> str:
     return data_dir
 
 
-@pytest.fixture
-def tiny_config(synthetic_data_dir):
+def make_tiny_config(data_dir: str):
     """The quickstart config shrunk to a few seconds of work."""
     import importlib.util
-    import os
 
     path = os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.py")
     spec = importlib.util.spec_from_file_location("quickstart_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    config.data.data_dir = synthetic_data_dir
+    config.data.data_dir = data_dir
     config.data.image_size = 32
-    small = dict(batch_size=8, steps=6, ckpt_every=2, log_every=1, min_size=32, max_size=48)
+    small = dict(batch_size=8, steps=6, min_size=32, max_size=48)
     config.oc.update(small, steps=3)
     config.train.update(small, strategy="cam", init_backbone_from="")
     config.stages = ("train_cam", "infer_cam", "eval_cam")
-    config.infer.update(scales=(1.0, 0.5), batch_size=4)
+    config.infer.scales = (1.0, 0.5)
+    config.runtime.update(ckpt_every=2, log_every=1, predict_batch_size=4)
     return config
+
+
+@pytest.fixture
+def tiny_config(synthetic_data_dir):
+    return make_tiny_config(synthetic_data_dir)

@@ -10,16 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from pnoc_jax.affinity.paths import PathIndex
+from pnoc_jax.core.masks import IGNORE
 from pnoc_jax.postprocess.crf import dense_crf_labels
 
 __all__ = [
-    "IGNORE",
     "affinity_labels_conventional",
     "affinity_labels_saliency",
     "pair_labels",
 ]
 
-IGNORE = 255
 _TOL = 1e-6  # slack for "in [0, 1]" checks
 
 

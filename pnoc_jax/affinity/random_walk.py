@@ -14,14 +14,13 @@ import cv2
 import numpy as np
 import scipy.sparse as sp
 
-from pnoc_jax.affinity.paths import PathIndex, direction_path, search_directions
+from pnoc_jax.affinity.paths import direction_path, search_directions
 from pnoc_jax.postprocess.crf import dense_crf_labels
 
 __all__ = [
     "boundary_to_affinity",
     "pseudo_label_from_rw",
     "random_walk",
-    "random_walk_dense",
     "rw_to_image",
     "transition_matrix",
 ]
@@ -163,9 +162,10 @@ def random_walk(
     """Random-walk propagation of CAMs, ``x · T^(2^exp_times)``, computed sparsely.
 
     cams: (K, h, w) foreground CAMs at stride 4; edge: (h, w) boundary probabilities.
-    x = cams · (1 − edge). Returns float32 (K, h, w). Equals `random_walk_dense` (float64
-    arithmetic) without the N×N matrix: T = A D⁻¹ with A symmetric, so x·T = (D⁻¹ A xᵀ)ᵀ, applied
-    2^exp_times times to each class vector.
+    x = cams · (1 − edge). Returns float32 (K, h, w). Equals the literal dense formulation
+    (float64 arithmetic; `tests/oracles/random_walk_dense.py`) without the N×N matrix:
+    T = A D⁻¹ with A symmetric, so x·T = (D⁻¹ A xᵀ)ᵀ, applied 2^exp_times times to each class
+    vector.
     """
     cams, edge = _check_walk_args(cams, edge, beta, exp_times)
     k, h, w = cams.shape
@@ -178,41 +178,6 @@ def random_walk(
             y = step @ y
         out[c] = y.reshape(h, w)
     return out
-
-
-def random_walk_dense(
-    cams: np.ndarray,
-    edge: np.ndarray,
-    beta: float = 10,
-    exp_times: int = 8,
-    radius: int = 5,
-) -> np.ndarray:
-    """Literal dense IRN formulation (tests only: O(N²) memory, O(exp_times · N³) time).
-
-    Pads edge with 1.0 (left R, right R, bottom R), builds the dense affinity of the padded grid
-    from IRN's (src, dst) pairs, crops the padding, takes A^β, column-normalises, squares
-    ``exp_times`` times and returns x · T as float32 (K, h, w).
-    """
-    cams, edge = _check_walk_args(cams, edge, beta, exp_times)
-    k, h, w = cams.shape
-    r = radius
-    padded = np.pad(edge.astype(np.float64), ((0, r), (r, r)), constant_values=1.0)
-    hp, wp = padded.shape
-    index = PathIndex(r)
-    src, dst = index.pairs(hp, wp)
-    flat = padded.ravel()
-    aff = np.stack([1.0 - flat[p].max(axis=0) for p in index.path_indices(hp, wp)])
-    n_pad = hp * wp
-    dense = np.eye(n_pad)
-    dense[np.broadcast_to(src, dst.shape), dst] = aff
-    dense[dst, np.broadcast_to(src, dst.shape)] = aff
-    dense = dense.reshape(hp, wp, hp, wp)[:h, r : r + w, :h, r : r + w].reshape(h * w, h * w)
-    t = dense**beta
-    t /= t.sum(axis=0, keepdims=True)
-    for _ in range(exp_times):
-        t = t @ t
-    x = (cams * (1.0 - edge)).reshape(k, h * w).astype(np.float64)
-    return (x @ t).reshape(k, h, w).astype(np.float32)
 
 
 def rw_to_image(rw: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:

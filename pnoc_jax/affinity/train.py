@@ -1,13 +1,10 @@
-"""Stage `train_affinity`: train AffinityNet's edge layers on affinity labels (spec §9).
+"""Stage `train_affinity`: train AffinityNet's edge layers on the affinity labels (spec §9).
 
-Data: the images of `config.affinity.split` with the affinity-label PNGs of stage
-`affinity_labels`; random long-side resize, flip, normalise, random crop, labels to crop/4.
-SGD (`config.affinity.momentum`, 0 in the spec) with poly decay on the edge layers only; the
-backbone is frozen.
-Runs on the shared `core.loop.train_loop` with one update; resumes from the latest checkpoint.
+Data: the images of `config.affinity_labels.split` with their affinity-label PNGs; random
+long-side resize, flip, normalise, random crop, labels to crop/4. SGD
+(`config.affinity.momentum`, 0 in the spec) with poly decay on the edge layers only; the
+backbone is frozen. Runs on the one training loop; exports `weights/aff.npz`.
 """
-
-from __future__ import annotations
 
 import functools
 import os
@@ -20,21 +17,17 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
+from pnoc_jax import config_lib
 from pnoc_jax.affinity import loss as aff_loss
-from pnoc_jax.cam import train as cam_train
-from pnoc_jax.core import checkpoint, distributed, fileio, optim, rng
+from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, weights
 from pnoc_jax.core.loop import Update, jit_update, run_training
+from pnoc_jax.core.masks import IGNORE
 from pnoc_jax.core.train_state import TrainState, create_state
 from pnoc_jax.data import datasets, pipeline, transforms
-from pnoc_jax.models import convert
+from pnoc_jax.models import backbones
 from pnoc_jax.models.affinity import AffinityNet
 
-STAGE = "train_affinity"
 STATE = "aff"
-
-
-def label_dir(workdir: str, split: str) -> str:
-    return os.path.join(workdir, "affinity_labels", split)
 
 
 def build_model(config: ml_collections.ConfigDict) -> AffinityNet:
@@ -63,50 +56,17 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
     )
 
 
-def backbone_init(
-    config: ml_collections.ConfigDict, workdir: str, mesh: Mesh
-) -> Callable[[dict], dict] | None:
-    """Variables rewrite loading the frozen backbone: `config.affinity.backbone_weights`.
-
-    "pretrained": `config.model.pretrained` (.npz ImageNet weights; random if empty, with a
-    warning); "train_cam": the backbone of the trained CAM network (stage train_cam).
-    """
-    source = config.affinity.backbone_weights
-    if source == "pretrained":
-        if not config.model.pretrained:
-            logging.warning("train_affinity: no config.model.pretrained; frozen RANDOM backbone")
-            return None
-        weights = convert.load_npz_weights(config.model.pretrained)
-    elif source == "train_cam":
-        backbone = config.affinity.backbone or config.model.backbone
-        if backbone != config.model.backbone:
-            raise ValueError(
-                f"config.affinity.backbone={backbone!r} cannot load train_cam weights of "
-                f"{config.model.backbone!r}"
-            )
-        cam_model = cam_train.build_model(config)
-        trained = cam_train.load_classifier_variables(
-            config, "train", os.path.join(workdir, "train_cam", "ckpt"), cam_model, mesh
-        )
-        weights = {col: {"backbone": trained[col]["backbone"]} for col in trained}
-    else:
-        raise ValueError(
-            f"config.affinity.backbone_weights={source!r}: expected 'pretrained' or 'train_cam'"
-        )
-    return lambda variables: convert.merge_pretrained(variables, weights)
+def backbone_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The frozen backbone's weights file (`config.affinity.backbone_weights`): ImageNet
+    weights (`config.model.pretrained`, "" = random) or the CAM network's ("train_cam")."""
+    if config.affinity.backbone_weights == "train_cam":
+        return artifacts.weights_file(workdir, "train_cam")
+    return config.model.pretrained
 
 
-def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainState:
-    """Shape/sharding template of the AffinityNet train state (restore target)."""
-    tx, _ = make_optimizer(config.affinity, 1)
-    return cam_train.abstract_state(build_model(config), tx, mesh, config.affinity.crop_size)
-
-
-def load_variables(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict:
-    """Params and BN statistics of the trained AffinityNet (final checkpoint of the stage)."""
-    like = {STATE: abstract_state(config, mesh)}
-    _, restored = checkpoint.restore_final(os.path.join(workdir, STAGE, "ckpt"), like)
-    return {"params": restored[STATE].params, "batch_stats": restored[STATE].batch_stats}
+def load_variables(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The trained AffinityNet's variables (host arrays)."""
+    return weights.load(artifacts.weights_file(workdir, "train_affinity", STATE))
 
 
 class LabelledSource(Sequence):
@@ -129,7 +89,7 @@ class LabelledSource(Sequence):
         if os.path.exists(path) or example["labels"].sum() > 0:
             example["aff_label"] = fileio.read_png(path)
         else:
-            example["aff_label"] = np.full(example["image"].shape[:2], 255, np.uint8)
+            example["aff_label"] = np.full(example["image"].shape[:2], IGNORE, np.uint8)
         return example
 
 
@@ -137,13 +97,13 @@ def affinity_update(
     state: TrainState,
     others: dict[str, TrainState],
     batch: dict,
-    carry: dict,
+    carry: None,
     step: jax.Array,
     *,
     model: AffinityNet,
     radius: int,
     num_labels: int,
-) -> tuple[TrainState, dict, dict]:
+) -> tuple[TrainState, dict, None]:
     """One SGD step of the edge layers on a batch {image [B,S,S,3], aff_label [B,S/4,S/4]}."""
     del others, step
 
@@ -168,55 +128,72 @@ def run(
     workdir: str,
     on_step: Callable[[int], Any] | None = None,
 ) -> None:
-    """Trains AffinityNet; checkpoints and metrics under `<workdir>/train_affinity/`."""
+    """Trains AffinityNet; checkpoints, metrics and weights under `<workdir>/train_affinity/`."""
     cfg = config.affinity
-    stage_dir = os.path.join(workdir, STAGE)
+    split = config.affinity_labels.split
     mesh = distributed.make_mesh()
-    if cfg.batch_size % jax.device_count():
-        raise ValueError(
-            f"config.affinity.batch_size={cfg.batch_size} must be a multiple of the device "
-            f"count ({jax.device_count()})"
-        )
     info = datasets.get_info(config.data.name)
-
-    source = LabelledSource(pipeline.open_split(config, cfg.split), label_dir(workdir, cfg.split))
-    local_batch = cfg.batch_size // jax.process_count()
-    steps_per_epoch = int(
-        distributed.allgather(np.array(pipeline.steps_per_epoch(len(source), local_batch))).min()
+    source = LabelledSource(
+        pipeline.open_split(config, split), artifacts.affinity_label_dir(workdir, split)
     )
-    total_steps = cfg.get("steps", 0) or cfg.epochs * steps_per_epoch
-    transform = transforms.make_affinity_transform(cfg.crop_size, cfg.min_size, cfg.max_size)
-    batches = pipeline.train_batches(
+    plan = pipeline.training_input(
         source,
-        transform,
-        local_batch,
-        rng.data_seed(config.seed) + jax.process_index(),
+        transforms.make_affinity_transform(cfg.crop_size, cfg.min_size, cfg.max_size),
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        steps=cfg.steps,
+        seed=config.seed,
         keys=("image", "aff_label"),
     )
     logging.info(
-        "%s: %d examples on this process, %d steps/epoch, %d steps",
-        STAGE,
-        len(source),
-        steps_per_epoch,
-        total_steps,
+        "train_affinity: %d examples on this process, %d steps/epoch, %d steps",
+        plan.num_examples,
+        plan.steps_per_epoch,
+        plan.total_steps,
     )
-
     model = build_model(config)
-    tx, _ = make_optimizer(cfg, total_steps)
+    tx, _ = make_optimizer(cfg, plan.total_steps)
     shape = (1, cfg.crop_size, cfg.crop_size, 3)
-    init = backbone_init(config, workdir, mesh)
+    path = backbone_path(config, workdir)
+    if path:
+        init = weights.initializer(path, modules=("backbone",))
+    else:
+        logging.warning("train_affinity: no config.model.pretrained; frozen RANDOM backbone")
+        init = None
     states = {STATE: create_state(model, tx, rng.init_key(config.seed), shape, mesh, init)}
-    update = build_update(model, mesh, cfg.radius, info.num_classes + 1)
-
     run_training(
-        stage_dir=stage_dir,
+        workdir=workdir,
+        stage="train_affinity",
         states=states,
-        updates=[update],
-        batches=batches,
-        total_steps=total_steps,
+        updates=[build_update(model, mesh, cfg.radius, info.num_classes + 1)],
+        plan=plan,
         mesh=mesh,
-        ckpt_every=cfg.ckpt_every,
-        log_every=cfg.log_every,
-        description=STAGE,
+        ckpt_every=config.runtime.ckpt_every,
+        log_every=config.runtime.log_every,
         on_step=on_step,
     )
+
+
+def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    if config.affinity.backbone_weights == "train_cam":
+        return ("affinity_labels", "train_cam")
+    return ("affinity_labels",)
+
+
+def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
+    """Checks of `config.affinity`."""
+    cfg, number, key = config.affinity, config_lib.check_number, "affinity"
+    config_lib.check_choice(config, f"{key}.backbone", ("", *backbones.backbone_names()))
+    config_lib.check_choice(config, f"{key}.output_stride", backbones.OUTPUT_STRIDES)
+    config_lib.check_choice(config, f"{key}.backbone_weights", ("pretrained", "train_cam"))
+    if cfg.backbone_weights == "train_cam":
+        config_lib.check(
+            cfg.backbone in ("", config.model.backbone),
+            f"{key}.backbone",
+            cfg.backbone,
+            f"'' or {config.model.backbone!r} to load train_cam's backbone",
+        )
+    config_lib.check_training(config, key, topology)
+    number(config, f"{key}.crop_size", low=4, integer=True)
+    config_lib.check(cfg.crop_size % 4 == 0, f"{key}.crop_size", cfg.crop_size, "a multiple of 4")
+    number(config, f"{key}.radius", low=2, integer=True)

@@ -1,26 +1,29 @@
-"""Stages `train_oc` and `train_cam`: train a CAM classifier with any strategy (shared loop)."""
+"""Stages `train_oc` and `train_cam`: train a CAM classifier with any strategy (the one loop).
 
-import dataclasses
-import os
+`train_oc` trains the ordinary classifier of `config.oc`, `train_cam` the generator f of
+`config.train`. Both export `weights/f.npz`; P-NOC's `train_cam` also exports the trained noc
+as `weights/oc.npz`. Checkpoints under `ckpt/` make both resumable.
+"""
+
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 
+from pnoc_jax import config_lib
 from pnoc_jax.cam import strategies
-from pnoc_jax.core import checkpoint, distributed, optim, rng
+from pnoc_jax.core import artifacts, distributed, optim, rng, weights
 from pnoc_jax.core.loop import run_training
 from pnoc_jax.core.train_state import TrainState, create_state
 from pnoc_jax.data import datasets, pipeline, transforms
-from pnoc_jax.models import convert
 from pnoc_jax.models.classifier import CAMClassifier
 
 
-def build_model(config: ml_collections.ConfigDict, frozen_bn: bool | None = None, dtype=None):
+def build_model(
+    config: ml_collections.ConfigDict, frozen_bn: bool | None = None, dtype: str | None = None
+) -> CAMClassifier:
     """The CAM classifier of `config.model` for `config.data`'s classes."""
     info = datasets.get_info(config.data.name)
     return CAMClassifier(
@@ -32,179 +35,196 @@ def build_model(config: ml_collections.ConfigDict, frozen_bn: bool | None = None
     )
 
 
-def _backbone_init(config: ml_collections.ConfigDict, cfg, workdir: str, mesh):
-    """Variables rewrite that loads the backbone of f, or None to keep the random init.
-
-    `cfg.init_backbone_from == "train_oc"` takes the backbone (weights and BN statistics) of
-    this workdir's trained OC, a stand-in for ImageNet pre-training where none exists (the
-    synthetic data); otherwise `config.model.pretrained` (.npz from models.convert) if set.
-    """
-    if cfg.get("init_backbone_from") == "train_oc":
-        ckpt_dir = cfg.oc_checkpoint or os.path.join(workdir, "train_oc", "ckpt")
-        oc = load_classifier_variables(config, "oc", ckpt_dir, build_model(config), mesh)
-        weights = {col: {"backbone": jax.device_get(oc[col]["backbone"])} for col in oc}
-    elif config.model.pretrained:
-        weights = convert.load_npz_weights(config.model.pretrained)
-    else:
-        return None
-    return lambda variables: convert.merge_pretrained(variables, weights)
+def oc_weights(section: ml_collections.ConfigDict, workdir: str) -> str:
+    """The ordinary classifier a training section reads: its `oc_weights`, or train_oc's."""
+    return section.oc_weights or artifacts.weights_file(workdir, "train_oc")
 
 
-def _optimizer_config(cfg: ml_collections.ConfigDict, steps: int, frozen: tuple[str, ...] = ()):
+def backbone_init(
+    config: ml_collections.ConfigDict, section: ml_collections.ConfigDict, workdir: str
+) -> Callable[[dict], dict] | None:
+    """Where f's backbone starts: the trained OC's (`init_backbone_from="train_oc"`, a stand-in
+    for ImageNet pre-training where none exists), `config.model.pretrained`, or random (None)."""
+    if section.init_backbone_from == "train_oc":
+        return weights.initializer(oc_weights(section, workdir), modules=("backbone",))
+    if config.model.pretrained:
+        return weights.initializer(config.model.pretrained, modules=("backbone",))
+    return None
+
+
+def optimizer_config(
+    section: ml_collections.ConfigDict,
+    steps: int,
+    frozen: tuple[str, ...] = (),
+    lr_mult: float = 1.0,
+) -> optim.OptimizerConfig:
     return optim.OptimizerConfig(
-        lr=cfg.lr,
-        total_steps=steps // cfg.accumulate_steps,
-        weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum,
-        nesterov=cfg.get("nesterov", False),
-        poly_power=cfg.poly_power,
-        lr_mult=tuple(cfg.lr_mult),
-        accumulate_steps=cfg.accumulate_steps,
+        lr=section.lr * lr_mult,
+        total_steps=steps // section.accumulate_steps,
+        weight_decay=section.weight_decay,
+        momentum=section.momentum,
+        nesterov=section.nesterov,
+        poly_power=section.poly_power,
+        lr_mult=tuple(section.lr_mult),
+        accumulate_steps=section.accumulate_steps,
         frozen=frozen,
     )
 
 
-def _strategy_config(cfg: ml_collections.ConfigDict, total_steps: int):
-    fields = {f.name for f in dataclasses.fields(strategies.StrategyConfig)}
-    extra = dict(cfg.strategy_args)
-    unknown = set(extra) - fields
-    if unknown:
-        raise ValueError(
-            f"config.*.strategy_args: unknown {sorted(unknown)}; known: {sorted(fields)}"
-        )
-    return strategies.StrategyConfig(
-        name=cfg.strategy,
-        total_steps=total_steps,
-        label_smoothing=cfg.label_smoothing,
-        **extra,
+def _oc_state(
+    config: ml_collections.ConfigDict,
+    section: ml_collections.ConfigDict,
+    workdir: str,
+    mesh,
+    strategy: strategies.StrategyConfig,
+) -> TrainState:
+    """The ordinary classifier, loaded from its weights file.
+
+    BN is frozen (FixedBatchNorm) and BN parameters never move; for P-NOC the rest is trained
+    by its own optimizer (noc), for OC-CSE and P-OC it stays fixed.
+    """
+    oc_model = build_model(config, frozen_bn=True, dtype=section.dtype)
+    steps = strategy.total_steps // strategy.noc_every
+    tx, _ = optim.make_optimizer(
+        optimizer_config(section, steps, ("bn",), lr_mult=section.noc_lr_mult)
     )
-
-
-def abstract_state(model, tx, mesh, image_size: int) -> TrainState:
-    """Shapes, dtypes and shardings of a state built by `create_state` (a restore target)."""
-    shape = (1, image_size, image_size, 3)
-    return jax.eval_shape(lambda: create_state(model, tx, rng.init_key(0), shape, mesh))
-
-
-def load_classifier_variables(
-    config: ml_collections.ConfigDict, section: str, ckpt_dir: str, model, mesh
-) -> dict:
-    """Params and BN statistics of the final checkpoint that stage `config[section]` wrote."""
-    cfg = config[section]
-    tx, _ = optim.make_optimizer(_optimizer_config(cfg, 1, ("bn",) if model.frozen_bn else ()))
-    like = {"f": abstract_state(model, tx, mesh, config.data.image_size)}
-    _, restored = checkpoint.restore_final(ckpt_dir, like)
-    return {"params": restored["f"].params, "batch_stats": restored["f"].batch_stats}
+    input_shape = (1, config.data.image_size, config.data.image_size, 3)
+    init_key = rng.init_key(config.seed, rng.Stream.INIT_OC)
+    loaded = weights.initializer(oc_weights(section, workdir))
+    return create_state(oc_model, tx, init_key, input_shape, mesh, loaded)
 
 
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
+    *,
     stage: str,
-    section: str,
+    section_name: str,
     on_step: Callable[[int], Any] | None = None,
 ) -> None:
-    """Trains the classifier described by `config[section]`; checkpoints under workdir/stage.
+    """Trains the classifier of `config[section_name]`; outputs under `<workdir>/<stage>/`.
 
     `on_step(step)` is called after every step (tests use it to simulate preemption).
     """
-    cfg = config[section]
-    stage_dir = os.path.join(workdir, stage)
+    section = config[section_name]
     mesh = distributed.make_mesh()
-
-    # ---------------------------------------------------------------- data
-    source = pipeline.open_split(config, cfg.split)
-    local_batch = cfg.batch_size // jax.process_count()
-    steps_per_epoch = int(
-        distributed.allgather(np.array(pipeline.steps_per_epoch(len(source), local_batch))).min()
-    )
-    total_steps = cfg.get("steps", 0) or cfg.epochs * steps_per_epoch
     transform = transforms.make_classification_transform(
         image_size=config.data.image_size,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        augment=cfg.augment,
+        min_size=section.min_size,
+        max_size=section.max_size,
+        augment=section.augment,
     )
-    batches = pipeline.train_batches(
-        source, transform, local_batch, rng.data_seed(config.seed) + jax.process_index()
+    plan = pipeline.training_input(
+        pipeline.open_split(config, section.split),
+        transform,
+        batch_size=section.batch_size,
+        epochs=section.epochs,
+        steps=section.steps,
+        seed=config.seed,
     )
     logging.info(
         "%s: %d examples on this process, %d steps/epoch, %d steps, strategy %s",
         stage,
-        len(source),
-        steps_per_epoch,
-        total_steps,
-        cfg.strategy,
+        plan.num_examples,
+        plan.steps_per_epoch,
+        plan.total_steps,
+        section.strategy,
     )
 
-    # ---------------------------------------------------------------- networks and optimizers
-    strategy = _strategy_config(cfg, total_steps)
-    model = build_model(config, dtype=cfg.dtype)
+    strategy = strategies.strategy_config(section, plan.total_steps)
+    model = build_model(config, dtype=section.dtype)
     frozen = ("bn",) if config.model.frozen_bn else ()
-    tx, _ = optim.make_optimizer(_optimizer_config(cfg, total_steps, frozen))
+    tx, _ = optim.make_optimizer(optimizer_config(section, plan.total_steps, frozen))
     input_shape = (1, config.data.image_size, config.data.image_size, 3)
-
-    def init_states() -> dict[str, TrainState]:
-        states = {
-            "f": create_state(
-                model,
-                tx,
-                rng.init_key(config.seed),
-                input_shape,
-                mesh,
-                _backbone_init(config, cfg, workdir, mesh),
-            )
-        }
-        if strategies.needs_oc(cfg.strategy):
-            states["oc"] = _oc_state(config, cfg, workdir, mesh, strategy, total_steps)
-        return states
-
-    oc_model = (
-        build_model(config, frozen_bn=True, dtype=cfg.dtype)
-        if strategies.needs_oc(cfg.strategy)
-        else None
-    )
+    init = backbone_init(config, section, workdir)
+    states = {"f": create_state(model, tx, rng.init_key(config.seed), input_shape, mesh, init)}
+    oc_model = None
+    if strategies.needs_oc(section.strategy):
+        states["oc"] = _oc_state(config, section, workdir, mesh, strategy)
+        oc_model = build_model(config, frozen_bn=True, dtype=section.dtype)
     updates = strategies.build_updates(
         strategy, model=model, oc_model=oc_model, mesh=mesh, seed=config.seed
     )
-
-    # ---------------------------------------------------------------- resume and train
     run_training(
-        stage_dir=stage_dir,
-        states=init_states(),
+        workdir=workdir,
+        stage=stage,
+        states=states,
         updates=updates,
-        batches=batches,
-        total_steps=total_steps,
+        plan=plan,
         mesh=mesh,
-        ckpt_every=cfg.ckpt_every,
-        log_every=cfg.log_every,
-        description=stage,
+        ckpt_every=config.runtime.ckpt_every,
+        log_every=config.runtime.log_every,
         on_step=on_step,
     )
 
 
-def _oc_state(config, cfg, workdir, mesh, strategy, total_steps) -> TrainState:
-    """The ordinary classifier: trained weights from `cfg.oc_checkpoint` or the train_oc stage.
+def train_oc(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any) -> None:
+    run(config, workdir, stage="train_oc", section_name="oc", **kwargs)
 
-    BN is frozen (FixedBatchNorm) and BN parameters never move; for P-NOC the rest is trained
-    by its own optimizer (noc), for OC-CSE and P-OC it stays fixed.
-    """
-    ckpt_dir = cfg.oc_checkpoint or os.path.join(workdir, "train_oc", "ckpt")
-    oc_model = build_model(config, frozen_bn=True, dtype=cfg.dtype)
-    trained = load_classifier_variables(config, "oc", ckpt_dir, oc_model, mesh)
-    noc_steps = total_steps // strategy.noc_every
-    noc_cfg = _optimizer_config(
-        ml_collections.ConfigDict({**cfg.to_dict(), "lr": cfg.lr * cfg.noc_lr_mult}),
-        noc_steps,
-        ("bn",),
+
+def train_cam(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any) -> None:
+    run(config, workdir, stage="train_cam", section_name="train", **kwargs)
+
+
+def cam_deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """train_cam reads this workdir's train_oc when it needs an OC that `oc_weights` omits."""
+    reads = strategies.reads_oc(config.train) and not config.train.oc_weights
+    return ("train_oc",) if reads else ()
+
+
+def _validate_section(
+    config: ml_collections.ConfigDict, name: str, topology: config_lib.Topology
+) -> None:
+    """Checks of one classifier-training section (`config.oc` or `config.train`)."""
+    section = config[name]
+    check, number = config_lib.check, config_lib.check_number
+    strategies.validate_args(config, name)
+    config_lib.check_choice(config, f"{name}.split", datasets.get_info(config.data.name).splits)
+    config_lib.check_training(config, name, topology)
+    check(
+        not section.nesterov or section.momentum > 0,
+        f"{name}.nesterov",
+        section.nesterov,
+        f"False unless config.{name}.momentum > 0",
     )
-    tx, _ = optim.make_optimizer(noc_cfg)
-    input_shape = (1, config.data.image_size, config.data.image_size, 3)
-    return create_state(
-        oc_model,
-        tx,
-        rng.init_key(config.seed, rng.Stream.INIT_OC),
-        input_shape,
-        mesh,
-        lambda variables: {**variables, **trained},
+    mult = tuple(section.lr_mult)
+    check(
+        len(mult) == 4 and all(m > 0 for m in mult),
+        f"{name}.lr_mult",
+        mult,
+        "4 positive multipliers (backbone weight, backbone bias, head weight, head bias)",
     )
+    number(config, f"{name}.label_smoothing", low=0, high=1, high_open=True)
+    number(config, f"{name}.accumulate_steps", low=1, integer=True)
+    config_lib.check_choice(config, f"{name}.dtype", ("float32", "bfloat16"))
+    try:
+        transforms.parse_augment(section.augment)
+    except ValueError as e:
+        raise config_lib.ConfigError(f"config.{name}.augment={section.augment!r}: {e}") from None
+    number(config, f"{name}.noc_lr_mult", low=0, low_open=True)
+    config_lib.check_file(config, f"{name}.oc_weights", "the ordinary classifier's weights")
+    if "puzzle" in strategies.STRATEGIES[section.strategy]:
+        tile = 2 * config.model.output_stride
+        check(
+            config.data.image_size % tile == 0,
+            "data.image_size",
+            config.data.image_size,
+            f"a multiple of {tile} for Puzzle's 2x2 tiles at output stride "
+            f"{config.model.output_stride} (strategy {section.strategy!r} of config.{name})",
+        )
+
+
+def validate_oc(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
+    _validate_section(config, "oc", topology)
+    config_lib.check_choice(config, "oc.init_backbone_from", ("",))
+    config_lib.check(
+        not strategies.needs_oc(config.oc.strategy),
+        "oc.strategy",
+        config.oc.strategy,
+        "a strategy without an ordinary classifier of its own",
+    )
+
+
+def validate_train(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
+    _validate_section(config, "train", topology)
+    config_lib.check_choice(config, "train.init_backbone_from", ("", "train_oc"))

@@ -49,15 +49,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def restore_final(directory: str, like: dict[str, TrainState]) -> tuple[int, dict[str, TrainState]]:
-    """Restores the latest checkpoint of a finished training stage (used by downstream stages)."""
-    manager = Checkpointer(directory, save_every=1)
-    try:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"{directory}: no checkpoint found")
-        return step, manager.restore(step, like)
-    finally:
-        manager.close()

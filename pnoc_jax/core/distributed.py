@@ -66,6 +66,17 @@ def allgather(x: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=False))
 
 
+def to_host(tree):
+    """NumPy copy of a tree of replicated arrays; in multi-process runs, this process's replica."""
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)
+
+
 def batch_predictor(fn, variables, mesh: Mesh):
     """`images -> np.ndarray` running jitted `fn(variables, images)` with the batch sharded
     along "data" over `mesh` and the variables replicated (inference on fixed canvases)."""

@@ -48,12 +48,20 @@ def read_png(path: str) -> np.ndarray:
     return out if out.ndim == 2 else out[..., 0]
 
 
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of an RGB uint8[H, W, 3] image or a single-channel uint8[H, W] index map."""
+    array = np.ascontiguousarray(array, np.uint8)
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover
+        raise ValueError(f"PNG encoding of a {array.shape} array failed")
+    return data.tobytes()
+
+
 def write_png(path: str, label: np.ndarray) -> None:
     """Atomically writes uint8[H, W] as an index PNG."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(label, np.uint8))
-    if not ok:
-        raise ValueError(f"{path}: PNG encoding failed")
-    write_bytes(path, data.tobytes())
+    write_bytes(path, encode_png(label))
 
 
 def read_json(path: str) -> Any:

@@ -1,15 +1,15 @@
 """The one training loop: alternates any number of jitted updates over named train states.
 
 A strategy supplies `Update`s; the loop owns everything else: resume, periodic and
-preemption checkpoints, the NaN guard, metric averaging and writing, and the progress bar.
+preemption checkpoints, the NaN guard, metric averaging and writing, the progress bar, and the
+export of the final weights that later stages read.
 """
 
 import dataclasses
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -18,14 +18,13 @@ from absl import logging
 from clu import metrics as clu_metrics
 from tqdm import tqdm
 
-from pnoc_jax.core import distributed
+from pnoc_jax.core import artifacts, distributed, weights
 from pnoc_jax.core.checkpoint import Checkpointer
-from pnoc_jax.core.train_state import TrainState
+from pnoc_jax.core.train_state import TrainState, variables
 from pnoc_jax.core.writers import MetricWriter
-from pnoc_jax.data import pipeline
 
 # update(state, others, batch, carry, step) -> (state, metrics, carry)
-UpdateFn = Callable[[TrainState, dict, dict, dict, jax.Array], tuple[TrainState, dict, dict]]
+UpdateFn = Callable[[TrainState, dict, dict, Any, jax.Array], tuple[TrainState, dict, Any]]
 
 
 class Preempted(Exception):
@@ -41,7 +40,8 @@ class Update:
     """One jitted update of the state `name`, run when (step + 1) % every == 0.
 
     `fn` receives its own state (donated), the other states read-only, the batch, the carry
-    produced by the updates before it in the same step, and the step number.
+    produced by the update before it in the same step (None for the first; a pytree the two
+    updates agree on, e.g. `cam.strategies.NocInput`), and the step number.
     """
 
     name: str
@@ -124,7 +124,7 @@ def train_loop(
     with _SigtermFlag() as sigterm:
         for step in range(start_step, total_steps):
             batch = next(batches)
-            carry: dict = {}
+            carry: Any = None
             step_metrics: dict[str, jax.Array] = {}
             step_arr = jnp.asarray(step, jnp.int32)
             for update in updates:
@@ -167,46 +167,60 @@ def train_loop(
     return states
 
 
+class InputPlan(Protocol):
+    """What a training stage iterates (`data.pipeline.TrainingInput`)."""
+
+    total_steps: int
+
+    def batches(self, start: int) -> Iterator[dict[str, np.ndarray]]:
+        """This process's host batches from step `start` on."""
+
+
 def run_training(
     *,
-    stage_dir: str,
+    workdir: str,
+    stage: str,
     states: dict[str, TrainState],
     updates: list[Update],
-    batches: Any,
-    total_steps: int,
+    plan: InputPlan,
     mesh: Any,
     ckpt_every: int,
     log_every: int,
-    description: str,
     on_step: Callable[[int], Any] | None = None,
 ) -> dict[str, TrainState]:
-    """Resumes from `<stage_dir>/ckpt` if a checkpoint exists, then runs `train_loop` to the end.
+    """Trains `states` to `plan.total_steps`, resuming from the stage's latest checkpoint.
 
-    `batches` is a random-access grain dataset of host batches (batch s = a function of s), so
-    resuming at step s replays exactly what an uninterrupted run would see.
+    Batch s must be a pure function of s, so resuming at step s replays exactly what an
+    uninterrupted run would see. At the end the variables of every updated state are exported to
+    `<stage>/weights/<state>.npz` (`artifacts.weights_file`), which later stages load.
     """
-    ckpt = Checkpointer(os.path.join(stage_dir, "ckpt"), save_every=ckpt_every)
-    writer = MetricWriter(stage_dir)
+    ckpt = Checkpointer(artifacts.checkpoint_dir(workdir, stage), save_every=ckpt_every)
+    writer = MetricWriter(artifacts.stage_dir(workdir, stage))
     try:
         start = ckpt.latest_step() or 0
         if start:
-            logging.info("%s: resuming from step %d", description, start)
+            logging.info("%s: resuming from step %d", stage, start)
             states = ckpt.restore(start, states)
-        host_batches = pipeline.iterate_from(batches, start)
-        global_batches = (distributed.to_global(b, mesh) for b in host_batches)
+        global_batches = (distributed.to_global(b, mesh) for b in plan.batches(start))
         with jax.set_mesh(mesh):
-            return train_loop(
+            states = train_loop(
                 states=states,
                 updates=updates,
                 batches=global_batches,
                 start_step=start,
-                total_steps=total_steps,
+                total_steps=plan.total_steps,
                 checkpointer=ckpt,
                 writer=writer,
                 log_every=log_every,
-                description=description,
+                description=stage,
                 on_step=on_step,
             )
     finally:
         ckpt.close()
         writer.close()
+    if distributed.is_chief():
+        for name in dict.fromkeys(u.name for u in updates):
+            path = artifacts.weights_file(workdir, stage, name)
+            weights.save(distributed.to_host(variables(states[name])), path)
+    distributed.barrier(f"{stage}-weights")
+    return states

@@ -50,9 +50,5 @@ def create_state(
     return jax.jit(create, out_shardings=repl)(variables)
 
 
-def abstract_state(state_fn: Callable[[], TrainState]) -> TrainState:
-    return jax.eval_shape(state_fn)
-
-
 def variables(state: TrainState) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}

@@ -22,9 +22,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cv2
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from pnoc_jax import config_lib
 from pnoc_jax.data.builders import synthetic as _synthetic
 from pnoc_jax.data.builders import voc2012 as _voc2012
 
@@ -72,6 +74,22 @@ def get_info(name: str) -> DatasetInfo:
     if name not in _INFOS:
         raise ValueError(f"Unknown dataset {name!r}; known datasets: {sorted(_INFOS)}.")
     return _INFOS[name]
+
+
+def validate_data(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
+    """Checks of `config.data`: a known dataset, a usable crop size, an existing manual_dir."""
+    del topology
+    config_lib.check_choice(config, "data.name", tuple(_INFOS))
+    config_lib.check_number(config, "data.image_size", low=16, integer=True)
+    size = config.data.image_size
+    config_lib.check(size % 16 == 0, "data.image_size", size, "a positive multiple of 16")
+    manual = config.data.manual_dir
+    config_lib.check(
+        not manual or os.path.isdir(os.path.expanduser(manual)),
+        "data.manual_dir",
+        manual,
+        "an existing folder with the raw dataset, or ''",
+    )
 
 
 def _make_builder(name: str, data_dir: str) -> tfds.core.GeneratorBasedBuilder:

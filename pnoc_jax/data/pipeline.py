@@ -5,13 +5,16 @@ of (seed, s). Resuming at step s therefore replays exactly the data an uninterru
 with no iterator state to checkpoint.
 """
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 
+from pnoc_jax.core import distributed, rng
 from pnoc_jax.data import datasets
 
 Transform = Callable[[dict, np.random.Generator], dict]
@@ -71,3 +74,42 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
             f"({global_batch_size})"
         )
     return steps
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingInput:
+    """The input plan of a training stage: batches as a pure function of the step, and the
+    number of steps. `batches(start)` is what `core.loop.run_training` iterates."""
+
+    dataset: grain.MapDataset
+    num_examples: int  # on this process
+    steps_per_epoch: int
+    total_steps: int
+
+    def batches(self, start: int) -> Iterator[dict]:
+        return iterate_from(self.dataset, start)
+
+
+def training_input(
+    source: Sequence[dict],
+    transform: Transform,
+    *,
+    batch_size: int,
+    epochs: int,
+    steps: int,
+    seed: int,
+    keys: tuple[str, ...] = ("image", "labels"),
+) -> TrainingInput:
+    """Plans training on this process's `source` with the global `batch_size`.
+
+    An epoch is the smallest number of full local batches over all processes (drop_last, as
+    the reference's DataLoader); `steps` > 0 overrides `epochs`. Data order and augmentation
+    depend only on (seed, process, step).
+    """
+    local_batch = batch_size // jax.process_count()
+    local_steps = np.array(steps_per_epoch(len(source), local_batch))
+    per_epoch = int(distributed.allgather(local_steps).min())
+    dataset = train_batches(
+        source, transform, local_batch, rng.data_seed(seed) + jax.process_index(), keys
+    )
+    return TrainingInput(dataset, len(source), per_epoch, steps or epochs * per_epoch)

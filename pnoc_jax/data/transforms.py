@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from pnoc_jax.core.masks import IGNORE
 from pnoc_jax.data.randaugment import RandAugmentMC
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-IGNORE_INDEX = 255
 AUGMENTATIONS = ("colorjitter", "randaugment")
 
 
@@ -119,7 +119,7 @@ def random_crop_or_pad(
     rng: np.random.Generator,
     size: int,
     image_fill: float = 0.0,
-    mask_fill: int = IGNORE_INDEX,
+    mask_fill: int = IGNORE,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Random `size` x `size` window: crop an axis that is longer, pad one that is shorter.
 
@@ -172,7 +172,7 @@ class ClassificationTransform:
         image = np.asarray(example["image"], dtype=np.uint8)
         mask = example.get("mask")
         if mask is None:
-            mask = np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
+            mask = np.full(image.shape[:2], IGNORE, np.uint8)
         mask = np.asarray(mask, dtype=np.uint8)
         if mask.ndim == 3:
             mask = mask[..., 0]

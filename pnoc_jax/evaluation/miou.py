@@ -5,7 +5,8 @@ Class indices are segmentation indices: 0 background, 1..C foreground, 255 ignor
 
 import numpy as np
 
-IGNORE = 255
+from pnoc_jax.core.masks import IGNORE
+
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.81, 0.05), 2).tolist())
 
 

@@ -18,28 +18,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pnoc_jax.models.resnet import FEATURE_NAMES, ResNet, backbone_config, stage_plan
+from pnoc_jax.models.backbones import FEATURE_NAMES, build_backbone, feature_strides
 
 EDGE_CHANNELS = 32
 EDGE_STRIDE = 4  # stride of the edge map (layer1)
-
-
-def tap_strides(backbone: str, output_stride: int) -> dict[str, int]:
-    """Stride of each backbone tap, e.g. OS16: stem 4, layer1 4, layer2 8, layer3 16, layer4 16."""
-    cfg = backbone_config(backbone)
-    plan = stage_plan(
-        cfg["stage_sizes"],
-        cfg["block"],
-        cfg.get("stem_width", 64),
-        cfg.get("widths", (64, 128, 256, 512)),
-        output_stride,
-    )
-    strides = {"stem": 4}
-    stride = 4
-    for i, blocks in enumerate(plan, start=1):
-        stride *= blocks[0]["stride"]
-        strides[f"layer{i}"] = stride
-    return strides
 
 
 def upsample_bilinear(x: jax.Array, factor: int) -> jax.Array:
@@ -64,14 +46,10 @@ class AffinityNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train  # the backbone is always in inference mode; the edge layers have no BN
-        feats = ResNet(
-            **backbone_config(self.backbone),
-            output_stride=self.output_stride,
-            frozen_bn=True,
-            dtype=self.dtype,
-            name="backbone",
+        feats = build_backbone(
+            self.backbone, self.output_stride, frozen_bn=True, dtype=self.dtype, name="backbone"
         )(x, train=False)
-        strides = tap_strides(self.backbone, self.output_stride)
+        strides = feature_strides(self.output_stride)
         h, w = feats["layer1"].shape[1:3]
         maps = []
         for i, name in enumerate(FEATURE_NAMES, start=1):

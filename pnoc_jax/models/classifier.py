@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pnoc_jax.models.resnet import ResNet, backbone_config
+from pnoc_jax.models.backbones import build_backbone
 
 # torch.nn.init.kaiming_normal_ defaults: fan_in, gain sqrt(2), untruncated normal.
 _head_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -20,7 +20,7 @@ class CAMClassifier(nn.Module):
     ``__call__(x [B,H,W,3], train)`` returns ``(logits [B,C], cams [B,h,w,C])``, both float32.
     ``cams`` are the raw (possibly negative) 1x1-conv outputs on the layer4 features and
     ``logits`` their spatial mean, which equals the conv applied after global average pooling.
-    Submodules: ``backbone`` (:class:`~pnoc_jax.models.resnet.ResNet`) and ``classifier``.
+    Submodules: ``backbone`` (`pnoc_jax.models.backbones`) and ``classifier``.
     """
 
     backbone: str
@@ -31,12 +31,8 @@ class CAMClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-        feats = ResNet(
-            **backbone_config(self.backbone),
-            output_stride=self.output_stride,
-            frozen_bn=self.frozen_bn,
-            dtype=self.dtype,
-            name="backbone",
+        feats = build_backbone(
+            self.backbone, self.output_stride, self.frozen_bn, self.dtype, name="backbone"
         )(x, train=train)
         cams = nn.Conv(
             self.num_classes,

@@ -1,4 +1,4 @@
-"""Convert torchvision ResNet weights to the flax backbone, and .npz weight I/O.
+"""Convert torchvision ResNet weights to the flax backbone (`pnoc_jax.core.weights` .npz files).
 
 Name mapping (torch ``state_dict`` key -> flax variables, all under the ``backbone`` module)::
 
@@ -20,15 +20,12 @@ CLI (torch is imported lazily, only here)::
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
+from pnoc_jax.core import weights
 from pnoc_jax.models.resnet import stage_plan
 
 _BN_MAP = {
@@ -113,103 +110,8 @@ def torch_resnet_to_flax(
     return out
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    flat: dict[str, np.ndarray] = {}
-    for key, value in tree.items():
-        if "/" in key:
-            raise ValueError(f"key {key!r} contains '/'")
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, name + "/"))
-        else:
-            flat[name] = np.asarray(value)
-    return flat
-
-
-def save_npz_weights(tree: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Write a nested dict of arrays to ``path`` as an .npz with flat "a/b/c" keys, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flat = _flatten(tree)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **flat)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_npz_weights(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an .npz written by :func:`save_npz_weights` back into a nested dict of numpy arrays."""
-    tree: dict[str, Any] = {}
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            parts = key.split("/")
-            node = tree
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            node[parts[-1]] = data[key]
-    return tree
-
-
-def _replace_exact(dst: Any, src: Any, path: str) -> Any:
-    """Copy of ``src`` cast to ``dst``'s dtypes; key sets and shapes must agree exactly."""
-    if isinstance(dst, Mapping) != isinstance(src, Mapping):
-        raise ValueError(f"structure mismatch at {path!r}")
-    if not isinstance(dst, Mapping):
-        if tuple(np.shape(dst)) != tuple(np.shape(src)):
-            raise ValueError(
-                f"shape mismatch at {path!r}: model {tuple(np.shape(dst))}, "
-                f"pretrained {tuple(np.shape(src))}"
-            )
-        return jnp.asarray(src, dtype=dst.dtype)
-    for key in dst:
-        if key not in src:
-            raise KeyError(f"pretrained weights lack '{path}/{key}'")
-    for key in src:
-        if key not in dst:
-            raise KeyError(f"model has no variable '{path}/{key}' (found in pretrained weights)")
-    return {key: _replace_exact(dst[key], src[key], f"{path}/{key}") for key in dst}
-
-
-def merge_pretrained(
-    variables: Mapping[str, Any], pretrained: Mapping[str, Any], prefix: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Overwrite the subtrees present in ``pretrained`` (e.g. ``backbone``) in ``variables``.
-
-    ``pretrained`` is ``{collection: {module: subtree}}``, e.g. from :func:`torch_resnet_to_flax`
-    or :func:`load_npz_weights`. ``prefix`` locates the model inside ``variables`` when it is a
-    submodule (e.g. ``("noc",)``). Each replaced subtree must match the model exactly: a differing
-    shape raises a ValueError naming the first such path, a missing/extra leaf a KeyError.
-    Everything else (e.g. the classifier head) is kept. Returns new plain dicts.
-    """
-    out = _to_dict(variables)
-    for col, modules in pretrained.items():
-        if col not in out:
-            raise KeyError(f"model variables have no collection {col!r}")
-        node = out[col]
-        for part in prefix:
-            if part not in node:
-                raise KeyError(f"model variables have no {col}/{'/'.join(prefix)}")
-            node = node[part]
-        for module, subtree in modules.items():
-            path = "/".join((col, *prefix, module))
-            if module not in node:
-                raise KeyError(f"model variables have no {path!r}")
-            node[module] = _replace_exact(node[module], subtree, path)
-    return out
-
-
-def _to_dict(tree: Any) -> Any:
-    if isinstance(tree, Mapping):
-        return {k: _to_dict(v) for k, v in tree.items()}
-    return tree
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    """Convert a torchvision ResNet checkpoint (.pth) to an .npz for :func:`merge_pretrained`."""
+    """Convert a torchvision ResNet checkpoint (.pth) to an .npz of backbone weights."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--torch_checkpoint", required=True, help="torchvision .pth state_dict")
     parser.add_argument("--depth", type=int, required=True, choices=sorted(DEPTH_STAGES))
@@ -229,8 +131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     stages, block = DEPTH_STAGES[args.depth]
     tree = torch_resnet_to_flax(state, stages, block)
-    save_npz_weights(tree, args.out)
-    n = sum(v.size for v in _flatten(tree["params"]).values())
+    weights.save(tree, args.out)
+    n = weights.count_parameters(tree)
     print(f"wrote {args.out}: {n:,} backbone params")
 
 

@@ -32,7 +32,7 @@ _BN_EPSILON = 1e-5
 
 _EXPANSION = {"bottleneck": 4, "basic": 1}
 
-_CONFIGS: dict[str, dict[str, Any]] = {
+RESNET_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(stage_sizes=(1, 1, 1, 1), block="basic", stem_width=16, widths=(16, 32, 64, 128)),
     "resnet18": dict(stage_sizes=(2, 2, 2, 2), block="basic"),
     "resnet34": dict(stage_sizes=(3, 4, 6, 3), block="basic"),
@@ -40,8 +40,6 @@ _CONFIGS: dict[str, dict[str, Any]] = {
     "resnet101": dict(stage_sizes=(3, 4, 23, 3), block="bottleneck"),
     "resnet152": dict(stage_sizes=(3, 8, 36, 3), block="bottleneck"),
 }
-
-FEATURE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
 def _conv(
@@ -210,33 +208,9 @@ class ResNet(nn.Module):
         return feats
 
 
-def backbone_config(name: str) -> dict[str, Any]:
-    """ResNet constructor fields (stage_sizes, block, ...) of the backbone ``name``."""
-    try:
-        return dict(_CONFIGS[name])
-    except KeyError:
-        raise ValueError(
-            f"unknown backbone {name!r}; valid names: {', '.join(sorted(_CONFIGS))}"
-        ) from None
-
-
-def backbone_names() -> tuple[str, ...]:
-    """Names accepted by :func:`build_backbone`."""
-    return tuple(sorted(_CONFIGS))
-
-
-def build_backbone(
-    name: str, output_stride: int = 16, frozen_bn: bool = False, dtype: Any = jnp.float32
-) -> ResNet:
-    """ResNet by name ("resnet18/34/50/101/152" or "tiny"); ValueError for unknown names."""
-    return ResNet(
-        **backbone_config(name), output_stride=output_stride, frozen_bn=frozen_bn, dtype=dtype
-    )
-
-
-def feature_channels(name: str) -> dict[str, int]:
-    """Channel count of each feature returned by the backbone ``name``."""
-    cfg = backbone_config(name)
+def resnet_feature_channels(name: str) -> dict[str, int]:
+    """Channel count of each feature of the ResNet `name` (a key of `RESNET_CONFIGS`)."""
+    cfg = RESNET_CONFIGS[name]
     expansion = _EXPANSION[cfg["block"]]
     widths = cfg.get("widths", (64, 128, 256, 512))
     out = {"stem": cfg.get("stem_width", 64)}

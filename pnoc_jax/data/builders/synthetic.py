@@ -59,8 +59,10 @@ from typing import ClassVar
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
-from tensorflow_datasets.core import utils as tfds_utils
+
+from pnoc_jax.core import fileio
+from pnoc_jax.core.masks import IGNORE
+from pnoc_jax.data.builders.common import SegmentationBuilder
 
 SEED = 20230521
 NUM_CLASSES = 6
@@ -68,7 +70,6 @@ CLASS_NAMES = ("ant", "bee", "cat", "dog", "eel", "fox")
 SPLIT_SIZES = {"train": 1000, "val": 200}
 SPLIT_INDEX = {"train": 0, "val": 1}
 MIN_SIDE, MAX_SIDE = 80, 112
-IGNORE_INDEX = 255
 
 # Body cues, less distinctive than the parts: stripe period (px, +-PERIOD_JITTER) and an RGB
 # tint added to a random base colour, per class.
@@ -307,9 +308,9 @@ def generate_example(split: str, index: int) -> dict[str, np.ndarray]:
             noise = 5.0 * rng.standard_normal((int(on_part.sum()), 3), dtype=np.float32)
             img[on_part] = colour * pattern[on_part][:, None] + noise
             mask[vis] = obj["cls"] + 1
-        mask[_ignore_band(inst)] = IGNORE_INDEX
+        mask[_ignore_band(inst)] = IGNORE
         present = np.unique(mask)
-        present = present[(present > 0) & (present != IGNORE_INDEX)]
+        present = present[(present > 0) & (present != IGNORE)]
         if present.size:
             break
     labels = np.zeros(NUM_CLASSES, np.float32)
@@ -318,17 +319,7 @@ def generate_example(split: str, index: int) -> dict[str, np.ndarray]:
     return {"image": image, "mask": mask, "labels": labels}
 
 
-def encode_png(array: np.ndarray, rgb: bool) -> bytes:
-    """PNG bytes via OpenCV: RGB uint8[H, W, 3] (rgb=True) or index uint8[H, W] ('L' PNG)."""
-    if rgb:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:  # pragma: no cover
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
-
-
-class PnocSynthetic(tfds.core.GeneratorBasedBuilder):
+class PnocSynthetic(SegmentationBuilder):
     """Embedded synthetic WSSS dataset (see module docstring)."""
 
     name = "pnoc_synthetic"
@@ -339,24 +330,8 @@ class PnocSynthetic(tfds.core.GeneratorBasedBuilder):
         "p .50/.35/.15) and learnable body cues (distinct stripe periods +-3 %, 5x tint).",
     }
 
-    @tfds_utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file. (TFDS's own lookup imports `importlib_resources`, which we do not need.)"""
-        return epath.Path(__file__)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "id": tfds.features.Text(),
-                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-                    "mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                    "labels": tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.float32),
-                }
-            ),
-        )
+    NUM_CLASSES = NUM_CLASSES
+    DESCRIPTION = __doc__
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -370,8 +345,8 @@ class PnocSynthetic(tfds.core.GeneratorBasedBuilder):
                 key,
                 {
                     "id": key,
-                    "image": encode_png(ex["image"], rgb=True),
-                    "mask": encode_png(ex["mask"], rgb=False),
+                    "image": fileio.encode_png(ex["image"]),
+                    "mask": fileio.encode_png(ex["mask"]),
                     "labels": ex["labels"],
                 },
             )

@@ -37,9 +37,11 @@ from typing import ClassVar
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from PIL import Image
-from tensorflow_datasets.core import utils as tfds_utils
+
+from pnoc_jax.core import fileio
+from pnoc_jax.core.masks import IGNORE, PALETTE
+from pnoc_jax.data.builders.common import SegmentationBuilder
 
 CLASS_NAMES = (
     "aeroplane",
@@ -64,22 +66,6 @@ CLASS_NAMES = (
     "tvmonitor",
 )
 NUM_CLASSES = len(CLASS_NAMES)
-IGNORE_INDEX = 255
-
-
-def voc_colormap(n: int = 256) -> np.ndarray:
-    """The standard VOC palette (bit-interleaved), uint8[n, 3]; index 255 -> (224, 224, 192)."""
-    cmap = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        cmap[i] = (r, g, b)
-    return cmap
 
 
 def find_voc_root(manual_dir: str | os.PathLike) -> Path:
@@ -153,18 +139,18 @@ def read_mask(path: Path) -> np.ndarray:
         mask = _rgb_to_index(arr[..., :3], path)
     else:
         raise ValueError(f"VOC mask {str(path)!r} has unsupported PIL mode {mode!r}.")
-    bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(NUM_CLASSES + 1), IGNORE_INDEX])
+    bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(NUM_CLASSES + 1), IGNORE])
     if bad.size:
         raise ValueError(f"VOC mask {str(path)!r} has invalid class indices {bad.tolist()}.")
     return mask
 
 
 def _rgb_to_index(rgb: np.ndarray, path: Path) -> np.ndarray:
-    cmap = voc_colormap().astype(np.int64)
+    cmap = PALETTE.astype(np.int64)
     rgb = rgb.astype(np.int64)
     codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     table = {int((c[0] << 16) | (c[1] << 8) | c[2]): i for i, c in enumerate(cmap)}
-    valid = [*range(NUM_CLASSES + 1), IGNORE_INDEX]
+    valid = [*range(NUM_CLASSES + 1), IGNORE]
     lut = {code: idx for code, idx in table.items() if idx in valid}
     uniq, inv = np.unique(codes, return_inverse=True)
     unknown = [int(u) for u in uniq if int(u) not in lut]
@@ -185,15 +171,7 @@ def read_jpeg(path: Path) -> tuple[bytes, tuple[int, int]]:
     return data, image.shape[:2]
 
 
-def encode_index_png(mask: np.ndarray) -> bytes:
-    """uint8[H, W] -> single-channel ('L') PNG bytes."""
-    ok, buf = cv2.imencode(".png", mask)
-    if not ok:  # pragma: no cover
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
-
-
-class PnocVoc2012(tfds.core.GeneratorBasedBuilder):
+class PnocVoc2012(SegmentationBuilder):
     """PASCAL VOC 2012 segmentation (+ optional SBD train_aug) from a local VOCdevkit."""
 
     name = "pnoc_voc2012"
@@ -205,25 +183,10 @@ class PnocVoc2012(tfds.core.GeneratorBasedBuilder):
         "optionally SegmentationClassAug/ plus a train_aug.txt list for the train_aug split."
     )
 
-    @tfds_utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file. (TFDS's own lookup imports `importlib_resources`, which we do not need.)"""
-        return epath.Path(__file__)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description="PASCAL VOC 2012 segmentation with image-level labels from the masks.",
-            features=tfds.features.FeaturesDict(
-                {
-                    "id": tfds.features.Text(),
-                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                    "mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                    "labels": tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.float32),
-                }
-            ),
-            homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
-        )
+    NUM_CLASSES = NUM_CLASSES
+    IMAGE_FORMAT = "jpeg"
+    DESCRIPTION = "PASCAL VOC 2012 segmentation with image-level labels from the masks."
+    HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
 
     def _split_generators(self, dl_manager):
         manual_dir = Path(os.fspath(dl_manager.manual_dir))
@@ -279,7 +242,7 @@ class PnocVoc2012(tfds.core.GeneratorBasedBuilder):
                 {
                     "id": ex_id,
                     "image": data,
-                    "mask": encode_index_png(mask),
+                    "mask": fileio.encode_png(mask),
                     "labels": labels,
                 },
             )

@@ -1,6 +1,6 @@
 """CPU benchmark of the dense CRF (vs pydensecrf2 when installed) and of the random walk.
 
-Run ``python -m pnoc_jax.postprocess.benchmark``; prints one JSON object. Single-threaded: run as
+Run ``python -m pnoc_jax.cpu_benchmark``; prints one JSON object. Single-threaded: run as
 a script, the BLAS/OpenMP thread variables are pinned to 1 before NumPy is imported. Also provides
 the synthetic photograph-like images and CAM-like probability maps used by the tests.
 """
@@ -162,7 +162,7 @@ def _child_rss_mib(h: int, w: int, k: int, case: str, impl: str) -> float | None
 
     Linux only (/proc/self/clear_refs); None where unavailable.
     """
-    cmd = [sys.executable, "-m", "pnoc_jax.postprocess.benchmark", "--child", f"{h},{w},{k}"]
+    cmd = [sys.executable, "-m", "pnoc_jax.cpu_benchmark", "--child", f"{h},{w},{k}"]
     cmd += [case, impl]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300)

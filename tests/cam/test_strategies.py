@@ -12,7 +12,7 @@ import pytest
 
 from pnoc_jax.cam import losses, strategies
 from pnoc_jax.cam import train as cam_train
-from pnoc_jax.core import distributed, optim, rng
+from pnoc_jax.core import artifacts, distributed, optim, rng, weights
 from pnoc_jax.core.checkpoint import Checkpointer
 from pnoc_jax.core.loop import Preempted
 from pnoc_jax.core.train_state import create_state
@@ -46,7 +46,7 @@ def _setup(config, devices, strategy="pnoc", leak=True):
 
 
 def _run_step(mesh, states, updates, batch, step=3):
-    out, metrics, carry = dict(states), {}, {}
+    out, metrics, carry = dict(states), {}, None
     with jax.set_mesh(mesh):
         batch = distributed.to_global(batch, mesh)
         for u in updates:
@@ -70,7 +70,7 @@ def test_updates_change_only_their_own_network(tiny_config):
     gen, noc = updates
     with jax.set_mesh(mesh):
         batch = distributed.to_global(_batch(), mesh)
-        f, _, carry = gen.fn(states["f"], {"oc": states["oc"]}, batch, {}, jnp.asarray(3))
+        f, _, carry = gen.fn(states["f"], {"oc": states["oc"]}, batch, None, jnp.asarray(3))
         assert _equal(_host(states["oc"]), before["oc"])  # generator step: noc bit-identical
         assert not _equal(_host(f.params), before["f"].params)
         oc, _, _ = noc.fn(states["oc"], {"f": f}, batch, carry, jnp.asarray(3))
@@ -118,7 +118,8 @@ def test_noc_update_matches_independent_gradient(tiny_config, leak):
     got = _host(out["oc"].params)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
-    np.testing.assert_array_equal(np.asarray(carry["keep_mask"]), psi <= 0.2)
+    np.testing.assert_array_equal(np.asarray(carry.keep_mask), psi <= 0.2)
+    assert (carry.cse_grads is not None) == leak
 
 
 def test_two_updates_same_on_1_and_8_devices(tiny_config, strategy="pnoc"):
@@ -134,22 +135,19 @@ def test_two_updates_same_on_1_and_8_devices(tiny_config, strategy="pnoc"):
 
 
 def test_pnoc_run_resumes_both_states_exactly(tiny_config, tmp_path):
-    tiny_config.oc.update(
-        batch_size=8, steps=3, ckpt_every=10, log_every=1, min_size=32, max_size=48
-    )
     tiny_config.train.update(strategy="pnoc", steps=4)
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
-    cam_train.run(tiny_config, full, "train_oc", "oc")
+    cam_train.train_oc(tiny_config, full)
     shutil.copytree(os.path.join(full, "train_oc"), os.path.join(cut, "train_oc"))
-    cam_train.run(tiny_config, full, "train_cam", "train")
+    cam_train.train_cam(tiny_config, full)
 
     def sigterm_at_2(step):
         if step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(Preempted):
-        cam_train.run(tiny_config, cut, "train_cam", "train", on_step=sigterm_at_2)
-    cam_train.run(tiny_config, cut, "train_cam", "train")
+        cam_train.train_cam(tiny_config, cut, on_step=sigterm_at_2)
+    cam_train.train_cam(tiny_config, cut)
 
     def final(workdir):
         ckpt = Checkpointer(os.path.join(workdir, "train_cam", "ckpt"), save_every=1)
@@ -163,6 +161,13 @@ def test_pnoc_run_resumes_both_states_exactly(tiny_config, tmp_path):
     assert step_a == step_b == 4
     assert set(a) == {"f", "oc"}
     assert _equal(a, b)
+    # P-NOC exports both trained networks: f and noc.
+    for state in ("f", "oc"):
+        exported = [
+            weights.load(artifacts.weights_file(w, "train_cam", state)) for w in (full, cut)
+        ]
+        assert _equal(*exported)
+        assert _equal(exported[0]["params"], a[state]["params"])
 
 
 def test_bf16_compute_with_accumulation_keeps_f32_master_weights(tiny_config):

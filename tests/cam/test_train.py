@@ -6,21 +6,31 @@ import signal
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from pnoc_jax.cam import strategies
 from pnoc_jax.cam import train as cam_train
-from pnoc_jax.core import checkpoint, distributed, optim, rng
+from pnoc_jax.core import artifacts, checkpoint, distributed, optim, rng, weights
 from pnoc_jax.core.loop import NonFiniteLoss, Preempted
 from pnoc_jax.core.train_state import create_state
 
 
-def _final_params(workdir, config):
-    mesh = distributed.make_mesh()
-    model = cam_train.build_model(config)
-    return cam_train.load_classifier_variables(
-        config, "train", os.path.join(workdir, "train_cam", "ckpt"), model, mesh
-    )
+def _final_params(workdir):
+    """The exported final variables of train_cam."""
+    return weights.load(artifacts.weights_file(workdir, "train_cam"))
+
+
+def _checkpointed_params(workdir):
+    """The latest checkpoint's f params, restored without a target (no optimizer needed)."""
+    ckpt = checkpoint.Checkpointer(artifacts.checkpoint_dir(workdir, "train_cam"), save_every=1)
+    step = ckpt.latest_step()
+    if step is None:
+        ckpt.close()
+        return None, None
+    raw = ckpt.manager.restore(step, args=ocp.args.Composite(f=ocp.args.StandardRestore()))
+    ckpt.close()
+    return step, jax.device_get(raw["f"]["params"])
 
 
 def _assert_trees_equal(a, b):
@@ -37,7 +47,7 @@ def _one_step(config, devices, batch):
     (update,) = strategies.build_updates(cfg, model=model, oc_model=None, mesh=mesh, seed=0)
     with jax.set_mesh(mesh):
         state, metrics, _ = update.fn(
-            state, {}, distributed.to_global(batch, mesh), {}, jnp.asarray(0)
+            state, {}, distributed.to_global(batch, mesh), None, jnp.asarray(0)
         )
     return jax.device_get(state.params), jax.device_get(state.batch_stats), float(metrics["loss"])
 
@@ -58,8 +68,12 @@ def test_one_step_same_on_1_and_8_devices(tiny_config):
 
 def test_preempted_and_crashed_runs_resume_exactly(tiny_config, tmp_path):
     full = str(tmp_path / "full")
-    cam_train.run(tiny_config, full, stage="train_cam", section="train")
-    expected = _final_params(full, tiny_config)
+    cam_train.train_cam(tiny_config, full)
+    expected = _final_params(full)
+    # The exported weights are the final checkpoint's variables.
+    step, params = _checkpointed_params(full)
+    assert step == tiny_config.train.steps
+    _assert_trees_equal(params, expected["params"])
 
     # SIGTERM after step 3: a checkpoint at step 3 is written and Preempted raised.
     preempted = str(tmp_path / "preempted")
@@ -69,13 +83,14 @@ def test_preempted_and_crashed_runs_resume_exactly(tiny_config, tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(Preempted):
-        cam_train.run(tiny_config, preempted, "train_cam", "train", on_step=sigterm_at_3)
-    ckpt_dir = os.path.join(preempted, "train_cam", "ckpt")
+        cam_train.train_cam(tiny_config, preempted, on_step=sigterm_at_3)
+    assert not os.path.exists(artifacts.weights_file(preempted, "train_cam"))
+    ckpt_dir = artifacts.checkpoint_dir(preempted, "train_cam")
     manager = checkpoint.Checkpointer(ckpt_dir, save_every=2)
     assert manager.latest_step() == 3
     manager.close()
-    cam_train.run(tiny_config, preempted, "train_cam", "train")
-    _assert_trees_equal(_final_params(preempted, tiny_config), expected)
+    cam_train.train_cam(tiny_config, preempted)
+    _assert_trees_equal(_final_params(preempted), expected)
 
     # A hard crash at step 5: resumes from the periodic checkpoint at step 4.
     crashed = str(tmp_path / "crashed")
@@ -85,18 +100,16 @@ def test_preempted_and_crashed_runs_resume_exactly(tiny_config, tmp_path):
             raise KeyboardInterrupt("simulated kill")
 
     with pytest.raises(KeyboardInterrupt):
-        cam_train.run(tiny_config, crashed, "train_cam", "train", on_step=crash_at_5)
-    cam_train.run(tiny_config, crashed, "train_cam", "train")
-    _assert_trees_equal(_final_params(crashed, tiny_config), expected)
+        cam_train.train_cam(tiny_config, crashed, on_step=crash_at_5)
+    cam_train.train_cam(tiny_config, crashed)
+    _assert_trees_equal(_final_params(crashed), expected)
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
     tiny_config.train.lr = 1e30
     with pytest.raises(NonFiniteLoss, match="non-finite"):
-        cam_train.run(tiny_config, str(tmp_path), "train_cam", "train")
-    manager = checkpoint.Checkpointer(str(tmp_path / "train_cam" / "ckpt"), save_every=2)
-    step = manager.latest_step()
-    manager.close()
+        cam_train.train_cam(tiny_config, str(tmp_path))
+    assert not os.path.exists(artifacts.weights_file(str(tmp_path), "train_cam"))
+    step, params = _checkpointed_params(str(tmp_path))
     if step is not None:  # every kept checkpoint is finite
-        params = _final_params(str(tmp_path), tiny_config)
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

@@ -13,11 +13,11 @@ from pnoc_jax.affinity.random_walk import (
     boundary_to_affinity,
     pseudo_label_from_rw,
     random_walk,
-    random_walk_dense,
     rw_to_image,
     transition_matrix,
 )
-from pnoc_jax.postprocess.benchmark import synthetic_cams, synthetic_photo
+from pnoc_jax.cpu_benchmark import synthetic_cams, synthetic_photo
+from tests.oracles.random_walk_dense import random_walk_dense
 
 # ---------------------------------------------------------------------------------------------
 # Paths

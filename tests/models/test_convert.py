@@ -12,12 +12,10 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is needed only for the conversion reference")
 tnn = torch.nn
 
+from pnoc_jax.core import weights  # noqa: E402
 from pnoc_jax.models.classifier import CAMClassifier  # noqa: E402
 from pnoc_jax.models.convert import (  # noqa: E402
-    load_npz_weights,
     main,
-    merge_pretrained,
-    save_npz_weights,
     torch_resnet_to_flax,
 )
 from pnoc_jax.models.resnet import ResNet  # noqa: E402
@@ -236,9 +234,9 @@ def test_npz_roundtrip_and_merge_into_classifier(tmp_path) -> None:
     tmodel = _randomised(TorchResNet(TorchBasicBlock, [1, 1, 1, 1], WIDTHS, STEM, DILATE[16]), 3)
     tree = torch_resnet_to_flax(_state_dict(tmodel), (1, 1, 1, 1))
     path = tmp_path / "sub" / "tiny.npz"
-    save_npz_weights(tree, path)
+    weights.save(tree, path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["tiny.npz"]  # no temp left
-    loaded = load_npz_weights(path)
+    loaded = weights.load(path)
     assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(tree)
     for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(tree)):
         np.testing.assert_array_equal(a, b)
@@ -248,7 +246,7 @@ def test_npz_roundtrip_and_merge_into_classifier(tmp_path) -> None:
     xj = jnp.asarray(x.transpose(0, 2, 3, 1))
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), xj))
     variables = jax.tree.map(lambda s: jnp.full(s.shape, 0.5, s.dtype), shapes)
-    merged = merge_pretrained(variables, loaded)
+    merged = weights.merge(variables, loaded)
     np.testing.assert_array_equal(merged["params"]["classifier"]["kernel"], 0.5)  # head kept
     logits, cams = jax.jit(lambda v, x: model.apply(v, x))(merged, xj)
     with torch.no_grad():
@@ -257,13 +255,13 @@ def test_npz_roundtrip_and_merge_into_classifier(tmp_path) -> None:
     np.testing.assert_allclose(cams, ref_cams, rtol=1e-4, atol=1e-4 * np.abs(ref_cams).max())
     np.testing.assert_allclose(logits, ref_cams.mean((1, 2)), rtol=1e-4, atol=1e-4)
 
-    bad = load_npz_weights(path)
+    bad = weights.load(path)
     bad["params"]["backbone"]["layer3_0"]["conv2"]["kernel"] = np.zeros((3, 3, 64, 65))
     with pytest.raises(ValueError, match="params/backbone/layer3_0/conv2/kernel"):
-        merge_pretrained(variables, bad)
+        weights.merge(variables, bad)
     del bad["params"]["backbone"]["layer3_0"]["conv2"]
     with pytest.raises(KeyError, match="conv2"):
-        merge_pretrained(variables, bad)
+        weights.merge(variables, bad)
 
 
 def test_cli(tmp_path) -> None:
@@ -271,7 +269,7 @@ def test_cli(tmp_path) -> None:
     ckpt, out = tmp_path / "r18.pth", tmp_path / "r18.npz"
     torch.save({"state_dict": {f"module.{k}": v for k, v in tmodel.state_dict().items()}}, ckpt)
     main(["--torch_checkpoint", str(ckpt), "--depth", "18", "--out", str(out)])
-    tree = load_npz_weights(out)
+    tree = weights.load(out)
     np.testing.assert_array_equal(
         tree["params"]["backbone"]["layer4_1"]["conv2"]["kernel"],
         tmodel.layer4[1].conv2.weight.detach().numpy().transpose(2, 3, 1, 0),

@@ -11,7 +11,7 @@ from pnoc_jax.affinity.labels import (
     pair_labels,
 )
 from pnoc_jax.affinity.paths import grid_pairs, search_directions
-from pnoc_jax.postprocess.benchmark import synthetic_photo
+from pnoc_jax.cpu_benchmark import synthetic_photo
 
 KEYS = np.array([0, 7, 15])  # image with classes 6 and 14 (0-based) -> segmentation ids 7, 15
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pnoc_jax.postprocess.benchmark import synthetic_photo, synthetic_probs
+from pnoc_jax.cpu_benchmark import synthetic_photo, synthetic_probs
 from pnoc_jax.postprocess.crf import (
     PermutohedralLattice,
     crf_label_map,
@@ -109,11 +109,12 @@ def test_position_kernel_cache_is_not_mutated(photo):
 def test_cpu_modules_do_not_import_jax():
     # CRF / random walk / affinity labels run in worker processes without accelerators.
     code = (
-        "import sys; import pnoc_jax.postprocess.crf, pnoc_jax.postprocess.benchmark, "
-        "pnoc_jax.affinity.paths, pnoc_jax.affinity.random_walk, pnoc_jax.affinity.labels; "
+        "import sys; import pnoc_jax.postprocess.crf, pnoc_jax.cpu_benchmark, "
+        "pnoc_jax.affinity.paths, pnoc_jax.affinity.random_walk, pnoc_jax.affinity.labels, "
+        "pnoc_jax.affinity.tasks, pnoc_jax.core.pool; "
         "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=root)
 
 

@@ -1,14 +1,9 @@
-"""Visualisation helpers, and the notebook's code cells run against a finished tiny run."""
-
-import json
-import os
+"""Visualisation helpers: palette, overlays and grids."""
 
 import numpy as np
 import pytest
 
 from pnoc_jax import visualize
-
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 def test_palette_and_overlay():
@@ -38,26 +33,3 @@ def test_pseudo_label_grid(tmp_path):
     fileio.write_npy_dict(str(tmp_path / "b.npy"), {"keys": keys, "hr_cam": score, "rw": score})
     with pytest.raises(FileNotFoundError, match=r"b\.png"):
         visualize.pseudo_label_grid([{**example, "id": "b"}], *[str(tmp_path)] * 3)
-
-
-def test_notebook_cells_run(tiny_config, tmp_path, monkeypatch):
-    from pnoc_jax import stages
-
-    tiny_config.stages = ("train_cam", "infer_cam", "eval_cam")
-    tiny_config.train.strategy = "cam"
-    tiny_config.infer.splits = ("val",)
-    tiny_config.eval.split = "val"
-    workdir = str(tmp_path / "run")
-    stages.run_stages(tiny_config, workdir)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    with open(os.path.join(ROOT, "notebooks", "inspect_cams.ipynb")) as f:
-        cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
-    namespace: dict = {}
-    for cell in cells:
-        source = "".join(cell["source"]).replace(
-            "os.path.abspath('../runs/quickstart')", repr(workdir)
-        )
-        exec(compile(source, "notebook", "exec"), namespace)
-    assert namespace["grid"].shape[0] == 3 * 160

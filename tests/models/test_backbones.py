@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pnoc_jax.models.backbones import build_backbone, feature_channels
 from pnoc_jax.models.classifier import CAMClassifier
-from pnoc_jax.models.resnet import build_backbone, feature_channels
 
 STRIDES = {
     32: {"stem": 4, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32},

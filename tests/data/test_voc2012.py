@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pnoc_jax.core.masks import PALETTE
 from pnoc_jax.data import datasets
-from pnoc_jax.data.builders.voc2012 import CLASS_NAMES, voc_colormap
+from pnoc_jax.data.builders.voc2012 import CLASS_NAMES
 
 # id -> (height, width, [(class index, (y0, x0, y1, x1)), ...])
 _SPECS = {
@@ -45,7 +46,7 @@ def _image(h: int, w: int, seed: int) -> np.ndarray:
 
 def _save_palette_png(mask: np.ndarray, path: Path) -> None:
     im = Image.fromarray(mask, mode="P")
-    im.putpalette(voc_colormap().reshape(-1).tolist())
+    im.putpalette(PALETTE.reshape(-1).tolist())
     im.save(path)
 
 
@@ -139,7 +140,7 @@ def test_rgb_mask_converted_via_colormap(tmp_path):
     voc = _write_voc(tmp_path / "manual")
     ex_id = "2007_000032"
     h, w, objects = _SPECS[ex_id]
-    rgb = voc_colormap()[_mask(h, w, objects)]
+    rgb = PALETTE[_mask(h, w, objects)]
     Image.fromarray(rgb, mode="RGB").save(voc / "SegmentationClass" / f"{ex_id}.png")
     train = _by_id(datasets.load_split("voc2012", "train", str(tmp_path / "tfds"), str(voc)))
     np.testing.assert_array_equal(train[ex_id]["mask"], _mask(h, w, objects))

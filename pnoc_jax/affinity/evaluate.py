@@ -1,0 +1,44 @@
+"""Stage `eval_pseudo_labels`: the random walk and its pseudo-labels against the ground truth.
+
+On `config.eval.split` (the split the priors are evaluated on): the threshold sweep of the RW
+scores, as the priors' (spec §9, runner 3 step 4), and the mIoU of the pseudo-label PNGs.
+Writes `eval_pseudo_labels/{metrics.json, sweep.csv, sweep.png}`; the priors' mIoU on the same
+split is copied beside them for comparison.
+"""
+
+import os
+
+import ml_collections
+from absl import logging
+
+from pnoc_jax import config_lib
+from pnoc_jax.core import artifacts, distributed, fileio
+from pnoc_jax.evaluation import sweep
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    split = config.eval.split
+    pseudo_labels = artifacts.pseudo_label_dir(workdir, split)
+    summary = sweep.evaluate_split(config, artifacts.rw_dir(workdir, split), "rw", pseudo_labels)
+    summary["pseudo_label_miou"] = summary.pop("labels_miou")
+    summary["pseudo_label_per_class_iou"] = summary.pop("labels_per_class_iou")
+    prior_path = artifacts.metrics_file(workdir, "eval_cam")
+    if os.path.exists(prior_path):
+        prior = fileio.read_json(prior_path)
+        if prior.get("split") == split:
+            summary["prior_miou"] = prior["miou"]
+    if distributed.is_chief():
+        sweep.write_report(artifacts.stage_dir(workdir, "eval_pseudo_labels"), summary)
+    logging.info("eval_pseudo_labels %s: %s", split, headline(summary))
+
+
+def headline(metrics: dict) -> str:
+    prior = f", prior {100 * metrics['prior_miou']:.2f}" if "prior_miou" in metrics else ""
+    pseudo = f"pseudo-label mIoU {100 * metrics['pseudo_label_miou']:.2f}"
+    return f"{sweep.headline('RW', metrics)}; {pseudo}{prior}"
+
+
+def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
+    """The pseudo-labels are evaluated on one of the random walk's splits."""
+    del topology
+    config_lib.check_choice(config, "eval.split", tuple(config.rw.splits))

@@ -1,0 +1,106 @@
+"""Stage `affinity_labels`: CAMs (`infer_cam`) -> affinity labels (spec §8).
+
+Writes `affinity_labels/<split>/<id>.png` (0 background, 1..C class, 255 uncertain) for every
+labelled image of `config.affinity_labels.split`, with conventional labels (CAM + CRF) or, when
+`saliency_dir` is set, saliency-based ones; and `affinity_labels/metrics.json`: their precision
+and coverage against the ground truth. Per-image work runs in `core.pool`; images whose PNG
+exists are counted, not redone. Each process labels its own shard of the split.
+"""
+
+import os
+from collections.abc import Iterator, Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from pnoc_jax import config_lib
+from pnoc_jax.affinity import tasks
+from pnoc_jax.core import artifacts, distributed, fileio, pool
+from pnoc_jax.data import pipeline
+
+
+def label_tasks(
+    source: Sequence[dict], cfg: ml_collections.ConfigDict, workdir: str
+) -> Iterator[tasks.LabelTask]:
+    """One task per labelled image of `source` (images without classes have no label)."""
+    params = config_lib.from_section(tasks.LabelParams, cfg)
+    saliency_dir = os.path.expanduser(cfg.saliency_dir) if cfg.saliency_dir else ""
+    for index in range(len(source)):
+        example = source[index]
+        if example["labels"].sum() == 0:
+            continue
+        image_id = example["id"]
+        yield tasks.LabelTask(
+            image=example["image"],
+            gt=example["mask"],
+            cam_path=artifacts.cam_file(workdir, cfg.split, image_id),
+            out_path=os.path.join(
+                artifacts.affinity_label_dir(workdir, cfg.split), f"{image_id}.png"
+            ),
+            saliency_path=os.path.join(saliency_dir, f"{image_id}.png") if saliency_dir else "",
+            params=params,
+        )
+
+
+def label_metrics(counts: np.ndarray, split: str) -> dict:
+    """Precision and coverage of the labels from summed `tasks.label_counts`."""
+    labelled, agree, gt_valid, labelled_fg, agree_fg = (int(v) for v in counts)
+    labelled_bg, agree_bg = labelled - labelled_fg, agree - agree_fg
+    return {
+        "split": split,
+        "precision": agree / max(labelled, 1),
+        "coverage": labelled / max(gt_valid, 1),
+        "fg_precision": agree_fg / max(labelled_fg, 1),
+        "bg_precision": agree_bg / max(labelled_bg, 1),
+        "pixels": {"labelled": labelled, "agreeing": agree, "gt_valid": gt_valid},
+    }
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    cfg = config.affinity_labels
+    source = pipeline.open_split(config, cfg.split)
+    counts, computed, total = np.zeros(5, np.int64), 0, 0
+    todo = label_tasks(source, cfg, workdir)
+    for image_counts, was_computed in pool.run_tasks(
+        tasks.affinity_label, todo, config.runtime.num_workers
+    ):
+        counts += image_counts
+        computed += was_computed
+        total += 1
+    logging.info(
+        "affinity_labels %s: %d written, %d already there", cfg.split, computed, total - computed
+    )
+    counts = distributed.allgather(counts).sum(axis=0)
+    if distributed.is_chief():
+        metrics = label_metrics(counts, cfg.split)
+        fileio.write_json(artifacts.metrics_file(workdir, "affinity_labels"), metrics)
+    distributed.barrier("affinity_labels")
+
+
+def headline(metrics: dict) -> str:
+    return (
+        f"affinity labels ({metrics['split']}): precision {100 * metrics['precision']:.1f}%, "
+        f"coverage {100 * metrics['coverage']:.1f}% "
+        f"(foreground precision {100 * metrics['fg_precision']:.1f}%)"
+    )
+
+
+def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
+    """Checks of `config.affinity_labels`: CAMs of its split must be inferred."""
+    del topology
+    key = "affinity_labels"
+    config_lib.check_choice(config, f"{key}.split", tuple(config.infer.splits))
+    for name in ("fg_threshold", "bg_threshold", "saliency_threshold"):
+        config_lib.check_number(config, f"{key}.{name}", low=0, high=1)
+    config_lib.check_number(config, f"{key}.crf_iterations", low=0, integer=True)
+    config_lib.check_number(
+        config, f"{key}.crf_gt_prob", low=0, high=1, low_open=True, high_open=True
+    )
+    saliency_dir = config.affinity_labels.saliency_dir
+    config_lib.check(
+        not saliency_dir or os.path.isdir(os.path.expanduser(saliency_dir)),
+        f"{key}.saliency_dir",
+        saliency_dir,
+        "a folder of <id>.png saliency maps, or ''",
+    )

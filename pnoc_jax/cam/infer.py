@@ -1,0 +1,134 @@
+"""Stage `infer_cam`: CAMs with test-time augmentation, one `.npy` per image (spec §6).
+
+For every scale s in `config.infer.scales`, the image is resized (PIL bicubic) and run with its
+horizontal flip; ReLU(A) of the pair is summed, resized (bilinear, half-pixel) to stride 4
+(`cam`) and to full resolution (`hr_cam`), and summed over scales. Only the image's own
+classes are kept, each divided by its max + 1e-5. Each scale runs on a fixed square canvas
+(`inference.tta`), so it compiles once. Images whose file exists are skipped (resumable).
+"""
+
+import math
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from pnoc_jax import config_lib
+from pnoc_jax.cam import train as cam_train
+from pnoc_jax.core import artifacts, distributed, fileio, weights
+from pnoc_jax.data import datasets, pipeline
+from pnoc_jax.inference import predictor, tta
+
+
+def combine(
+    cams_per_scale: list[np.ndarray], keys: np.ndarray, height: int, width: int, stride: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sums the scales at stride 4 and at full resolution; keeps and normalises the GT classes.
+
+    cams_per_scale: [h_s, w_s, C] per scale; keys: [K + 1] = [0, c1 + 1, ...]. Returns
+    (cam [K, ⌈H/4⌉, ⌈W/4⌉], hr_cam [K, H, W]), float32.
+    """
+    classes = keys[1:] - 1
+    low_h, low_w = math.ceil(height / 4), math.ceil(width / 4)
+    hr_h, hr_w = stride * math.ceil(height / stride), stride * math.ceil(width / stride)
+    cam = np.zeros((len(classes), low_h, low_w), np.float32)
+    hr = np.zeros((len(classes), hr_h, hr_w), np.float32)
+    for maps in cams_per_scale:
+        maps = np.ascontiguousarray(maps[..., classes])
+        cam += tta.resize_maps(maps, low_h, low_w)
+        hr += tta.resize_maps(maps, hr_h, hr_w)
+    hr = hr[:, :height, :width]
+    cam /= cam.max(axis=(1, 2), keepdims=True) + 1e-5
+    hr /= hr.max(axis=(1, 2), keepdims=True) + 1e-5
+    return cam, hr
+
+
+def cam_predictor(model, variables):
+    """ReLU(CAMs) [N, h, w, C] of a batch, jitted on this process's devices."""
+
+    def predict(variables, images):
+        _, cams = model.apply(variables, images, train=False)
+        return jax.nn.relu(cams)
+
+    return predictor.local_predictor(predict, variables)
+
+
+def image_keys(labels: np.ndarray) -> np.ndarray:
+    """[0, c1 + 1, c2 + 1, ...]: the segmentation index of each plane of a CAM file."""
+    return np.concatenate([[0], np.flatnonzero(labels > 0.5) + 1]).astype(np.int64)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes `<workdir>/infer_cam/<split>/<id>.npy` for every labelled image of each split."""
+    cfg = config.infer
+    model = cam_train.build_model(config)
+    variables = weights.load(artifacts.weights_file(workdir, cfg.weights_from))
+    predict, batch_multiple = cam_predictor(model, variables)
+    batch_size = config.runtime.predict_batch_size
+    for split in cfg.splits:
+        source = pipeline.open_split(config, split)
+        todo = []
+        for index in range(len(source)):
+            example = source[index]
+            done = os.path.exists(artifacts.cam_file(workdir, split, example["id"]))
+            if example["labels"].sum() > 0 and not done:
+                todo.append(index)
+        logging.info("infer_cam %s: %d of %d images to do", split, len(todo), len(source))
+        progress = tqdm(
+            total=len(todo), desc=f"infer_cam {split}", disable=not distributed.is_chief()
+        )
+        for start in range(0, len(todo), batch_size):
+            examples = [source[i] for i in todo[start : start + batch_size]]
+            too_big = [e["id"] for e in examples if max(e["image"].shape[:2]) > cfg.max_image_size]
+            if too_big:
+                raise ValueError(
+                    f"images {too_big} are larger than config.infer.max_image_size="
+                    f"{cfg.max_image_size}; raise it"
+                )
+            cams = tta.multiscale_flip_sums(
+                [e["image"] for e in examples],
+                predict,
+                cfg.scales,
+                cfg.max_image_size,
+                config.model.output_stride,
+                batch_multiple,
+            )
+            for example, per_scale in zip(examples, cams, strict=True):
+                keys = image_keys(example["labels"])
+                h, w = example["image"].shape[:2]
+                cam, hr = combine(per_scale, keys, h, w, config.model.output_stride)
+                fileio.write_npy_dict(
+                    artifacts.cam_file(workdir, split, example["id"]),
+                    {"keys": keys, "cam": cam, "hr_cam": hr},
+                )
+            progress.update(len(examples))
+        progress.close()
+    distributed.barrier("infer_cam")
+
+
+def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return (config.infer.weights_from,)
+
+
+def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
+    """Checks of `config.infer`."""
+    del topology
+    splits = datasets.get_info(config.data.name).splits
+    infer = config.infer
+    config_lib.check(
+        bool(infer.splits) and set(infer.splits) <= set(splits),
+        "infer.splits",
+        tuple(infer.splits),
+        f"a non-empty subset of the dataset's splits {list(splits)}",
+    )
+    config_lib.check(
+        bool(infer.scales) and all(s > 0 for s in infer.scales),
+        "infer.scales",
+        tuple(infer.scales),
+        "positive scales",
+    )
+    config_lib.check_number(config, "infer.max_image_size", low=1, integer=True)
+    config_lib.check_choice(config, "infer.weights_from", ("train_cam", "train_oc"))

@@ -1,0 +1,69 @@
+"""Where every artifact of a run lives: the one module that knows folder and file names.
+
+A run's workdir holds one folder per stage, `<workdir>/<stage>/`, with `config.json` (written
+when the stage starts) and `DONE.json` (when it finished). Training stages add `ckpt/` (Orbax),
+`weights/<state>.npz` (the final variables, read by later stages), `metrics.jsonl` and
+`tensorboard/`; per-image stages add one file per image under a folder per split; evaluation
+stages add `metrics.json`, `sweep.csv` and `sweep.png`.
+"""
+
+import os
+
+
+def stage_dir(workdir: str, stage: str) -> str:
+    return os.path.join(workdir, stage)
+
+
+def config_file(workdir: str, stage: str) -> str:
+    return os.path.join(workdir, stage, "config.json")
+
+
+def done_file(workdir: str, stage: str) -> str:
+    return os.path.join(workdir, stage, "DONE.json")
+
+
+def checkpoint_dir(workdir: str, stage: str) -> str:
+    return os.path.join(workdir, stage, "ckpt")
+
+
+def weights_file(workdir: str, stage: str, state: str = "f") -> str:
+    """Final variables of the train state `state` ("f" the trained network, "oc" P-NOC's noc)."""
+    return os.path.join(workdir, stage, "weights", f"{state}.npz")
+
+
+def metrics_file(workdir: str, stage: str) -> str:
+    return os.path.join(workdir, stage, "metrics.json")
+
+
+def cam_dir(workdir: str, split: str) -> str:
+    """CAMs of `split` (stage infer_cam): `<id>.npy`, the official pickled-dict format."""
+    return os.path.join(workdir, "infer_cam", split)
+
+
+def cam_file(workdir: str, split: str, image_id: str) -> str:
+    return os.path.join(cam_dir(workdir, split), f"{image_id}.npy")
+
+
+def affinity_label_dir(workdir: str, split: str) -> str:
+    """Affinity labels of `split` (stage affinity_labels): `<id>.png`, 0 / 1..C / 255."""
+    return os.path.join(workdir, "affinity_labels", split)
+
+
+def rw_dir(workdir: str, split: str) -> str:
+    """Random-walk scores of `split` (stage random_walk): `<id>.npy` with keys and rw."""
+    return os.path.join(workdir, "random_walk", split)
+
+
+def pseudo_label_dir(workdir: str, split: str) -> str:
+    """Pseudo-labels of `split` (stage random_walk): `<id>.png`, 0 / 1..C."""
+    return os.path.join(workdir, "random_walk", f"{split}_pseudo")
+
+
+def compare_seed_dir(workdir: str, seed: int) -> str:
+    """The workdir of one seed of the strategy comparison (its shared train_oc lives here)."""
+    return os.path.join(workdir, "compare", f"seed{seed}")
+
+
+def compare_run_dir(workdir: str, seed: int, strategy: str) -> str:
+    """The workdir of one (seed, strategy) run of the strategy comparison."""
+    return os.path.join(compare_seed_dir(workdir, seed), strategy)

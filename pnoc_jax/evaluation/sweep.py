@@ -1,0 +1,159 @@
+"""Evaluation of a split's per-image outputs against its ground truth, and the report files.
+
+Two evaluators share one aggregation (confusion matrices summed over the split and over
+processes): `sweep` for score maps thresholded against a background plane (CAMs, random-walk
+scores; spec §6) and `label_maps` for finished label PNGs (pseudo-labels, segmentations).
+`write_report` writes `metrics.json`, `sweep.csv` and `sweep.png`.
+"""
+
+import os
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from pnoc_jax import config_lib
+from pnoc_jax.core import distributed, fileio
+from pnoc_jax.data import datasets, pipeline
+from pnoc_jax.evaluation import miou
+
+
+def _examples(source: Sequence[dict], desc: str):
+    for index in tqdm(range(len(source)), desc=desc, disable=not distributed.is_chief()):
+        yield source[index]
+
+
+def _scores(path: str, key: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(keys [K+1], scores [K, H, W]) of one image's score file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: score file missing; run the stage that writes it")
+    record = fileio.read_npy_dict(path)
+    keys, scores = record["keys"], record[key]
+    if scores.shape[1:] != shape:
+        raise ValueError(f"{path}: {key} {scores.shape[1:]} does not match the mask {shape}")
+    return keys, scores
+
+
+def sweep_confusions(
+    source: Sequence[dict], score_dir: str, key: str, thresholds: np.ndarray, num_labels: int
+) -> np.ndarray:
+    """Per-threshold confusion matrices [T, L, L] of this process's share of a split.
+
+    `key` names the full-resolution [K, H, W] scores in `<score_dir>/<id>.npy` ("hr_cam" for CAM
+    files, "rw" for random-walk files). Images without classes predict background everywhere.
+    """
+    total = np.zeros((len(thresholds), num_labels, num_labels), np.int64)
+    for example in _examples(source, f"sweep {os.path.basename(score_dir)}"):
+        gt = example["mask"]
+        if example["labels"].sum() == 0:
+            keys, scores = np.zeros(1, np.int64), np.zeros((0, *gt.shape), np.float32)
+        else:
+            path = os.path.join(score_dir, f"{example['id']}.npy")
+            keys, scores = _scores(path, key, gt.shape)
+        total += miou.sweep_confusions(gt, scores, keys, thresholds, num_labels)
+    return total
+
+
+def label_map_confusion(source: Sequence[dict], label_dir: str, num_labels: int) -> np.ndarray:
+    """Confusion matrix [L, L] of the label PNGs `<label_dir>/<id>.png` on this process's share."""
+    total = np.zeros((num_labels, num_labels), np.int64)
+    for example in _examples(source, f"evaluate {os.path.basename(label_dir)}"):
+        label = fileio.read_png(os.path.join(label_dir, f"{example['id']}.png"))
+        total += miou.confusion(example["mask"], label, num_labels)
+    return total
+
+
+def sweep(
+    source: Sequence[dict],
+    score_dir: str,
+    key: str,
+    thresholds: Sequence[float],
+    class_names: Sequence[str],
+) -> dict:
+    """The threshold sweep of a split's score files, summed over processes (`miou.sweep_scores`)."""
+    thresholds = np.asarray(thresholds, np.float64)
+    local = sweep_confusions(source, score_dir, key, thresholds, len(class_names) + 1)
+    confs = distributed.allgather(local).sum(axis=0)
+    return miou.sweep_scores(confs, thresholds, list(class_names))
+
+
+def evaluate_split(
+    config: ml_collections.ConfigDict, score_dir: str, key: str, label_dir: str = ""
+) -> dict:
+    """The sweep of `config.eval.split`'s score files (and, if `label_dir`, its label PNGs)."""
+    split = config.eval.split
+    class_names = datasets.get_info(config.data.name).class_names
+    source = pipeline.open_split(config, split)
+    summary = {"split": split, **sweep(source, score_dir, key, config.eval.thresholds, class_names)}
+    if label_dir:
+        labels = label_maps(source, label_dir, class_names)
+        summary["labels_miou"] = labels["miou"]
+        summary["labels_per_class_iou"] = labels["per_class_iou"]
+    return summary
+
+
+def label_maps(source: Sequence[dict], label_dir: str, class_names: Sequence[str]) -> dict:
+    """mIoU, FPR, FNR and per-class IoU of a split's label PNGs, summed over processes."""
+    local = label_map_confusion(source, label_dir, len(class_names) + 1)
+    scores = miou.scores(distributed.allgather(local).sum(axis=0))
+    names = ["background", *class_names]
+    return {
+        "miou": scores["miou"],
+        "fpr": scores["fpr"],
+        "fnr": scores["fnr"],
+        "per_class_iou": {n: float(v) for n, v in zip(names, scores["iou"], strict=True)},
+    }
+
+
+def headline(name: str, metrics: dict) -> str:
+    """ "<name> mIoU (<split>): 62.71 at threshold 0.10", the line a sweep's stage prints."""
+    return (
+        f"{name} mIoU ({metrics['split']}): {100 * metrics['miou']:.2f} "
+        f"at threshold {metrics['best_threshold']:.2f}"
+    )
+
+
+def validate_eval(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
+    """Checks of `config.eval`: strictly increasing thresholds in (0, 1)."""
+    del topology
+    value = tuple(config.eval.thresholds)
+    t = np.asarray(value, np.float64)
+    ok = t.ndim == 1 and len(t) > 0 and bool(np.all((t > 0) & (t < 1) & np.isfinite(t)))
+    config_lib.check(
+        ok and bool(np.all(np.diff(t) > 0)),
+        "eval.thresholds",
+        value,
+        "strictly increasing thresholds in (0, 1)",
+    )
+
+
+def write_report(out_dir: str, summary: dict) -> None:
+    """metrics.json, sweep.csv and sweep.png (mIoU, FPR and FNR against the threshold)."""
+    fileio.write_json(os.path.join(out_dir, "metrics.json"), summary)
+    lines = ["threshold,miou,fpr,fnr"]
+    lines += [
+        f"{r['threshold']:.2f},{r['miou']:.6f},{r['fpr']:.6f},{r['fnr']:.6f}"
+        for r in summary["sweep"]
+    ]
+    fileio.write_text(os.path.join(out_dir, "sweep.csv"), "\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["threshold"] for r in summary["sweep"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, style in (("miou", "-o"), ("fpr", "--"), ("fnr", ":")):
+        ax.plot(t, [100 * r[key] for r in summary["sweep"]], style, label=key.upper())
+    ax.axvline(summary["best_threshold"], color="grey", lw=0.8)
+    ax.set_xlabel("background threshold")
+    ax.set_ylabel("%")
+    ax.set_title(f"best mIoU {100 * summary['miou']:.1f} at t={summary['best_threshold']:.2f}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with fileio.atomic_path(os.path.join(out_dir, "sweep.png")) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

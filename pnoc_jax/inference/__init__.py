@@ -1,0 +1,1 @@
+"""Inference on fixed canvases: the predictor set-up and flip / multi-scale augmentation."""

@@ -1,0 +1,91 @@
+"""Test-time augmentation on fixed square canvases: scales x horizontal flip (spec §6).
+
+Each image and its mirror image are normalised and padded bottom/right with 0 (the mean colour
+after normalisation) onto a canvas that fits any image of the split at that scale, so the
+network compiles once per scale. Outputs are cropped back to the image's own grid.
+"""
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from pnoc_jax.data import transforms
+from pnoc_jax.inference.predictor import Predict
+
+
+def canvas_size(max_image_size: int, scale: float, multiple: int = 32) -> int:
+    """Side of the square canvas that holds any image of side <= max_image_size at `scale`."""
+    return multiple * math.ceil(round(max_image_size * scale) / multiple)
+
+
+def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """PIL bicubic resize to (round(W·s), round(H·s)), as the reference inference does."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+
+
+def resize_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear, align_corners=False (cv2 INTER_LINEAR) resize of [h, w, K] maps -> [K, H, W]."""
+    out = np.stack(
+        [
+            cv2.resize(maps[..., k], (width, height), interpolation=cv2.INTER_LINEAR)
+            for k in range(maps.shape[-1])
+        ]
+    )
+    return out.astype(np.float32)
+
+
+def flip_pairs_on_canvas(images: list[np.ndarray], canvas: int, batch_multiple: int) -> np.ndarray:
+    """[x0, flip x0, x1, flip x1, ...] normalised, padded bottom/right into canvas² (mean colour).
+
+    Zero images pad the batch to a multiple of `batch_multiple` (the local device count).
+    """
+    pairs = []
+    for image in images:
+        x = transforms.normalize(image)
+        for view in (x, x[:, ::-1]):
+            padded = np.zeros((canvas, canvas, 3), np.float32)
+            padded[: view.shape[0], : view.shape[1]] = view
+            pairs.append(padded)
+    while len(pairs) % batch_multiple:
+        pairs.append(np.zeros_like(pairs[0]))
+    return np.stack(pairs)
+
+
+def flip_pair_outputs(
+    images: list[np.ndarray], predict: Predict, canvas: int, batch_multiple: int, stride: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image, the outputs on x and on flip(x), the latter flipped back, both cropped to the
+    image's ⌈H/stride⌉ x ⌈W/stride⌉ grid. `predict` maps [N, canvas, canvas, 3] to [N, h, w, …].
+    """
+    out = predict(flip_pairs_on_canvas(images, canvas, batch_multiple))
+    pairs = []
+    for i, image in enumerate(images):
+        h, w = math.ceil(image.shape[0] / stride), math.ceil(image.shape[1] / stride)
+        pairs.append((out[2 * i, :h, :w], out[2 * i + 1, :h, :w][:, ::-1]))
+    return pairs
+
+
+def multiscale_flip_sums(
+    images: list[np.ndarray],
+    predict: Predict,
+    scales: Sequence[float],
+    max_image_size: int,
+    stride: int,
+    batch_multiple: int,
+) -> list[list[np.ndarray]]:
+    """For each image, per scale, output(x_s) + unflipped output(flip x_s) on its own grid."""
+    per_image: list[list[np.ndarray]] = [[] for _ in images]
+    for scale in scales:
+        canvas = canvas_size(max_image_size, scale)
+        resized = [resize_image(image, scale) for image in images]
+        pairs = flip_pair_outputs(resized, predict, canvas, batch_multiple, stride)
+        for maps, (direct, flipped) in zip(per_image, pairs, strict=True):
+            maps.append(direct + flipped)
+    return per_image

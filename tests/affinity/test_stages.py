@@ -1,0 +1,121 @@
+"""From priors to pseudo-labels: the affinity stages on a few synthetic images, and resume."""
+
+import os
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pnoc_jax import config_lib, pipeline
+from pnoc_jax.affinity import train as aff_train
+from pnoc_jax.affinity import walk
+from pnoc_jax.core import artifacts, fileio, weights
+from pnoc_jax.core.writers import read_metrics
+from pnoc_jax.data import pipeline as data_pipeline
+from pnoc_jax.inference import tta
+from pnoc_jax.models.backbones import build_backbone
+
+
+class _Few(list):
+    """The first few examples of a split (a plain picklable Sequence)."""
+
+
+def _fake_priors(config, workdir: str, split: str) -> list[str]:
+    """CAM files from blurred, shrunk GT masks (stands in for train_cam + infer_cam)."""
+    out_dir = artifacts.cam_dir(workdir, split)
+    ids = []
+    for example in data_pipeline.open_split(config, split):
+        mask, h, w = example["mask"], *example["mask"].shape
+        classes = np.flatnonzero(example["labels"] > 0.5)
+        keys = np.concatenate([[0], classes + 1]).astype(np.int64)
+        maps = np.stack(
+            [
+                cv2.GaussianBlur(cv2.erode((mask == c + 1).astype(np.float32), None), (0, 0), 4)
+                for c in classes
+            ],
+            axis=-1,
+        )
+        hr = tta.resize_maps(maps, h, w)
+        cam = tta.resize_maps(maps, -(-h // 4), -(-w // 4))
+        hr /= hr.max(axis=(1, 2), keepdims=True) + 1e-5
+        cam /= cam.max(axis=(1, 2), keepdims=True) + 1e-5
+        path = os.path.join(out_dir, f"{example['id']}.npy")
+        fileio.write_npy_dict(path, {"keys": keys, "cam": cam, "hr_cam": hr})
+        ids.append(example["id"])
+    fp = pipeline.stage_fingerprint("infer_cam", config)
+    fileio.write_json(artifacts.done_file(workdir, "infer_cam"), {"fingerprint": fp})
+    return sorted(ids)
+
+
+def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, monkeypatch):
+    config, workdir = tiny_config, str(tmp_path)
+    original = data_pipeline.open_split
+    monkeypatch.setattr(
+        data_pipeline, "open_split", lambda cfg, split: _Few(original(cfg, split)[:10])
+    )
+    # A "pretrained" backbone file: after training, the backbone must still equal it.
+    backbone = build_backbone("tiny", output_stride=16)
+    pretrained = backbone.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
+    pretrained = {col: {"backbone": jax.device_get(v)} for col, v in pretrained.items()}
+    weights.save(pretrained, str(tmp_path / "backbone.npz"))
+    config.model.pretrained = str(tmp_path / "backbone.npz")
+    config.eval.split = "val"
+    config.infer.splits = ("val",)
+    config.affinity_labels.update(split="val", crf_iterations=2)
+    config.affinity.update(
+        backbone_weights="pretrained",
+        batch_size=8,
+        steps=3,
+        crop_size=48,
+        min_size=40,
+        max_size=56,
+        radius=5,
+    )
+    config.rw.update(splits=("val",), max_image_size=112, exp_times=4)
+    config.runtime.update(num_workers=2, log_every=1, ckpt_every=2)
+    config.stages = ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
+    pipeline.validate(config, config_lib.Topology(jax.device_count()))
+    ids = _fake_priors(config, workdir, "val")
+    pipeline.run_stages(config, workdir)
+
+    label_dir = artifacts.affinity_label_dir(workdir, "val")
+    label = fileio.read_png(os.path.join(label_dir, f"{ids[0]}.png"))
+    assert set(np.unique(label).tolist()) <= set(range(7)) | {255}
+    label_metrics = fileio.read_json(artifacts.metrics_file(workdir, "affinity_labels"))
+    assert 0.5 < label_metrics["precision"] <= 1 and 0 < label_metrics["coverage"] <= 1
+
+    trained = aff_train.load_variables(config, workdir)
+    same = jax.tree.map(
+        np.array_equal, pretrained["params"]["backbone"], trained["params"]["backbone"]
+    )
+    assert all(jax.tree.leaves(same))
+    log = read_metrics(os.path.join(workdir, "train_affinity"))
+    assert [r["step"] for r in log] == [1, 2, 3] and np.isfinite(log[-1]["train/loss"])
+
+    cam = fileio.read_npy_dict(artifacts.cam_file(workdir, "val", ids[0]))
+    npy_dir, png_dir = artifacts.rw_dir(workdir, "val"), artifacts.pseudo_label_dir(workdir, "val")
+    record = fileio.read_npy_dict(os.path.join(npy_dir, f"{ids[0]}.npy"))
+    np.testing.assert_array_equal(record["keys"], cam["keys"])
+    assert record["rw"].shape == cam["hr_cam"].shape and record["rw"].max() <= 1
+
+    metrics = fileio.read_json(artifacts.metrics_file(workdir, "eval_pseudo_labels"))
+    for key in ("miou", "best_threshold", "sweep", "pseudo_label_miou"):
+        assert key in metrics
+    assert 0.2 < metrics["pseudo_label_miou"] <= 1
+
+    # Resumable per-image pass: only the images with a missing output are redone.
+    for i in ids[:2]:
+        os.remove(os.path.join(npy_dir, f"{i}.npy"))
+    os.remove(os.path.join(png_dir, f"{ids[2]}.png"))
+    kept = {i: os.stat(os.path.join(npy_dir, f"{i}.npy")).st_mtime_ns for i in ids[3:]}
+    config.runtime.num_workers = 1
+    walk.run(config, workdir)
+    assert all(os.path.exists(os.path.join(png_dir, f"{i}.png")) for i in ids)
+    redone = fileio.read_npy_dict(os.path.join(npy_dir, f"{ids[0]}.npy"))["rw"]
+    np.testing.assert_allclose(redone, record["rw"], atol=1e-6)
+    assert {i: os.stat(os.path.join(npy_dir, f"{i}.npy")).st_mtime_ns for i in ids[3:]} == kept
+    assert os.stat(os.path.join(npy_dir, f"{ids[2]}.npy")).st_mtime_ns > min(kept.values())
+
+    # Everything finished: a rerun skips every stage.
+    assert not any(pipeline.run_stage(n, config, workdir) for n in config.stages)

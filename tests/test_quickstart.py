@@ -1,0 +1,88 @@
+"""The quickstart's prior stages end to end on the synthetic data: the official CAM file format,
+the exported weights, skipping, reruns of what changed, and the notebook on the finished run."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from pnoc_jax import pipeline
+from pnoc_jax.core import artifacts, fileio, weights
+from tests.conftest import make_tiny_config
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+STAGES = ("train_oc", "train_cam", "infer_cam", "eval_cam")
+
+
+@pytest.fixture(scope="module")
+def finished_run(synthetic_data_dir, tmp_path_factory):
+    """train_oc -> train_cam (pnoc, backbone from the OC) -> infer_cam -> eval_cam, once."""
+    config = make_tiny_config(synthetic_data_dir)
+    config.stages = STAGES
+    config.train.update(strategy="pnoc", init_backbone_from="train_oc")
+    config.infer.splits = ("val",)
+    config.eval.split = "val"
+    workdir = str(tmp_path_factory.mktemp("quickstart"))
+    pipeline.run_stages(config, workdir)
+    return config, workdir
+
+
+def test_cam_files_weights_and_metrics(finished_run):
+    config, workdir = finished_run
+    files = sorted(os.listdir(artifacts.cam_dir(workdir, "val")))
+    assert len(files) == 200 and all(f.endswith(".npy") for f in files)
+    record = fileio.read_npy_dict(os.path.join(artifacts.cam_dir(workdir, "val"), files[0]))
+    keys, cam, hr = record["keys"], record["cam"], record["hr_cam"]
+    assert keys[0] == 0 and len(keys) == cam.shape[0] + 1 == hr.shape[0] + 1
+    h, w = hr.shape[1:]
+    assert cam.shape[1:] == (math.ceil(h / 4), math.ceil(w / 4))
+    assert hr.dtype == np.float32 and hr.min() >= 0 and hr.max() <= 1
+
+    # Training stages export their final variables; P-NOC's also its trained noc.
+    for stage, states in (("train_oc", ("f",)), ("train_cam", ("f", "oc"))):
+        for state in states:
+            variables = weights.load(artifacts.weights_file(workdir, stage, state))
+            assert set(variables) == {"params", "batch_stats"}
+            assert {"backbone", "classifier"} == set(variables["params"])
+    assert not os.path.exists(artifacts.weights_file(workdir, "train_oc", "oc"))
+
+    metrics = fileio.read_json(artifacts.metrics_file(workdir, "eval_cam"))
+    for key in ("miou", "best_threshold", "per_class_iou", "fpr", "fnr", "sweep"):
+        assert key in metrics
+    assert len(metrics["sweep"]) == len(config.eval.thresholds)
+    assert metrics["miou"] == max(row["miou"] for row in metrics["sweep"])
+    eval_dir = artifacts.stage_dir(workdir, "eval_cam")
+    assert os.path.getsize(os.path.join(eval_dir, "sweep.png")) > 1000
+    with open(os.path.join(eval_dir, "sweep.csv")) as f:
+        assert f.readline().strip() == "threshold,miou,fpr,fnr"
+
+
+def test_notebook_cells_run(finished_run, monkeypatch):
+    """The notebook's code cells, unmodified, read the finished run through PNOC_WORKDIR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    _, workdir = finished_run
+    monkeypatch.setenv("PNOC_WORKDIR", workdir)
+    with open(os.path.join(ROOT, "notebooks", "inspect_cams.ipynb")) as f:
+        cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
+    namespace: dict = {}
+    for cell in cells:
+        exec(compile("".join(cell["source"]), "notebook", "exec"), namespace)
+    assert namespace["WORKDIR"] == workdir
+    assert namespace["grid"].shape[0] == 3 * 160
+
+
+def test_finished_stages_are_skipped_and_changes_rerun_downstream(finished_run):
+    config, workdir = finished_run
+    assert not any(pipeline.run_stage(n, config, workdir) for n in config.stages)
+    config.runtime.update(log_every=3, ckpt_every=5, predict_batch_size=2)  # how, not what
+    assert not any(pipeline.run_stage(n, config, workdir) for n in config.stages)
+    config.eval.thresholds = (0.2, 0.4)
+    ran = [pipeline.run_stage(n, config, workdir) for n in config.stages]
+    assert ran == [False, False, False, True]
+    assert os.path.isdir(os.path.join(workdir, "eval_cam.stale-1"))
+    with open(artifacts.config_file(workdir, "eval_cam")) as f:
+        assert json.load(f)["config"]["eval"]["thresholds"] == [0.2, 0.4]
