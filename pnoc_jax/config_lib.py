@@ -175,6 +175,7 @@ def validate_runtime(config: ml_collections.ConfigDict, topology: Topology) -> N
     for key in ("log_every", "ckpt_every", "predict_batch_size"):
         check_number(config, f"runtime.{key}", low=1, integer=True)
     check_number(config, "runtime.num_workers", low=0, integer=True)
+    check_number(config, "runtime.keep_stale", low=0, integer=True)
 
 
 def check_training(config: ml_collections.ConfigDict, name: str, topology: Topology) -> None:
@@ -343,6 +344,7 @@ def base_config() -> ml_collections.ConfigDict:
             "ckpt_every": 500,  # training steps between checkpoints
             "num_workers": 0,  # CPU worker processes (CRF, random walk); 0 = one per CPU
             "predict_batch_size": 4,  # images per forward pass at inference (x2 with flips)
+            "keep_stale": 3,  # <stage>.stale-N folders kept per stage (made with old configs)
         }
     )
     return config

@@ -1,22 +1,34 @@
 """Entry point: `python -m pnoc_jax.main --config configs/<file>.py[:args] --workdir DIR`.
 
 Runs the stages listed in `config.stages`, skipping those already finished with the same
-config. Overrides: `--config.train.lr=0.05`. Exit code 143 after a SIGTERM-triggered checkpoint.
+config. Overrides: `--config.train.lr=0.05`. A mistake in the config, the data or the workdir
+stops with one line that says what and where; exit code 2 for the command line and config,
+1 for other problems, 143 after a SIGTERM-triggered checkpoint, 130 after Ctrl-C.
 """
 
+import difflib
+import errno
 import logging as logging_std
 import os
+import re
 import sys
+import tempfile
+import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pnoc_jax import config_lib, pipeline
-from pnoc_jax.core import distributed
+from pnoc_jax.cam import strategies
+from pnoc_jax.core import distributed, progress
+from pnoc_jax.core.errors import UserError
 from pnoc_jax.core.loop import NonFiniteLoss, Preempted
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all stage outputs.")
@@ -25,32 +37,202 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
+# Problems of the machine rather than of the code: reported in one line.
+_OS_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOTDIR: "a path component is not a directory",
+    errno.EEXIST: "a file is in the way",
+    errno.EFBIG: "the file is too large for this file system",
+}
+
+
+_WHAT_TO_DO = {
+    errno.ENOSPC: "free space or use another --workdir, then rerun: finished stages are kept "
+    "and training resumes from its last checkpoint",
+    errno.EDQUOT: "free space or use another --workdir, then rerun",
+    errno.EACCES: "give this user write access or use another --workdir",
+    errno.EPERM: "give this user write access or use another --workdir",
+    errno.EROFS: "use a writable --workdir",
+}
+
+
+def _configs() -> list[str]:
+    if not os.path.isdir(CONFIG_DIR):
+        return []
+    return sorted(f"configs/{f}" for f in os.listdir(CONFIG_DIR) if f.endswith(".py"))
+
+
+__doc__ += f"""
+Configs: {", ".join(_configs()) or "(none found beside the package)"}.
+Stages: {", ".join(pipeline.STAGES)}.
+Strategies (config.train.strategy): {", ".join(strategies.STRATEGIES)}.
+"""
+
+
+def fail(message: str, code: int) -> None:
+    """Prints one line to stderr and exits."""
+    print(f"pnoc_jax: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _config_keys() -> list[str]:
+    def leaves(node: ml_collections.ConfigDict, prefix: str) -> list[str]:
+        out = []
+        for key, value in node.items():
+            if isinstance(value, ml_collections.ConfigDict):
+                out += leaves(value, f"{prefix}{key}.")
+            else:
+                out.append(f"{prefix}{key}")
+        return out
+
+    return leaves(config_lib.base_config(), "")
+
+
+def _unknown_override(argv: list[str], error: Exception) -> str:
+    """The message for a --config.<key> override that names no key, with the closest keys."""
+    found = re.search(r"[A-Za-z_]\w*", str(error.args[0]) if error.args else "")
+    name = found.group(0) if found else ""
+    overrides = [
+        a.split("=")[0].removeprefix("--config.") for a in argv if a.startswith("--config.")
+    ]
+    bad = next((o for o in overrides if name in o.split(".")), name)
+    close = difflib.get_close_matches(bad, _config_keys(), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see config_lib.base_config()"
+    return f"--config.{bad}: no such config key{hint}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with one-line errors for the user's mistakes."""
+    config_arg = next(
+        (a.split("=", 1)[1] for a in argv if a.startswith("--config=") and "=" in a), None
+    )
+    if config_arg is None and "--config" in argv[:-1]:
+        config_arg = argv[argv.index("--config") + 1]
+    if config_arg is not None:
+        path = config_arg.split(":", 1)[0]
+        if not os.path.isfile(path):
+            fail(f"config file {path!r} not found; configs: {', '.join(_configs())}", 2)
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        if "Traceback (most recent call last):" in lines:  # an error inside the config file
+            fail(f"--config {config_arg}: {lines[-1]}", 2)
+        fail(lines[0] if lines else repr(e), 2)
+    except (KeyError, AttributeError) as e:
+        fail(_unknown_override(argv, e), 2)
+    except (ValueError, TypeError) as e:
+        fail(f"{config_arg}: {e}", 2)
+    if len(rest) > 1:
+        fail(f"unexpected arguments {rest[1:]}: options are --name=value (see --help)", 2)
+    return rest
+
 
 class _QuietLibraries(logging_std.Filter):
-    """Drops the INFO chatter of orbax and TFDS; their warnings and errors still show."""
+    """Drops the INFO chatter of orbax, TFDS, grain and JAX's backend probing (e.g. "Unable to
+    initialize backend 'tpu'" on every start); their warnings and errors still show, each once
+    and without a traceback (an error that matters reaches `main`, which reports it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
 
     def filter(self, record: logging_std.LogRecord) -> bool:
-        noisy = any(lib in record.pathname for lib in ("orbax", "tensorflow_datasets", "grain"))
-        return record.levelno >= logging_std.WARNING or not noisy
+        libraries = ("orbax", "tensorflow_datasets", "grain", "xla_bridge")
+        if not any(lib in record.pathname for lib in libraries):
+            return True
+        if record.levelno < logging_std.WARNING:
+            return False
+        message = record.getMessage().splitlines()[0][:300]
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        record.msg, record.args, record.exc_info, record.exc_text = message, None, None, None
+        return True
+
+
+def _machine_problem(error: BaseException | None) -> str | None:
+    """One line for an error of the machine (disk full, permissions) anywhere in the chain,
+    whether an OSError or a library's error that carries the OS error code in its text."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        code = error.errno if isinstance(error, OSError) else None
+        if code is None:
+            found = re.search(r"os_error_code='(\d+)'|\[Errno (\d+)\]", str(error))
+            code = int(found.group(1) or found.group(2)) if found else None
+        if code in _OS_ERRORS:
+            filename = getattr(error, "filename", None)
+            if filename is None:
+                paths = re.findall(r'"(/[^"]+)"', str(error))
+                filename = paths[-1] if paths else None
+            where = f" writing {filename}" if filename else ""
+            return f"{_OS_ERRORS[code]}{where}: {_WHAT_TO_DO.get(code, 'fix it and rerun')}"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _first_line(error: BaseException | None) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:300]
+
+
+def quiet_background_errors() -> None:
+    """Errors of library threads (e.g. async checkpoint writers after a failed save) become one
+    log line each; the error that matters reaches `main` through the main thread."""
+    threading.excepthook = lambda args: logging.error(
+        "in thread %s: %s", getattr(args.thread, "name", "?"), _first_line(args.exc_value)
+    )
+    sys.unraisablehook = lambda unraisable: logging.error(
+        "ignored: %s", _first_line(unraisable.exc_value)
+    )
+
+
+def prepare_workdir(path: str) -> str:
+    """The absolute workdir, created and checked writable before anything runs."""
+    workdir = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir} exists and is not a directory")
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
+        pass
+    return workdir
 
 
 def main(argv: list[str]) -> None:
     del argv
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    progress.log_above_bars()
+    quiet_background_errors()
     distributed.maybe_initialize(force=_DISTRIBUTED.value)
-    config = _CONFIG.value
-    pipeline.validate(config, config_lib.Topology(jax.device_count(), jax.process_count()))
-    workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
-    logging.info("devices: %s; workdir %s", jax.devices(), workdir)
     try:
+        config = _CONFIG.value
+    except (ValueError, TypeError, OSError) as e:
+        fail(f"--config {flags.FLAGS['config'].config_filename}: {e}", 2)
+    try:
+        pipeline.validate(config, config_lib.Topology(jax.device_count(), jax.process_count()))
+    except config_lib.ConfigError as e:
+        fail(str(e), 2)
+    try:
+        workdir = prepare_workdir(_WORKDIR.value)
+        logging.info("devices: %s; workdir %s", jax.devices(), workdir)
         pipeline.run_stages(config, workdir)
     except Preempted as e:
         logging.warning("%s", e)
-        sys.exit(143)
-    except NonFiniteLoss as e:
-        logging.error("%s", e)
-        sys.exit(1)
+        sys.exit(getattr(e, "exit_code", 143))
+    except (NonFiniteLoss, UserError, config_lib.ConfigError) as e:
+        fail(str(e), 1)
+    except Exception as e:
+        problem = _machine_problem(e)
+        if problem is None:
+            raise  # a bug of ours: the traceback is for us
+        print(f"pnoc_jax: error: {problem}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)  # now: background checkpoint writers would only add noise at shutdown
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

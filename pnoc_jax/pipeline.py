@@ -12,9 +12,14 @@ is moved aside (`<stage>.stale-N`), never deleted. `config.runtime` is in no sta
 The `compare` stage (the paper's strategy ablation) runs sub-pipelines, so it lives here too.
 """
 
+import contextlib
 import copy
 import dataclasses
+import fcntl
 import os
+import shutil
+import socket
+import sys
 import time
 from collections.abc import Callable
 
@@ -31,6 +36,7 @@ from pnoc_jax.cam import infer as cam_infer
 from pnoc_jax.cam import strategies
 from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import artifacts, distributed, fileio
+from pnoc_jax.core.errors import UserError
 from pnoc_jax.data import datasets
 from pnoc_jax.evaluation import sweep
 from pnoc_jax.models import backbones
@@ -44,6 +50,8 @@ class Stage:
     deps: tuple[str, ...] | Callable[[ml_collections.ConfigDict], tuple[str, ...]] = ()
     checks: tuple[config_lib.Check, ...] = ()  # cross-section checks beyond SECTION_CHECKS
     headline: Callable[[dict], str] | None = None  # one line from its metrics.json
+    # Its outputs that do not exist after it ran (a stage is done only when this is empty).
+    missing: Callable[[ml_collections.ConfigDict, str], list[str]] | None = None
 
 
 # ---------------------------------------------------------------------------- the comparison
@@ -103,7 +111,9 @@ def run_compare(config: ml_collections.ConfigDict, workdir: str) -> None:
         for strategy in config.compare.strategies:
             sub_dir = artifacts.compare_run_dir(workdir, seed, strategy)
             logging.info("compare: seed %d, strategy %s -> %s", seed, strategy, sub_dir)
-            run_stages(compare_sub_config(config, seed, strategy, oc_weights), sub_dir)
+            sub = compare_sub_config(config, seed, strategy, oc_weights)
+            for name in sub.stages:
+                run_stage(name, sub, sub_dir)
             results[strategy].append(fileio.read_json(artifacts.metrics_file(sub_dir, "eval_cam")))
     if not distributed.is_chief():
         return
@@ -166,30 +176,52 @@ SECTION_CHECKS: dict[str, config_lib.Check] = {
     "compare": validate_compare,
 }
 
+
+def _reports(stage: str) -> Callable[[ml_collections.ConfigDict, str], list[str]]:
+    """The missing-outputs check of an evaluation stage: metrics.json, sweep.csv, sweep.png."""
+    return lambda config, workdir: artifacts.missing(artifacts.report_files(workdir, stage))
+
+
+def _missing_compare(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    folder = artifacts.stage_dir(workdir, "compare")
+    names = ("results.md", "results.csv", "metrics.json")
+    return artifacts.missing(os.path.join(folder, name) for name in names)
+
+
 _TRAIN = ("seed", "data", "model")
 # fmt: off
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     #     name                  run                    sections             reads
-    Stage("train_oc",           cam_train.train_oc,    (*_TRAIN, "oc")),
-    Stage("train_cam",          cam_train.train_cam,   (*_TRAIN, "train"),  cam_train.cam_deps),
-    Stage("infer_cam",          cam_infer.run,         ("data", "model", "infer"), cam_infer.deps),
+    Stage("train_oc",           cam_train.train_oc,    (*_TRAIN, "oc"),
+          missing=cam_train.missing_oc),
+    Stage("train_cam",          cam_train.train_cam,   (*_TRAIN, "train"),  cam_train.cam_deps,
+          missing=cam_train.missing_cam),
+    Stage("infer_cam",          cam_infer.run,         ("data", "model", "infer"), cam_infer.deps,
+          missing=cam_infer.missing),
     Stage("eval_cam",           cam_evaluate.run,      ("data", "eval"),    ("infer_cam",),
-          checks=(cam_evaluate.validate,), headline=cam_evaluate.headline),
+          checks=(cam_evaluate.validate,), headline=cam_evaluate.headline,
+          missing=_reports("eval_cam")),
     Stage("affinity_labels",    make_labels.run,       ("data", "affinity_labels"), ("infer_cam",),
-          headline=make_labels.headline),
-    Stage("train_affinity",     affinity_train.run,    (*_TRAIN, "affinity"), affinity_train.deps),
+          headline=make_labels.headline, missing=make_labels.missing),
+    Stage("train_affinity",     affinity_train.run,    (*_TRAIN, "affinity"), affinity_train.deps,
+          missing=affinity_train.missing),
     Stage("random_walk",        walk.run,              ("data", "rw"),
-          ("train_affinity", "infer_cam")),
+          ("train_affinity", "infer_cam"), missing=walk.missing),
     Stage("eval_pseudo_labels", affinity_evaluate.run, ("data", "eval"),    ("random_walk",),
-          checks=(affinity_evaluate.validate,), headline=affinity_evaluate.headline),
+          checks=(affinity_evaluate.validate,), headline=affinity_evaluate.headline,
+          missing=_reports("eval_pseudo_labels")),
     Stage("compare",            run_compare,
           (*_TRAIN, "oc", "train", "infer", "eval", "compare"),
-          headline=lambda metrics: metrics["table"]),
+          headline=lambda metrics: metrics["table"], missing=_missing_compare),
 )}
 # fmt: on
 
 
 # ---------------------------------------------------------------------------- the runner
+
+
+class StageError(UserError):
+    """A stage cannot run (a missing upstream stage) or did not finish its outputs."""
 
 
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
@@ -209,21 +241,49 @@ def stage_fingerprint(name: str, config: ml_collections.ConfigDict) -> str:
     return config_lib.fingerprint({"stage": name, "config": sections, "deps": upstream})
 
 
+def _recorded_fingerprint(path: str) -> str | None:
+    return fileio.read_json(path).get("fingerprint") if os.path.exists(path) else None
+
+
 def is_finished(workdir: str, name: str, config: ml_collections.ConfigDict) -> bool:
-    path = artifacts.done_file(workdir, name)
-    return os.path.exists(path) and fileio.read_json(path).get("fingerprint") == stage_fingerprint(
-        name, config
-    )
+    done = _recorded_fingerprint(artifacts.done_file(workdir, name))
+    return done == stage_fingerprint(name, config)
 
 
-def _move_aside(stage_dir: str) -> None:
-    n = 1
-    while os.path.exists(f"{stage_dir}.stale-{n}"):
-        n += 1
-    os.rename(stage_dir, f"{stage_dir}.stale-{n}")
-    logging.warning(
-        "%s was made with another config: moved to %s.stale-%d", stage_dir, stage_dir, n
-    )
+def _stale_dirs(stage_dir: str) -> list[tuple[int, str]]:
+    """(N, path) of `<stage_dir>.stale-N` folders, oldest first."""
+    parent, base = os.path.split(stage_dir)
+    found = []
+    for entry in os.listdir(parent) if os.path.isdir(parent) else ():
+        suffix = entry.removeprefix(f"{base}.stale-")
+        if entry != suffix and suffix.isdigit():
+            found.append((int(suffix), os.path.join(parent, entry)))
+    return sorted(found)
+
+
+def _claim_stage_dir(workdir: str, name: str, fingerprint: str, keep_stale: int) -> None:
+    """Makes `<workdir>/<name>` the folder of this fingerprint, just before the stage runs.
+
+    A folder made with another config is moved aside to `<name>.stale-N`; a stale folder made
+    with this config (a config that came back) is moved back and resumed, not redone. Only the
+    `keep_stale` newest stale folders are kept; the log says what was removed.
+    """
+    stage_dir = artifacts.stage_dir(workdir, name)
+    current = artifacts.config_file(workdir, name)
+    if os.path.isdir(stage_dir) and _recorded_fingerprint(current) != fingerprint:
+        number = max((n for n, _ in _stale_dirs(stage_dir)), default=0) + 1
+        os.rename(stage_dir, f"{stage_dir}.stale-{number}")
+        logging.warning("%s was made with another config: moved to %s.stale-%d", stage_dir,
+                        stage_dir, number)  # fmt: skip
+    if not os.path.isdir(stage_dir):
+        for _, stale in reversed(_stale_dirs(stage_dir)):
+            if _recorded_fingerprint(os.path.join(stale, "config.json")) == fingerprint:
+                os.rename(stale, stage_dir)
+                logging.warning("%s was made with this config: moved back to %s", stale, stage_dir)
+                break
+    for _, stale in _stale_dirs(stage_dir)[: max(len(_stale_dirs(stage_dir)) - keep_stale, 0)]:
+        shutil.rmtree(stale)
+        logging.warning("removed %s (config.runtime.keep_stale=%d)", stale, keep_stale)
 
 
 def _report(name: str, workdir: str) -> None:
@@ -236,37 +296,125 @@ def _report(name: str, workdir: str) -> None:
 
 def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
     """Runs one stage unless finished with the same fingerprint. Returns True if it ran."""
+    stage = STAGES[name]
     fp = stage_fingerprint(name, config)
     if is_finished(workdir, name, config):
         logging.info("stage %s: finished with this config (%s), skipped", name, fp)
         return False
     for dep in deps_of(name, config):
         if not is_finished(workdir, dep, config):
-            raise RuntimeError(
+            raise StageError(
                 f"stage {name} needs stage {dep} finished in {workdir} with the current config; "
                 f"add {dep!r} to config.stages before {name!r}"
             )
-    recorded = artifacts.config_file(workdir, name)
     if distributed.is_chief():
-        if os.path.exists(recorded) and fileio.read_json(recorded).get("fingerprint") != fp:
-            _move_aside(artifacts.stage_dir(workdir, name))
+        _claim_stage_dir(workdir, name, fp, config.runtime.keep_stale)
+    distributed.barrier(f"claim-{name}")
+    if is_finished(workdir, name, config):  # a stale folder of this config came back finished
+        _report(name, workdir)
+        return False
+    if distributed.is_chief():
         fileio.write_json(
-            recorded, {"stage": name, "fingerprint": fp, "config": config_lib.to_plain(config)}
+            artifacts.config_file(workdir, name),
+            {"stage": name, "fingerprint": fp, "config": config_lib.to_plain(config)},
         )
     distributed.barrier(f"start-{name}")
     logging.info("stage %s: running (fingerprint %s)", name, fp)
     start = time.time()
-    STAGES[name].run(config, workdir)
+    stage.run(config, workdir)
     distributed.barrier(f"end-{name}")
     if distributed.is_chief():
+        missing = stage.missing(config, workdir) if stage.missing else []
+        if missing:
+            raise StageError(
+                f"stage {name} ended without all of its outputs, so it is not marked done: "
+                f"missing {', '.join(missing)}. Run it again to redo the missing part."
+            )
         fileio.write_json(
             artifacts.done_file(workdir, name),
             {"stage": name, "fingerprint": fp, "seconds": round(time.time() - start, 1)},
         )
+    distributed.barrier(f"done-{name}")
     _report(name, workdir)
     return True
 
 
 def run_stages(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Runs `config.stages` in order under the workdir lock, then writes and prints the summary."""
+    with workdir_lock(workdir):
+        for name in config.stages:
+            run_stage(name, config, workdir)
+        if distributed.is_chief():
+            print(write_summary(config, workdir), flush=True)
+
+
+# ---------------------------------------------------------------------------- lock and summary
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Holds `<workdir>/.lock` for the run (chief only): a second run on the workdir stops and
+    says who holds it. The OS releases the lock when the holder dies, even on SIGKILL."""
+    if not distributed.is_chief():
+        yield
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = artifacts.lock_file(workdir)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(
+                f"workdir {workdir} is in use by {holder}; wait for it, or use another --workdir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)})\n"
+        )
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """The numeric scalars of a metrics.json, nested dicts flattened ("cam/miou_mean");
+    per-class tables are left out."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or key.endswith("per_class_iou"):
+            continue
+        if isinstance(value, int | float):
+            out[prefix + key] = value
+        elif isinstance(value, dict):
+            out.update(_numbers(value, f"{prefix}{key}/"))
+    return out
+
+
+def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """`summary.json` ({stage: {metric: value}}, mIoUs as fractions) and `summary.md` for every
+    selected stage with metrics, also the skipped ones; returns the table."""
+    numbers, rows = {}, []
     for name in config.stages:
-        run_stage(name, config, workdir)
+        path = artifacts.metrics_file(workdir, name)
+        if not os.path.exists(path):
+            continue
+        metrics = fileio.read_json(path)
+        numbers[name] = _numbers(metrics)
+        headline = STAGES[name].headline
+        line = headline(metrics).replace("\n", " ") if headline else ""
+        if name == "compare":
+            line = "strategy table in results.md"
+        rows.append(f"| {name} | {line} | {artifacts.stage_dir(workdir, name)} |")
+    table = "\n".join(["| stage | result | outputs |", "|---|---|---|", *rows]) + "\n"
+    json_path, md_path = artifacts.summary_files(workdir)
+    fileio.write_json(json_path, numbers)
+    fileio.write_text(md_path, f"# Summary of {workdir}\n\n{table}")
+    return table

@@ -16,7 +16,7 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import tasks
-from pnoc_jax.core import artifacts, distributed, fileio, pool
+from pnoc_jax.core import artifacts, distributed, fileio, pool, progress
 from pnoc_jax.data import pipeline
 
 
@@ -26,7 +26,7 @@ def label_tasks(
     """One task per labelled image of `source` (images without classes have no label)."""
     params = config_lib.from_section(tasks.LabelParams, cfg)
     saliency_dir = os.path.expanduser(cfg.saliency_dir) if cfg.saliency_dir else ""
-    for index in range(len(source)):
+    for index in progress.iterate(range(len(source)), f"affinity_labels {cfg.split}"):
         example = source[index]
         if example["labels"].sum() == 0:
             continue
@@ -35,9 +35,7 @@ def label_tasks(
             image=example["image"],
             gt=example["mask"],
             cam_path=artifacts.cam_file(workdir, cfg.split, image_id),
-            out_path=os.path.join(
-                artifacts.affinity_label_dir(workdir, cfg.split), f"{image_id}.png"
-            ),
+            out_path=artifacts.affinity_label_file(workdir, cfg.split, image_id),
             saliency_path=os.path.join(saliency_dir, f"{image_id}.png") if saliency_dir else "",
             params=params,
         )
@@ -76,6 +74,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         metrics = label_metrics(counts, cfg.split)
         fileio.write_json(artifacts.metrics_file(workdir, "affinity_labels"), metrics)
     distributed.barrier("affinity_labels")
+
+
+def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The label PNGs of labelled images, and metrics.json, that do not exist."""
+    split = config.affinity_labels.split
+    labels = (
+        artifacts.affinity_label_file(workdir, split, image_id)
+        for image_id, labelled in pipeline.split_index(config, split)
+        if labelled
+    )
+    return artifacts.missing([*labels, artifacts.metrics_file(workdir, "affinity_labels")])
 
 
 def headline(metrics: dict) -> str:

@@ -174,6 +174,11 @@ def run(
     )
 
 
+def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    del config
+    return artifacts.missing([artifacts.weights_file(workdir, "train_affinity", STATE)])
+
+
 def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     if config.affinity.backbone_weights == "train_cam":
         return ("affinity_labels", "train_cam")

@@ -17,7 +17,7 @@ from absl import logging
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import tasks
 from pnoc_jax.affinity import train as aff_train
-from pnoc_jax.core import artifacts, distributed, pool
+from pnoc_jax.core import artifacts, distributed, pool, progress
 from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.inference import predictor, tta
 from pnoc_jax.inference.predictor import Predict
@@ -51,13 +51,13 @@ def walk_tasks(
             image=example["image"],
             edge=edge,
             cam_path=artifacts.cam_file(workdir, split, image_id),
-            rw_path=os.path.join(artifacts.rw_dir(workdir, split), f"{image_id}.npy"),
-            png_path=os.path.join(artifacts.pseudo_label_dir(workdir, split), f"{image_id}.png"),
+            rw_path=artifacts.rw_file(workdir, split, image_id),
+            png_path=artifacts.pseudo_label_file(workdir, split, image_id),
             params=params,
         )
 
     pending: list[dict] = []
-    for index in range(len(source)):
+    for index in progress.iterate(range(len(source)), f"random_walk {split}"):
         example = source[index]
         done = task(example, None)
         if os.path.exists(done.png_path) and (
@@ -101,6 +101,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             "random_walk %s: %d computed, %d already there", split, done, len(source) - done
         )
     distributed.barrier("random_walk")
+
+
+def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """Pseudo-labels of every image and scores of every labelled image that do not exist."""
+
+    def outputs():
+        for split in config.rw.splits:
+            for image_id, labelled in pipeline.split_index(config, split):
+                yield artifacts.pseudo_label_file(workdir, split, image_id)
+                if labelled:
+                    yield artifacts.rw_file(workdir, split, image_id)
+
+    return artifacts.missing(outputs())
 
 
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:

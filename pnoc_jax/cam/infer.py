@@ -14,11 +14,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from tqdm import tqdm
 
 from pnoc_jax import config_lib
 from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import artifacts, distributed, fileio, weights
+from pnoc_jax.core import progress as progress_lib
 from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.inference import predictor, tta
 
@@ -77,9 +77,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             if example["labels"].sum() > 0 and not done:
                 todo.append(index)
         logging.info("infer_cam %s: %d of %d images to do", split, len(todo), len(source))
-        progress = tqdm(
-            total=len(todo), desc=f"infer_cam {split}", disable=not distributed.is_chief()
-        )
+        progress = progress_lib.bar(len(todo), f"infer_cam {split}")
         for start in range(0, len(todo), batch_size):
             examples = [source[i] for i in todo[start : start + batch_size]]
             too_big = [e["id"] for e in examples if max(e["image"].shape[:2]) > cfg.max_image_size]
@@ -107,6 +105,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             progress.update(len(examples))
         progress.close()
     distributed.barrier("infer_cam")
+
+
+def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The CAM files of labelled images of `config.infer.splits` that do not exist."""
+    return artifacts.missing(
+        artifacts.cam_file(workdir, split, image_id)
+        for split in config.infer.splits
+        for image_id, labelled in pipeline.split_index(config, split)
+        if labelled
+    )
 
 
 def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -166,6 +166,18 @@ def train_cam(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any) ->
     run(config, workdir, stage="train_cam", section_name="train", **kwargs)
 
 
+def missing_oc(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """train_oc's outputs that do not exist: its exported weights."""
+    del config
+    return artifacts.missing([artifacts.weights_file(workdir, "train_oc")])
+
+
+def missing_cam(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """train_cam's outputs that do not exist: f's weights, and noc's for P-NOC."""
+    states = ("f", "oc") if "noc" in strategies.STRATEGIES[config.train.strategy] else ("f",)
+    return artifacts.missing(artifacts.weights_file(workdir, "train_cam", s) for s in states)
+
+
 def cam_deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """train_cam reads this workdir's train_oc when it needs an OC that `oc_weights` omits."""
     reads = strategies.reads_oc(config.train) and not config.train.oc_weights

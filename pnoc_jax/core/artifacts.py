@@ -8,6 +8,25 @@ stages add `metrics.json`, `sweep.csv` and `sweep.png`.
 """
 
 import os
+from collections.abc import Iterable
+
+
+def missing(paths: Iterable[str], show: int = 3) -> list[str]:
+    """The first `show` of `paths` that do not exist, and how many are missing in all."""
+    absent = [p for p in paths if not os.path.exists(p)]
+    if len(absent) > show:
+        return [*absent[:show], f"... {len(absent)} files missing in all"]
+    return absent
+
+
+def lock_file(workdir: str) -> str:
+    """Held by the run that uses the workdir (`pipeline.workdir_lock`)."""
+    return os.path.join(workdir, ".lock")
+
+
+def summary_files(workdir: str) -> tuple[str, str]:
+    """`summary.json` and `summary.md`: every evaluated stage's headline numbers."""
+    return os.path.join(workdir, "summary.json"), os.path.join(workdir, "summary.md")
 
 
 def stage_dir(workdir: str, stage: str) -> str:
@@ -35,6 +54,12 @@ def metrics_file(workdir: str, stage: str) -> str:
     return os.path.join(workdir, stage, "metrics.json")
 
 
+def report_files(workdir: str, stage: str) -> list[str]:
+    """What an evaluation stage writes: metrics.json, sweep.csv and sweep.png."""
+    folder = stage_dir(workdir, stage)
+    return [os.path.join(folder, name) for name in ("metrics.json", "sweep.csv", "sweep.png")]
+
+
 def cam_dir(workdir: str, split: str) -> str:
     """CAMs of `split` (stage infer_cam): `<id>.npy`, the official pickled-dict format."""
     return os.path.join(workdir, "infer_cam", split)
@@ -49,14 +74,26 @@ def affinity_label_dir(workdir: str, split: str) -> str:
     return os.path.join(workdir, "affinity_labels", split)
 
 
+def affinity_label_file(workdir: str, split: str, image_id: str) -> str:
+    return os.path.join(affinity_label_dir(workdir, split), f"{image_id}.png")
+
+
 def rw_dir(workdir: str, split: str) -> str:
     """Random-walk scores of `split` (stage random_walk): `<id>.npy` with keys and rw."""
     return os.path.join(workdir, "random_walk", split)
 
 
+def rw_file(workdir: str, split: str, image_id: str) -> str:
+    return os.path.join(rw_dir(workdir, split), f"{image_id}.npy")
+
+
 def pseudo_label_dir(workdir: str, split: str) -> str:
     """Pseudo-labels of `split` (stage random_walk): `<id>.png`, 0 / 1..C."""
     return os.path.join(workdir, "random_walk", f"{split}_pseudo")
+
+
+def pseudo_label_file(workdir: str, split: str, image_id: str) -> str:
+    return os.path.join(pseudo_label_dir(workdir, split), f"{image_id}.png")
 
 
 def compare_seed_dir(workdir: str, seed: int) -> str:

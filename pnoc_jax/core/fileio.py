@@ -11,6 +11,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pnoc_jax.core.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
@@ -65,8 +67,14 @@ def write_png(path: str, label: np.ndarray) -> None:
 
 
 def read_json(path: str) -> Any:
+    """The JSON in `path`; a UserError naming the file if it is not valid JSON."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"{path} is not valid JSON ({e}); restore it, or delete it to redo what wrote it"
+            ) from None
 
 
 def write_npy_dict(path: str, record: dict[str, np.ndarray]) -> None:

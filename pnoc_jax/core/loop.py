@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metrics as clu_metrics
-from tqdm import tqdm
 
 from pnoc_jax.core import artifacts, distributed, weights
+from pnoc_jax.core import progress as progress_lib
 from pnoc_jax.core.checkpoint import Checkpointer
 from pnoc_jax.core.train_state import TrainState, variables
 from pnoc_jax.core.writers import MetricWriter
@@ -113,14 +113,7 @@ def train_loop(
     """
     states = dict(states)
     pending: list[dict[str, jax.Array]] = []
-    progress = tqdm(
-        total=total_steps,
-        initial=start_step,
-        desc=description,
-        disable=not distributed.is_chief(),
-        dynamic_ncols=True,
-        smoothing=0.1,
-    )
+    progress = progress_lib.bar(total_steps, description, initial=start_step)
     with _SigtermFlag() as sigterm:
         for step in range(start_step, total_steps):
             batch = next(batches)

@@ -20,15 +20,25 @@ from pnoc_jax.data import datasets
 Transform = Callable[[dict, np.random.Generator], dict]
 
 
-def open_split(config: ml_collections.ConfigDict, split: str) -> Sequence[dict]:
-    """This process's share of `split` of the configured dataset (built on first use)."""
+def open_split(
+    config: ml_collections.ConfigDict, split: str, whole: bool = False
+) -> Sequence[dict]:
+    """This process's share of `split` of the configured dataset (all of it if `whole`)."""
     return datasets.load_split(
         config.data.name,
         split,
         os.path.expanduser(config.data.data_dir),
         os.path.expanduser(config.data.manual_dir) if config.data.manual_dir else None,
-        shard_by_process=True,
+        shard_by_process=not whole,
     )
+
+
+def split_index(config: ml_collections.ConfigDict, split: str) -> list[tuple[str, bool]]:
+    """(id, has classes) of every example of the whole split, without decoding images."""
+    source = open_split(config, split, whole=True)
+    if hasattr(source, "ids_and_labels"):
+        return [(i, bool(labels.sum() > 0)) for i, labels in source.ids_and_labels()]
+    return [(e["id"], bool(e["labels"].sum() > 0)) for e in source]
 
 
 def train_batches(

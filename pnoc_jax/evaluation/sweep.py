@@ -11,16 +11,15 @@ from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import distributed, fileio
+from pnoc_jax.core import distributed, fileio, progress
 from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.evaluation import miou
 
 
 def _examples(source: Sequence[dict], desc: str):
-    for index in tqdm(range(len(source)), desc=desc, disable=not distributed.is_chief()):
+    for index in progress.iterate(range(len(source)), desc):
         yield source[index]
 
 

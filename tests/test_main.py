@@ -1,0 +1,126 @@
+"""`python -m pnoc_jax.main` as a person meets it: one clear line for every mistake of the
+command line, the config, the workdir or the machine; readable logs; a useful --help."""
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+
+def _main(*args: str, config: str = "configs/quickstart.py") -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pnoc_jax.main", "--config", config, *args]
+    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pnoc_jax: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "expected"),
+    [
+        (["--config.train.lrr=0.1"], None, "--config.train.lrr: no such config key; did you mean "
+         "train.lr"),
+        (["--config.train.lr=abc"], None, "--config.train.lr=abc: could not convert"),
+        (["--config.model.backbone=tinyy"], None, "config.model.backbone='tinyy': expected one of"),
+        (["--config.runtime.keep_stale=-1"], None, "config.runtime.keep_stale=-1"),
+        (["--config.train.batch_size=12"], None, "batch_size=12: expected a multiple of the "
+         "device count (8)"),
+        (["stray"], None, "unexpected arguments ['stray']"),
+        ([], "configs/nope.py", "config file 'configs/nope.py' not found; configs: "),
+        ([], "configs/quickstart.py:bogus=1", "config argument 'bogus' unknown"),
+    ],
+)  # fmt: skip
+def test_command_line_mistakes_are_one_line(tmp_path, args, config, expected):
+    workdir = str(tmp_path / "run")
+    result = _main("--workdir", workdir, *args, config=config or "configs/quickstart.py")
+    assert result.returncode == 2
+    assert expected in _one_error_line(result)
+    assert not os.path.exists(workdir)  # nothing on disk changed
+
+
+def test_workdir_and_record_problems_are_one_line(tmp_path, synthetic_data_dir):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = _main("--workdir", str(not_a_dir))
+    assert result.returncode == 1
+    assert "exists and is not a directory" in _one_error_line(result)
+
+    workdir = tmp_path / "run"
+    (workdir / "eval_cam").mkdir(parents=True)
+    (workdir / "eval_cam" / "DONE.json").write_text("{not json")
+    result = _main(
+        "--workdir", str(workdir),
+        f"--config.data.data_dir={synthetic_data_dir}",
+        "--config.stages=('eval_cam',)",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "eval_cam/DONE.json is not valid JSON" in _one_error_line(result)
+
+
+def test_help_lists_configs_stages_and_strategies():
+    result = subprocess.run(
+        [sys.executable, "-m", "pnoc_jax.main", "--help"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    text = result.stdout + result.stderr
+    assert "configs/quickstart.py" in text and "configs/pnoc_voc.py" in text
+    assert "train_oc, train_cam, infer_cam" in text and "eval_pseudo_labels" in text
+    assert "cam, puzzle, occse, poc, pnoc" in text
+
+
+def _in_small_filesystem(tmp_path, size: str, options: str, *args: str):
+    """Runs main with its workdir on a tmpfs of `size` mounted in a private mount namespace."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) to mount a small file system")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    command = shlex.join(
+        [sys.executable, "-m", "pnoc_jax.main", "--config", "configs/quickstart.py",
+         "--workdir", str(mount / "run"), *args]
+    )  # fmt: skip
+    script = f"mount -t tmpfs -o size={size},{options} tmpfs {mount} && exec {command}"
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", f"mount -t tmpfs tmpfs "
+         f"{mount}"], capture_output=True
+    )  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr!r}")
+    return subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_read_only_workdir_is_one_line(tmp_path):
+    result = _in_small_filesystem(tmp_path, "1m", "ro")
+    assert result.returncode == 1
+    assert "read-only" in _one_error_line(result)
+
+
+def test_full_disk_during_a_checkpoint_is_one_line(tmp_path, synthetic_data_dir):
+    result = _in_small_filesystem(
+        tmp_path, "1m", "rw",
+        f"--config.data.data_dir={synthetic_data_dir}",
+        "--config.stages=('train_oc',)",
+        "--config.oc.steps=2", "--config.runtime.ckpt_every=1", "--config.runtime.log_every=1",
+        "--config.data.image_size=32", "--config.oc.min_size=32", "--config.oc.max_size=48",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    line = _one_error_line(result)
+    assert "the disk is full writing " in line and "/train_oc/ckpt/" in line
+    assert "training resumes from its last checkpoint" in line
+    assert len(result.stderr.splitlines()) < 40  # not 1,600 lines of threads' tracebacks
+    # A log file, not a terminal: plain progress lines, no bars, no backend probing noise.
+    assert "\r" not in result.stderr
+    assert "train_oc: 1/2 (50%)" in result.stderr
+    assert "Unable to initialize backend" not in result.stderr

@@ -1,0 +1,166 @@
+"""The stage runner's promises, on toy stages: nothing finished is lost, nothing wrong looks
+finished, one run per workdir, and a summary of what was measured."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from absl import logging
+
+from pnoc_jax import pipeline
+from pnoc_jax.core import artifacts, fileio
+from pnoc_jax.core.errors import UserError
+
+
+def _toy_run(config, workdir):
+    """Writes out.txt (unless thresholds start at 0.5) and a metrics.json; counts its runs."""
+    folder = artifacts.stage_dir(workdir, "toy")
+    runs = os.path.join(workdir, "toy_runs.txt")
+    with open(runs, "a") as f:
+        f.write(f"{config.eval.thresholds}\n")
+    if config.eval.thresholds[0] == 0.5:
+        return  # a stage that "forgets" an output
+    fileio.write_text(os.path.join(folder, "out.txt"), str(config.eval.thresholds))
+    fileio.write_json(artifacts.metrics_file(workdir, "toy"), {"miou": 0.25, "split": "val"})
+
+
+def _toy_missing(config, workdir):
+    del config
+    return artifacts.missing([os.path.join(artifacts.stage_dir(workdir, "toy"), "out.txt")])
+
+
+@pytest.fixture
+def toy(tiny_config, monkeypatch):
+    stage = pipeline.Stage(
+        "toy",
+        _toy_run,
+        ("eval",),
+        missing=_toy_missing,
+        headline=lambda m: f"toy mIoU ({m['split']}): {100 * m['miou']:.2f}",
+    )
+    monkeypatch.setitem(pipeline.STAGES, "toy", stage)
+    tiny_config.stages = ("toy",)
+    return tiny_config
+
+
+def _runs(workdir):
+    with open(os.path.join(workdir, "toy_runs.txt")) as f:
+        return len(f.readlines())
+
+
+def _out(workdir, stage_dir="toy"):
+    with open(os.path.join(workdir, stage_dir, "out.txt")) as f:
+        return f.read()
+
+
+def test_a_config_that_comes_back_reuses_its_folder(toy, tmp_path):
+    workdir = str(tmp_path)
+    a, b = (0.1, 0.2), (0.2, 0.3)
+    toy.eval.thresholds = a
+    assert pipeline.run_stage("toy", toy, workdir)
+    toy.eval.thresholds = b
+    assert pipeline.run_stage("toy", toy, workdir)  # a's folder moved aside, b made
+    assert _out(workdir, "toy.stale-1") == str(a) and _out(workdir) == str(b)
+    toy.eval.thresholds = a
+    assert not pipeline.run_stage("toy", toy, workdir)  # a's finished folder comes back
+    assert _runs(workdir) == 2
+    assert _out(workdir) == str(a) and _out(workdir, "toy.stale-2") == str(b)
+    toy.eval.thresholds = b
+    assert not pipeline.run_stage("toy", toy, workdir)
+    assert _runs(workdir) == 2 and _out(workdir) == str(b)
+
+
+def test_a_stage_without_its_outputs_is_not_done(toy, tmp_path):
+    workdir = str(tmp_path)
+    toy.eval.thresholds = (0.5, 0.6)  # _toy_run writes no out.txt
+    with pytest.raises(pipeline.StageError, match=r"missing .*toy/out.txt"):
+        pipeline.run_stage("toy", toy, workdir)
+    assert not os.path.exists(artifacts.done_file(workdir, "toy"))
+    assert not pipeline.is_finished(workdir, "toy", toy)
+    with pytest.raises(pipeline.StageError):  # still not done when rerun
+        pipeline.run_stage("toy", toy, workdir)
+
+
+def test_only_the_newest_stale_folders_are_kept(toy, tmp_path, monkeypatch):
+    workdir = str(tmp_path)
+    warnings = []
+    monkeypatch.setattr(logging, "warning", lambda msg, *args: warnings.append(msg % args))
+    toy.runtime.keep_stale = 2
+    for first in (0.1, 0.2, 0.3, 0.4, 0.45):
+        toy.eval.thresholds = (first, 0.9)
+        pipeline.run_stage("toy", toy, workdir)
+    stale = sorted(d for d in os.listdir(workdir) if d.startswith("toy.stale-"))
+    assert stale == ["toy.stale-3", "toy.stale-4"]
+    assert _out(workdir, "toy.stale-4") == str((0.4, 0.9))
+    removed = [w for w in warnings if w.startswith("removed")]
+    assert len(removed) == 2 and "keep_stale=2" in removed[0]
+
+
+def test_corrupted_records_name_the_file(toy, tmp_path):
+    workdir = str(tmp_path)
+    pipeline.run_stage("toy", toy, workdir)
+    with open(artifacts.done_file(workdir, "toy"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(UserError, match=r"toy/DONE.json is not valid JSON"):
+        pipeline.run_stage("toy", toy, workdir)
+
+
+def test_summary_lists_evaluated_stages_also_when_all_were_skipped(toy, tmp_path, capsys):
+    workdir = str(tmp_path)
+    pipeline.run_stages(toy, workdir)
+    pipeline.run_stages(toy, workdir)  # everything skipped: the summary still prints
+    out = capsys.readouterr().out
+    assert out.count("| toy | toy mIoU (val): 25.00 |") == 2
+    json_path, md_path = artifacts.summary_files(workdir)
+    assert fileio.read_json(json_path) == {"toy": {"miou": 0.25}}
+    with open(md_path) as f:
+        assert artifacts.stage_dir(workdir, "toy") in f.read()
+
+
+def test_a_second_run_on_the_workdir_is_refused(toy, tmp_path):
+    workdir = str(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys, time
+                from pnoc_jax import pipeline
+                with pipeline.workdir_lock({workdir!r}):
+                    print("locked", flush=True)
+                    time.sleep(60)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=rf"in use by pid {holder.pid} on "):
+            pipeline.run_stages(toy, workdir)
+        assert not os.path.exists(artifacts.stage_dir(workdir, "toy"))
+    finally:
+        holder.kill()
+        holder.wait()
+    pipeline.run_stages(toy, workdir)  # the lock died with its holder
+    assert pipeline.is_finished(workdir, "toy", toy)
+
+
+def test_a_failing_stage_keeps_the_finished_folder_of_the_previous_config(toy, tmp_path):
+    """A stage that fails at run time leaves the old folder aside; fixing the config reuses it."""
+    workdir = str(tmp_path)
+    toy.eval.thresholds = (0.1, 0.2)
+    pipeline.run_stage("toy", toy, workdir)
+    broken = dataclasses.replace(pipeline.STAGES["toy"], run=lambda c, w: 1 / 0)
+    pipeline.STAGES["toy"] = broken
+    toy.eval.thresholds = (0.3, 0.4)
+    with pytest.raises(ZeroDivisionError):
+        pipeline.run_stage("toy", toy, workdir)
+    toy.eval.thresholds = (0.1, 0.2)  # the typo is fixed: nothing is redone
+    assert not pipeline.run_stage("toy", toy, workdir)
+    assert _out(workdir) == str((0.1, 0.2)) and _runs(workdir) == 1
