@@ -16,7 +16,7 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import tasks
-from pnoc_jax.core import artifacts, distributed, fileio, pool
+from pnoc_jax.core import artifacts, distributed, fileio, pool, scores
 from pnoc_jax.data import pipeline
 
 
@@ -26,6 +26,7 @@ def label_tasks(
     """One task per labelled image of `source` (images without classes have no label)."""
     params = config_lib.from_section(tasks.LabelParams, cfg)
     saliency_dir = os.path.expanduser(cfg.saliency_dir) if cfg.saliency_dir else ""
+    cam_dir = artifacts.cam_dir(workdir, cfg.split)
     for index in range(len(source)):
         example = source[index]
         if example["labels"].sum() == 0:
@@ -34,10 +35,8 @@ def label_tasks(
         yield tasks.LabelTask(
             image=example["image"],
             gt=example["mask"],
-            cam_path=artifacts.cam_file(workdir, cfg.split, image_id),
-            out_path=os.path.join(
-                artifacts.affinity_label_dir(workdir, cfg.split), f"{image_id}.png"
-            ),
+            cam_path=scores.locate(cam_dir, image_id),
+            out_path=artifacts.affinity_label_file(workdir, cfg.split, image_id),
             saliency_path=os.path.join(saliency_dir, f"{image_id}.png") if saliency_dir else "",
             params=params,
         )

@@ -3,8 +3,9 @@
 A run's workdir holds one folder per stage, `<workdir>/<stage>/`, with `config.json` (written
 when the stage starts) and `DONE.json` (when it finished). Training stages add `ckpt/` (Orbax),
 `weights/<state>.npz` (the final variables, read by later stages), `metrics.jsonl` and
-`tensorboard/`; per-image stages add one file per image under a folder per split; evaluation
-stages add `metrics.json`, `sweep.csv` and `sweep.png`.
+`tensorboard/`; per-image stages add one file per image under a folder per split (score arrays
+as `<id>.npz`, read and written by `core.scores`; label maps as `<id>.png`); evaluation stages
+add `metrics.json`, `sweep.csv` and `sweep.png`.
 """
 
 import os
@@ -35,13 +36,23 @@ def metrics_file(workdir: str, stage: str) -> str:
     return os.path.join(workdir, stage, "metrics.json")
 
 
+def score_file(directory: str, image_id: str) -> str:
+    """Our per-image score file in `directory`: `<id>.npz` (no pickle; `core.scores`)."""
+    return os.path.join(directory, f"{image_id}.npz")
+
+
+def official_score_file(directory: str, image_id: str) -> str:
+    """The reference code's per-image score file, `<id>.npy` (a pickled dict), still read."""
+    return os.path.join(directory, f"{image_id}.npy")
+
+
 def cam_dir(workdir: str, split: str) -> str:
-    """CAMs of `split` (stage infer_cam): `<id>.npy`, the official pickled-dict format."""
+    """CAMs of `split` (stage infer_cam): `<id>.npz` with arrays keys, cam and hr_cam."""
     return os.path.join(workdir, "infer_cam", split)
 
 
 def cam_file(workdir: str, split: str, image_id: str) -> str:
-    return os.path.join(cam_dir(workdir, split), f"{image_id}.npy")
+    return score_file(cam_dir(workdir, split), image_id)
 
 
 def affinity_label_dir(workdir: str, split: str) -> str:
@@ -49,14 +60,26 @@ def affinity_label_dir(workdir: str, split: str) -> str:
     return os.path.join(workdir, "affinity_labels", split)
 
 
+def affinity_label_file(workdir: str, split: str, image_id: str) -> str:
+    return os.path.join(affinity_label_dir(workdir, split), f"{image_id}.png")
+
+
 def rw_dir(workdir: str, split: str) -> str:
-    """Random-walk scores of `split` (stage random_walk): `<id>.npy` with keys and rw."""
+    """Random-walk scores of `split` (stage random_walk): `<id>.npz` with arrays keys and rw."""
     return os.path.join(workdir, "random_walk", split)
+
+
+def rw_file(workdir: str, split: str, image_id: str) -> str:
+    return score_file(rw_dir(workdir, split), image_id)
 
 
 def pseudo_label_dir(workdir: str, split: str) -> str:
     """Pseudo-labels of `split` (stage random_walk): `<id>.png`, 0 / 1..C."""
     return os.path.join(workdir, "random_walk", f"{split}_pseudo")
+
+
+def pseudo_label_file(workdir: str, split: str, image_id: str) -> str:
+    return os.path.join(pseudo_label_dir(workdir, split), f"{image_id}.png")
 
 
 def compare_seed_dir(workdir: str, seed: int) -> str:

@@ -1,7 +1,6 @@
 """Atomic artifact writing: every file appears whole or not at all (temp file + rename)."""
 
 import contextlib
-import io
 import json
 import os
 import tempfile
@@ -67,20 +66,6 @@ def write_png(path: str, label: np.ndarray) -> None:
 def read_json(path: str) -> Any:
     with open(path) as f:
         return json.load(f)
-
-
-def write_npy_dict(path: str, record: dict[str, np.ndarray]) -> None:
-    """Saves a dict of arrays as a pickled 0-d object array (the official `.npy` CAM format)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.array(record, dtype=object), allow_pickle=True)
-    write_bytes(path, buffer.getvalue())
-
-
-def read_npy_dict(path: str) -> dict[str, np.ndarray]:
-    try:
-        return np.load(path, allow_pickle=True).item()
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable CAM file (pickled dict .npy): {e}") from e
 
 
 def _json_default(obj: Any) -> Any:
