@@ -1,6 +1,11 @@
-"""Atomic artifact writing: every file appears whole or not at all (temp file + rename)."""
+"""Atomic artifact writing: every file appears whole or not at all (temp file + rename).
+
+Files get the permissions an ordinary `open` would give them, `0o666 & ~umask` (the umask is
+read once per process); folders are made by `os.makedirs`, which applies the umask too.
+"""
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -11,13 +16,39 @@ import cv2
 import numpy as np
 
 
+@functools.cache
+def umask() -> int:
+    """This process's umask, read once: from /proc/self/status, else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of a new file, as `open` makes it: 0o666 less the umask."""
+    return 0o666 & ~umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds."""
+    """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds.
+
+    The file gets `file_mode()` (mkstemp alone would make it 0o600, unreadable to the group).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
     try:
         yield tmp
         os.replace(tmp, path)
