@@ -1,10 +1,10 @@
 """Stage `affinity_labels`: CAMs (`infer_cam`) -> affinity labels (spec §8).
 
-Writes `affinity_labels/<split>/<id>.png` (0 background, 1..C class, 255 uncertain) for every
-labelled image of `config.affinity_labels.split`, with conventional labels (CAM + CRF) or, when
-`saliency_dir` is set, saliency-based ones; and `affinity_labels/metrics.json`: their precision
-and coverage against the ground truth. Per-image work runs in `core.pool`; images whose PNG
-exists are counted, not redone. Each process labels its own shard of the split.
+Writes `affinity_labels/<split>/<id>.png` (palette PNG: 0 background, 1..C class, 255 uncertain)
+for every labelled image of `config.affinity_labels.split`, with conventional labels (CAM + CRF)
+or, when `saliency_dir` is set, saliency-based ones; and `affinity_labels/metrics.json`: their
+precision and coverage against the ground truth. Per-image work runs in `core.pool`; images
+whose PNG exists are counted, not redone. Each process labels its own shard of the split.
 """
 
 import os

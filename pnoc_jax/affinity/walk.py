@@ -3,8 +3,8 @@
 For every image of `config.rw.splits`: boundaries of the trained AffinityNet (flip-averaged, on
 the accelerator, batched on a fixed canvas), then in `core.pool` the IRN random walk of the
 stride-4 CAMs and the CRF pseudo-label. Writes `random_walk/<split>/<id>.npz` (`core.scores`:
-keys, rw) and `random_walk/<split>_pseudo/<id>.png`. Images whose outputs exist are skipped.
-Each process handles its own shard of every split.
+keys, rw) and `random_walk/<split>_pseudo/<id>.png` (palette). Images whose outputs exist are
+skipped. Each process handles its own shard of every split.
 """
 
 import os

@@ -4,8 +4,8 @@ A run's workdir holds one folder per stage, `<workdir>/<stage>/`, with `config.j
 when the stage starts) and `DONE.json` (when it finished). Training stages add `ckpt/` (Orbax),
 `weights/<state>.npz` (the final variables, read by later stages), `metrics.jsonl` and
 `tensorboard/`; per-image stages add one file per image under a folder per split (score arrays
-as `<id>.npz`, read and written by `core.scores`; label maps as `<id>.png`); evaluation stages
-add `metrics.json`, `sweep.csv` and `sweep.png`.
+as `<id>.npz`, read and written by `core.scores`; label maps as palette `<id>.png`); evaluation
+stages add `metrics.json`, `sweep.csv` and `sweep.png`.
 """
 
 import os

@@ -6,6 +6,7 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.affinity import train as aff_train
@@ -87,11 +88,12 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
     ids = _fake_priors(config, workdir, "val")
     pipeline.run_stages(config, workdir)
 
-    # Priors of both formats were found.
+    # Priors of both formats were found; labels are palette PNGs of indices.
     cam_dir = artifacts.cam_dir(workdir, "val")
     assert {os.path.splitext(f)[1] for f in os.listdir(cam_dir)} == {".npy", ".npz"}
     for i in ids:
-        assert os.path.exists(artifacts.affinity_label_file(workdir, "val", i))
+        with Image.open(artifacts.affinity_label_file(workdir, "val", i)) as image:
+            assert image.mode == "P"
     label = fileio.read_png(artifacts.affinity_label_file(workdir, "val", ids[0]))
     assert set(np.unique(label).tolist()) <= set(range(7)) | {255}
     label_metrics = fileio.read_json(artifacts.metrics_file(workdir, "affinity_labels"))
@@ -114,6 +116,8 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
         rw = scores.read(rw_file(i), scores.RW_FIELDS)
         np.testing.assert_array_equal(rw["keys"], cam["keys"])
         assert rw["rw"].shape == cam["hr_cam"].shape and rw["rw"].max() <= 1
+        with Image.open(artifacts.pseudo_label_file(workdir, "val", i)) as image:
+            assert image.mode == "P"
     record = scores.read(rw_file(ids[0]), scores.RW_FIELDS)
     png_dir = artifacts.pseudo_label_dir(workdir, "val")
 
