@@ -5,7 +5,7 @@ import os
 import cv2
 import numpy as np
 
-from pnoc_jax.core import fileio
+from pnoc_jax.core import fileio, scores
 from pnoc_jax.core.masks import IGNORE, PALETTE
 
 
@@ -22,10 +22,11 @@ def overlay_cam(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.nd
     return (alpha * heat[..., ::-1] + (1 - alpha) * image).astype(np.uint8)
 
 
-def _max_map(path: str, key: str, shape: tuple[int, int]) -> np.ndarray:
-    """Max over classes of the [K, H, W] scores `key` in a `.npy` dict (zeros when K = 0)."""
-    scores = fileio.read_npy_dict(path)[key]
-    return scores.max(axis=0) if len(scores) else np.zeros(shape, np.float32)
+def _max_map(directory: str, image_id: str, key: str, shape: tuple[int, int]) -> np.ndarray:
+    """Max over classes of the [K, H, W] scores `key` of an image's score file (`core.scores`,
+    either format) in `directory` (zeros when K = 0)."""
+    maps = scores.read_image(directory, image_id, (key,))[key]
+    return maps.max(axis=0) if len(maps) else np.zeros(shape, np.float32)
 
 
 def _grid(columns: list[list[np.ndarray]], size: int) -> np.ndarray:
@@ -42,11 +43,12 @@ def _grid(columns: list[list[np.ndarray]], size: int) -> np.ndarray:
 def cam_grid(examples: list[dict], cams_dir: str, size: int = 160) -> np.ndarray:
     """Rows image | ground truth | max-over-classes CAM overlay, one column per example.
 
-    `examples` are dataset dicts (id, image, mask); CAMs come from `<cams_dir>/<id>.npy`.
+    `examples` are dataset dicts (id, image, mask); CAMs (hr_cam) come from their score files
+    in `cams_dir` (`<id>.npz`, or the reference's `<id>.npy`).
     """
     columns = []
     for ex in examples:
-        cam = _max_map(os.path.join(cams_dir, f"{ex['id']}.npy"), "hr_cam", ex["mask"].shape)
+        cam = _max_map(cams_dir, ex["id"], "hr_cam", ex["mask"].shape)
         columns.append([ex["image"], colorize_mask(ex["mask"]), overlay_cam(ex["image"], cam)])
     return _grid(columns, size)
 
@@ -56,14 +58,14 @@ def pseudo_label_grid(
 ) -> np.ndarray:
     """Rows image | ground truth | CAM | random walk | pseudo-label, one column per example.
 
-    Reads `<cams_dir>/<id>.npy` (hr_cam), `<rw_dir>/<id>.npy` (rw) and `<pseudo_dir>/<id>.png`,
+    Reads the score files in `cams_dir` (hr_cam) and `rw_dir` (rw) and `<pseudo_dir>/<id>.png`,
     the outputs of stages infer_cam and random_walk.
     """
     columns = []
     for ex in examples:
         shape = ex["mask"].shape
-        cam = _max_map(os.path.join(cams_dir, f"{ex['id']}.npy"), "hr_cam", shape)
-        rw = _max_map(os.path.join(rw_dir, f"{ex['id']}.npy"), "rw", shape)
+        cam = _max_map(cams_dir, ex["id"], "hr_cam", shape)
+        rw = _max_map(rw_dir, ex["id"], "rw", shape)
         pseudo = fileio.read_png(os.path.join(pseudo_dir, f"{ex['id']}.png"))
         columns.append(
             [

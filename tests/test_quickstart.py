@@ -1,4 +1,4 @@
-"""The quickstart's prior stages end to end on the synthetic data: the official CAM file format,
+"""The quickstart's prior stages end to end on the synthetic data: the CAM files (.npz),
 the exported weights, skipping, reruns of what changed, and the notebook on the finished run."""
 
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pnoc_jax import pipeline
-from pnoc_jax.core import artifacts, fileio, weights
+from pnoc_jax.core import artifacts, fileio, scores, weights
 from tests.conftest import make_tiny_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -32,8 +32,10 @@ def finished_run(synthetic_data_dir, tmp_path_factory):
 def test_cam_files_weights_and_metrics(finished_run):
     config, workdir = finished_run
     files = sorted(os.listdir(artifacts.cam_dir(workdir, "val")))
-    assert len(files) == 200 and all(f.endswith(".npy") for f in files)
-    record = fileio.read_npy_dict(os.path.join(artifacts.cam_dir(workdir, "val"), files[0]))
+    assert len(files) == 200 and all(f.endswith(".npz") for f in files)
+    record = scores.read(
+        os.path.join(artifacts.cam_dir(workdir, "val"), files[0]), scores.CAM_FIELDS
+    )
     keys, cam, hr = record["keys"], record["cam"], record["hr_cam"]
     assert keys[0] == 0 and len(keys) == cam.shape[0] + 1 == hr.shape[0] + 1
     h, w = hr.shape[1:]

@@ -1,10 +1,10 @@
 """Stage `affinity_labels`: CAMs (`infer_cam`) -> affinity labels (spec §8).
 
-Writes `affinity_labels/<split>/<id>.png` (0 background, 1..C class, 255 uncertain) for every
-labelled image of `config.affinity_labels.split`, with conventional labels (CAM + CRF) or, when
-`saliency_dir` is set, saliency-based ones; and `affinity_labels/metrics.json`: their precision
-and coverage against the ground truth. Per-image work runs in `core.pool`; images whose PNG
-exists are counted, not redone. Each process labels its own shard of the split.
+Writes `affinity_labels/<split>/<id>.png` (palette PNG: 0 background, 1..C class, 255 uncertain)
+for every labelled image of `config.affinity_labels.split`, with conventional labels (CAM + CRF)
+or, when `saliency_dir` is set, saliency-based ones; and `affinity_labels/metrics.json`: their
+precision and coverage against the ground truth. Per-image work runs in `core.pool`; images
+whose PNG exists are counted, not redone. Each process labels its own shard of the split.
 """
 
 import os
@@ -16,7 +16,7 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import tasks
-from pnoc_jax.core import artifacts, distributed, fileio, pool, progress
+from pnoc_jax.core import artifacts, distributed, fileio, pool, progress, scores
 from pnoc_jax.data import pipeline
 
 
@@ -26,6 +26,7 @@ def label_tasks(
     """One task per labelled image of `source` (images without classes have no label)."""
     params = config_lib.from_section(tasks.LabelParams, cfg)
     saliency_dir = os.path.expanduser(cfg.saliency_dir) if cfg.saliency_dir else ""
+    cam_dir = artifacts.cam_dir(workdir, cfg.split)
     for index in progress.iterate(range(len(source)), f"affinity_labels {cfg.split}"):
         example = source[index]
         if example["labels"].sum() == 0:
@@ -34,7 +35,7 @@ def label_tasks(
         yield tasks.LabelTask(
             image=example["image"],
             gt=example["mask"],
-            cam_path=artifacts.cam_file(workdir, cfg.split, image_id),
+            cam_path=scores.locate(cam_dir, image_id),
             out_path=artifacts.affinity_label_file(workdir, cfg.split, image_id),
             saliency_path=os.path.join(saliency_dir, f"{image_id}.png") if saliency_dir else "",
             params=params,

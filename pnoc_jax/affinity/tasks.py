@@ -12,7 +12,7 @@ import numpy as np
 
 from pnoc_jax.affinity import labels as aff_labels
 from pnoc_jax.affinity import random_walk as rw_lib
-from pnoc_jax.core import fileio
+from pnoc_jax.core import fileio, scores
 from pnoc_jax.core.masks import IGNORE
 
 
@@ -49,7 +49,7 @@ class LabelTask:
 
     image: np.ndarray  # uint8 [H, W, 3]
     gt: np.ndarray  # uint8 [H, W], for precision and coverage only
-    cam_path: str
+    cam_path: str  # `core.scores` file: ours (.npz) or the reference's (.npy)
     out_path: str
     saliency_path: str  # "" = conventional labels
     params: LabelParams
@@ -62,7 +62,7 @@ def affinity_label(task: LabelTask) -> tuple[np.ndarray, bool]:
     """
     if os.path.exists(task.out_path):
         return label_counts(fileio.read_png(task.out_path), task.gt), False
-    record = fileio.read_npy_dict(task.cam_path)
+    record = scores.read(task.cam_path, ("hr_cam",))
     p = task.params
     if task.saliency_path:
         saliency = fileio.read_png(task.saliency_path).astype(np.float32) / 255.0
@@ -112,26 +112,28 @@ class WalkTask:
 
     image: np.ndarray  # uint8 [H, W, 3]
     edge: np.ndarray | None  # float32 [⌈H/4⌉, ⌈W/4⌉], σ of the boundary logits
-    cam_path: str
-    rw_path: str
+    cam_path: str  # `core.scores` file: ours (.npz) or the reference's (.npy)
+    rw_path: str  # .npz written by `core.scores`
     png_path: str
     params: WalkParams
 
 
 def random_walk(task: WalkTask) -> None:
-    """Random walk of one image's CAMs on its boundary map; writes the rw `.npy` and the PNG."""
+    """Random walk of one image's CAMs on its boundary map; writes the rw `.npz` and the PNG."""
     if task.edge is None:
         fileio.write_png(task.png_path, np.zeros(task.image.shape[:2], np.uint8))
         return
     p = task.params
-    record = fileio.read_npy_dict(task.cam_path)
-    keys, cams = np.asarray(record["keys"]), np.asarray(record["cam"], np.float32)
-    rw = rw_lib.random_walk(cams, task.edge, beta=p.beta, exp_times=p.exp_times, radius=p.radius)
+    record = scores.read(task.cam_path, ("cam",))
+    keys = record["keys"]
+    rw = rw_lib.random_walk(
+        record["cam"], task.edge, beta=p.beta, exp_times=p.exp_times, radius=p.radius
+    )
     rw_hr = rw_lib.rw_to_image(rw, task.image.shape[:2])
-    fileio.write_npy_dict(task.rw_path, {"keys": keys, "rw": rw_hr})
+    scores.write(task.rw_path, keys, rw=rw_hr)
     label = rw_lib.pseudo_label_from_rw(
         rw_hr,
-        keys.astype(np.int64),
+        keys,
         task.image,
         bg_threshold=p.bg_threshold,
         crf_iterations=p.crf_iterations,

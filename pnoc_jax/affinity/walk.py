@@ -2,9 +2,9 @@
 
 For every image of `config.rw.splits`: boundaries of the trained AffinityNet (flip-averaged, on
 the accelerator, batched on a fixed canvas), then in `core.pool` the IRN random walk of the
-stride-4 CAMs and the CRF pseudo-label. Writes `random_walk/<split>/<id>.npy` ({"keys", "rw"})
-and `random_walk/<split>_pseudo/<id>.png`. Images whose outputs exist are skipped. Each process
-handles its own shard of every split.
+stride-4 CAMs and the CRF pseudo-label. Writes `random_walk/<split>/<id>.npz` (`core.scores`:
+keys, rw) and `random_walk/<split>_pseudo/<id>.png` (palette). Images whose outputs exist are
+skipped. Each process handles its own shard of every split.
 """
 
 import os
@@ -17,7 +17,7 @@ from absl import logging
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import tasks
 from pnoc_jax.affinity import train as aff_train
-from pnoc_jax.core import artifacts, distributed, pool, progress
+from pnoc_jax.core import artifacts, distributed, pool, progress, scores
 from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.inference import predictor, tta
 from pnoc_jax.inference.predictor import Predict
@@ -50,18 +50,19 @@ def walk_tasks(
         return tasks.WalkTask(
             image=example["image"],
             edge=edge,
-            cam_path=artifacts.cam_file(workdir, split, image_id),
+            cam_path=scores.locate(artifacts.cam_dir(workdir, split), image_id),
             rw_path=artifacts.rw_file(workdir, split, image_id),
             png_path=artifacts.pseudo_label_file(workdir, split, image_id),
             params=params,
         )
 
+    rw_dir = artifacts.rw_dir(workdir, split)
     pending: list[dict] = []
     for index in progress.iterate(range(len(source)), f"random_walk {split}"):
         example = source[index]
         done = task(example, None)
         if os.path.exists(done.png_path) and (
-            example["labels"].sum() == 0 or os.path.exists(done.rw_path)
+            example["labels"].sum() == 0 or scores.exists(rw_dir, example["id"])
         ):
             continue
         if example["labels"].sum() == 0:  # no classes: all background, no score file
@@ -111,7 +112,7 @@ def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
             for image_id, labelled in pipeline.split_index(config, split):
                 yield artifacts.pseudo_label_file(workdir, split, image_id)
                 if labelled:
-                    yield artifacts.rw_file(workdir, split, image_id)
+                    yield scores.locate(artifacts.rw_dir(workdir, split), image_id)
 
     return artifacts.missing(outputs())
 

@@ -1,14 +1,14 @@
-"""Stage `infer_cam`: CAMs with test-time augmentation, one `.npy` per image (spec §6).
+"""Stage `infer_cam`: CAMs with test-time augmentation, one `.npz` per image (spec §6).
 
 For every scale s in `config.infer.scales`, the image is resized (PIL bicubic) and run with its
 horizontal flip; ReLU(A) of the pair is summed, resized (bilinear, half-pixel) to stride 4
 (`cam`) and to full resolution (`hr_cam`), and summed over scales. Only the image's own
 classes are kept, each divided by its max + 1e-5. Each scale runs on a fixed square canvas
-(`inference.tta`), so it compiles once. Images whose file exists are skipped (resumable).
+(`inference.tta`), so it compiles once. Files are `core.scores` `.npz`s (keys, cam, hr_cam).
+Images with a score file (ours, or the reference's `.npy`) are skipped (resumable).
 """
 
 import math
-import os
 
 import jax
 import ml_collections
@@ -17,7 +17,7 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.cam import train as cam_train
-from pnoc_jax.core import artifacts, distributed, fileio, weights
+from pnoc_jax.core import artifacts, distributed, scores, weights
 from pnoc_jax.core import progress as progress_lib
 from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.inference import predictor, tta
@@ -62,7 +62,7 @@ def image_keys(labels: np.ndarray) -> np.ndarray:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes `<workdir>/infer_cam/<split>/<id>.npy` for every labelled image of each split."""
+    """Writes `<workdir>/infer_cam/<split>/<id>.npz` for every labelled image of each split."""
     cfg = config.infer
     model = cam_train.build_model(config)
     variables = weights.load(artifacts.weights_file(workdir, cfg.weights_from))
@@ -70,10 +70,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     batch_size = config.runtime.predict_batch_size
     for split in cfg.splits:
         source = pipeline.open_split(config, split)
+        cam_dir = artifacts.cam_dir(workdir, split)
         todo = []
         for index in range(len(source)):
             example = source[index]
-            done = os.path.exists(artifacts.cam_file(workdir, split, example["id"]))
+            done = scores.exists(cam_dir, example["id"])
             if example["labels"].sum() > 0 and not done:
                 todo.append(index)
         logging.info("infer_cam %s: %d of %d images to do", split, len(todo), len(source))
@@ -98,9 +99,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                 keys = image_keys(example["labels"])
                 h, w = example["image"].shape[:2]
                 cam, hr = combine(per_scale, keys, h, w, config.model.output_stride)
-                fileio.write_npy_dict(
-                    artifacts.cam_file(workdir, split, example["id"]),
-                    {"keys": keys, "cam": cam, "hr_cam": hr},
+                scores.write(
+                    artifacts.cam_file(workdir, split, example["id"]), keys, cam=cam, hr_cam=hr
                 )
             progress.update(len(examples))
         progress.close()
@@ -110,7 +110,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     """The CAM files of labelled images of `config.infer.splits` that do not exist."""
     return artifacts.missing(
-        artifacts.cam_file(workdir, split, image_id)
+        scores.locate(artifacts.cam_dir(workdir, split), image_id)
         for split in config.infer.splits
         for image_id, labelled in pipeline.split_index(config, split)
         if labelled

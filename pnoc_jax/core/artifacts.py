@@ -3,7 +3,8 @@
 A run's workdir holds one folder per stage, `<workdir>/<stage>/`, with `config.json` (written
 when the stage starts) and `DONE.json` (when it finished). Training stages add `ckpt/` (Orbax),
 `weights/<state>.npz` (the final variables, read by later stages), `metrics.jsonl` and
-`tensorboard/`; per-image stages add one file per image under a folder per split; evaluation
+`tensorboard/`; per-image stages add one file per image under a folder per split (score arrays
+as `<id>.npz`, read and written by `core.scores`; label maps as palette `<id>.png`); evaluation
 stages add `metrics.json`, `sweep.csv` and `sweep.png`.
 """
 
@@ -60,13 +61,23 @@ def report_files(workdir: str, stage: str) -> list[str]:
     return [os.path.join(folder, name) for name in ("metrics.json", "sweep.csv", "sweep.png")]
 
 
+def score_file(directory: str, image_id: str) -> str:
+    """Our per-image score file in `directory`: `<id>.npz` (no pickle; `core.scores`)."""
+    return os.path.join(directory, f"{image_id}.npz")
+
+
+def official_score_file(directory: str, image_id: str) -> str:
+    """The reference code's per-image score file, `<id>.npy` (a pickled dict), still read."""
+    return os.path.join(directory, f"{image_id}.npy")
+
+
 def cam_dir(workdir: str, split: str) -> str:
-    """CAMs of `split` (stage infer_cam): `<id>.npy`, the official pickled-dict format."""
+    """CAMs of `split` (stage infer_cam): `<id>.npz` with arrays keys, cam and hr_cam."""
     return os.path.join(workdir, "infer_cam", split)
 
 
 def cam_file(workdir: str, split: str, image_id: str) -> str:
-    return os.path.join(cam_dir(workdir, split), f"{image_id}.npy")
+    return score_file(cam_dir(workdir, split), image_id)
 
 
 def affinity_label_dir(workdir: str, split: str) -> str:
@@ -79,12 +90,12 @@ def affinity_label_file(workdir: str, split: str, image_id: str) -> str:
 
 
 def rw_dir(workdir: str, split: str) -> str:
-    """Random-walk scores of `split` (stage random_walk): `<id>.npy` with keys and rw."""
+    """Random-walk scores of `split` (stage random_walk): `<id>.npz` with arrays keys and rw."""
     return os.path.join(workdir, "random_walk", split)
 
 
 def rw_file(workdir: str, split: str, image_id: str) -> str:
-    return os.path.join(rw_dir(workdir, split), f"{image_id}.npy")
+    return score_file(rw_dir(workdir, split), image_id)
 
 
 def pseudo_label_dir(workdir: str, split: str) -> str:

@@ -1,6 +1,13 @@
-"""Atomic artifact writing: every file appears whole or not at all (temp file + rename)."""
+"""Atomic artifact writing (temp file + rename: a file appears whole or not at all) and PNGs.
+
+Files get the permissions an ordinary `open` would give them, `0o666 & ~umask` (the umask is
+read once per process); folders are made by `os.makedirs`, which applies the umask too.
+Label PNGs (pseudo-labels, affinity labels) are written as palette PNGs with the VOC palette, so
+they show in colour in an image viewer; any palette or greyscale PNG reads back as its indices.
+"""
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -10,17 +17,45 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from pnoc_jax.core.errors import UserError
+from pnoc_jax.core.masks import PALETTE
+
+
+@functools.cache
+def umask() -> int:
+    """This process's umask, read once: from /proc/self/status, else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of a new file, as `open` makes it: 0o666 less the umask."""
+    return 0o666 & ~umask()
 
 
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds."""
+    """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds.
+
+    The file gets `file_mode()` (mkstemp alone would make it 0o600, unreadable to the group).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -43,15 +78,38 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def read_png(path: str) -> np.ndarray:
-    """Index PNG (labels, saliency) -> uint8[H, W], values kept."""
-    out = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if out is None:
-        raise FileNotFoundError(f"{path}: missing or unreadable PNG")
-    return out if out.ndim == 2 else out[..., 0]
+    """Index or greyscale PNG (labels, saliency) -> uint8[H, W], values kept.
+
+    Palette ("P") PNGs give their indices, not their colours (PIL; OpenCV would expand them to
+    colour). A colour PNG is accepted only when its channels are equal (a greyscale map saved
+    as RGB).
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            if mode == "1":
+                image = image.convert("L")
+            array = np.array(image)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: PNG missing") from None
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable PNG: {e}") from e
+    if mode in ("P", "L", "1"):
+        return array.astype(np.uint8, copy=False)
+    if mode in ("RGB", "RGBA") and np.all(array[..., 1:3] == array[..., :1]):
+        return np.ascontiguousarray(array[..., 0], np.uint8)
+    raise ValueError(
+        f"{path}: expected a palette or greyscale PNG of 8-bit indices, got PIL mode {mode!r}"
+        + (" with differing colour channels" if mode in ("RGB", "RGBA") else "")
+    )
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    """PNG bytes of an RGB uint8[H, W, 3] image or a single-channel uint8[H, W] index map."""
+    """PNG bytes of an RGB uint8[H, W, 3] image or a single-channel (greyscale) uint8[H, W] map.
+
+    The TFDS builders store their masks this way (TFDS would decode palette PNGs as colour).
+    """
     array = np.ascontiguousarray(array, np.uint8)
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
@@ -61,9 +119,22 @@ def encode_png(array: np.ndarray) -> bytes:
     return data.tobytes()
 
 
+def encode_label_png(label: np.ndarray) -> bytes:
+    """Palette PNG bytes of a uint8[H, W] label map: indices unchanged, VOC colours."""
+    label = np.asarray(label)
+    if label.ndim != 2 or label.dtype != np.uint8:
+        raise ValueError(f"a label PNG needs a uint8[H, W] map, got {label.dtype}{label.shape}")
+    height, width = label.shape
+    image = Image.frombytes("P", (width, height), np.ascontiguousarray(label).tobytes())
+    image.putpalette(PALETTE.tobytes())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def write_png(path: str, label: np.ndarray) -> None:
-    """Atomically writes uint8[H, W] as an index PNG."""
-    write_bytes(path, encode_png(label))
+    """Atomically writes a uint8[H, W] label map as a palette PNG (VOC colours); see `read_png`."""
+    write_bytes(path, encode_label_png(label))
 
 
 def read_json(path: str) -> Any:
@@ -75,20 +146,6 @@ def read_json(path: str) -> Any:
             raise UserError(
                 f"{path} is not valid JSON ({e}); restore it, or delete it to redo what wrote it"
             ) from None
-
-
-def write_npy_dict(path: str, record: dict[str, np.ndarray]) -> None:
-    """Saves a dict of arrays as a pickled 0-d object array (the official `.npy` CAM format)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.array(record, dtype=object), allow_pickle=True)
-    write_bytes(path, buffer.getvalue())
-
-
-def read_npy_dict(path: str) -> dict[str, np.ndarray]:
-    try:
-        return np.load(path, allow_pickle=True).item()
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable CAM file (pickled dict .npy): {e}") from e
 
 
 def _json_default(obj: Any) -> Any:

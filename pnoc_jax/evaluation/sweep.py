@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import distributed, fileio, progress
+from pnoc_jax.core import distributed, fileio, progress, scores
 from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.evaluation import miou
 
@@ -23,15 +23,15 @@ def _examples(source: Sequence[dict], desc: str):
         yield source[index]
 
 
-def _scores(path: str, key: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(keys [K+1], scores [K, H, W]) of one image's score file."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: score file missing; run the stage that writes it")
-    record = fileio.read_npy_dict(path)
-    keys, scores = record["keys"], record[key]
-    if scores.shape[1:] != shape:
-        raise ValueError(f"{path}: {key} {scores.shape[1:]} does not match the mask {shape}")
-    return keys, scores
+def _scores(
+    score_dir: str, image_id: str, key: str, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keys [K+1], scores [K, H, W]) of one image's score file (`core.scores`, either format)."""
+    path = scores.locate(score_dir, image_id)
+    record = scores.read(path, (key,))
+    if record[key].shape[1:] != shape:
+        raise ValueError(f"{path}: {key} {record[key].shape[1:]} does not match the mask {shape}")
+    return record["keys"], record[key]
 
 
 def sweep_confusions(
@@ -39,18 +39,18 @@ def sweep_confusions(
 ) -> np.ndarray:
     """Per-threshold confusion matrices [T, L, L] of this process's share of a split.
 
-    `key` names the full-resolution [K, H, W] scores in `<score_dir>/<id>.npy` ("hr_cam" for CAM
-    files, "rw" for random-walk files). Images without classes predict background everywhere.
+    `key` names the full-resolution [K, H, W] scores in the image's score file in `score_dir`
+    (`core.scores`: "hr_cam" for CAM files, "rw" for random-walk files). Images without
+    classes predict background everywhere.
     """
     total = np.zeros((len(thresholds), num_labels, num_labels), np.int64)
     for example in _examples(source, f"sweep {os.path.basename(score_dir)}"):
         gt = example["mask"]
         if example["labels"].sum() == 0:
-            keys, scores = np.zeros(1, np.int64), np.zeros((0, *gt.shape), np.float32)
+            keys, maps = np.zeros(1, np.int64), np.zeros((0, *gt.shape), np.float32)
         else:
-            path = os.path.join(score_dir, f"{example['id']}.npy")
-            keys, scores = _scores(path, key, gt.shape)
-        total += miou.sweep_confusions(gt, scores, keys, thresholds, num_labels)
+            keys, maps = _scores(score_dir, example["id"], key, gt.shape)
+        total += miou.sweep_confusions(gt, maps, keys, thresholds, num_labels)
     return total
 
 

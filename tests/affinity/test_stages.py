@@ -6,11 +6,12 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.affinity import train as aff_train
 from pnoc_jax.affinity import walk
-from pnoc_jax.core import artifacts, fileio, weights
+from pnoc_jax.core import artifacts, fileio, scores, weights
 from pnoc_jax.core.writers import read_metrics
 from pnoc_jax.data import pipeline as data_pipeline
 from pnoc_jax.inference import tta
@@ -22,10 +23,11 @@ class _Few(list):
 
 
 def _fake_priors(config, workdir: str, split: str) -> list[str]:
-    """CAM files from blurred, shrunk GT masks (stands in for train_cam + infer_cam)."""
+    """CAM files from blurred, shrunk GT masks (stands in for train_cam + infer_cam): ours
+    (`.npz`) for even images, the reference's pickled-dict `.npy` for odd ones."""
     out_dir = artifacts.cam_dir(workdir, split)
     ids = []
-    for example in data_pipeline.open_split(config, split):
+    for index, example in enumerate(data_pipeline.open_split(config, split)):
         mask, h, w = example["mask"], *example["mask"].shape
         classes = np.flatnonzero(example["labels"] > 0.5)
         keys = np.concatenate([[0], classes + 1]).astype(np.int64)
@@ -40,8 +42,15 @@ def _fake_priors(config, workdir: str, split: str) -> list[str]:
         cam = tta.resize_maps(maps, -(-h // 4), -(-w // 4))
         hr /= hr.max(axis=(1, 2), keepdims=True) + 1e-5
         cam /= cam.max(axis=(1, 2), keepdims=True) + 1e-5
-        path = os.path.join(out_dir, f"{example['id']}.npy")
-        fileio.write_npy_dict(path, {"keys": keys, "cam": cam, "hr_cam": hr})
+        if index % 2:
+            record = np.array({"keys": keys, "cam": cam, "hr_cam": hr}, dtype=object)
+            path = artifacts.official_score_file(out_dir, example["id"])
+            os.makedirs(out_dir, exist_ok=True)
+            np.save(path, record, allow_pickle=True)
+        else:
+            scores.write(
+                artifacts.cam_file(workdir, split, example["id"]), keys, cam=cam, hr_cam=hr
+            )
         ids.append(example["id"])
     fp = pipeline.stage_fingerprint("infer_cam", config)
     fileio.write_json(artifacts.done_file(workdir, "infer_cam"), {"fingerprint": fp})
@@ -52,7 +61,7 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
     config, workdir = tiny_config, str(tmp_path)
     original = data_pipeline.open_split
     monkeypatch.setattr(
-        data_pipeline, "open_split", lambda cfg, split: _Few(original(cfg, split)[:10])
+        data_pipeline, "open_split", lambda cfg, split, whole=False: _Few(original(cfg, split)[:10])
     )
     # A "pretrained" backbone file: after training, the backbone must still equal it.
     backbone = build_backbone("tiny", output_stride=16)
@@ -79,8 +88,13 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
     ids = _fake_priors(config, workdir, "val")
     pipeline.run_stages(config, workdir)
 
-    label_dir = artifacts.affinity_label_dir(workdir, "val")
-    label = fileio.read_png(os.path.join(label_dir, f"{ids[0]}.png"))
+    # Priors of both formats were found; labels are palette PNGs of indices.
+    cam_dir = artifacts.cam_dir(workdir, "val")
+    assert {os.path.splitext(f)[1] for f in os.listdir(cam_dir)} == {".npy", ".npz"}
+    for i in ids:
+        with Image.open(artifacts.affinity_label_file(workdir, "val", i)) as image:
+            assert image.mode == "P"
+    label = fileio.read_png(artifacts.affinity_label_file(workdir, "val", ids[0]))
     assert set(np.unique(label).tolist()) <= set(range(7)) | {255}
     label_metrics = fileio.read_json(artifacts.metrics_file(workdir, "affinity_labels"))
     assert 0.5 < label_metrics["precision"] <= 1 and 0 < label_metrics["coverage"] <= 1
@@ -93,11 +107,19 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
     log = read_metrics(os.path.join(workdir, "train_affinity"))
     assert [r["step"] for r in log] == [1, 2, 3] and np.isfinite(log[-1]["train/loss"])
 
-    cam = fileio.read_npy_dict(artifacts.cam_file(workdir, "val", ids[0]))
-    npy_dir, png_dir = artifacts.rw_dir(workdir, "val"), artifacts.pseudo_label_dir(workdir, "val")
-    record = fileio.read_npy_dict(os.path.join(npy_dir, f"{ids[0]}.npy"))
-    np.testing.assert_array_equal(record["keys"], cam["keys"])
-    assert record["rw"].shape == cam["hr_cam"].shape and record["rw"].max() <= 1
+    def rw_file(i: str) -> str:
+        return artifacts.rw_file(workdir, "val", i)
+
+    assert sorted(os.listdir(artifacts.rw_dir(workdir, "val"))) == [f"{i}.npz" for i in ids]
+    for i in ids:
+        cam = scores.read_image(cam_dir, i, ("hr_cam",))
+        rw = scores.read(rw_file(i), scores.RW_FIELDS)
+        np.testing.assert_array_equal(rw["keys"], cam["keys"])
+        assert rw["rw"].shape == cam["hr_cam"].shape and rw["rw"].max() <= 1
+        with Image.open(artifacts.pseudo_label_file(workdir, "val", i)) as image:
+            assert image.mode == "P"
+    record = scores.read(rw_file(ids[0]), scores.RW_FIELDS)
+    png_dir = artifacts.pseudo_label_dir(workdir, "val")
 
     metrics = fileio.read_json(artifacts.metrics_file(workdir, "eval_pseudo_labels"))
     for key in ("miou", "best_threshold", "sweep", "pseudo_label_miou"):
@@ -106,16 +128,16 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
 
     # Resumable per-image pass: only the images with a missing output are redone.
     for i in ids[:2]:
-        os.remove(os.path.join(npy_dir, f"{i}.npy"))
+        os.remove(rw_file(i))
     os.remove(os.path.join(png_dir, f"{ids[2]}.png"))
-    kept = {i: os.stat(os.path.join(npy_dir, f"{i}.npy")).st_mtime_ns for i in ids[3:]}
+    kept = {i: os.stat(rw_file(i)).st_mtime_ns for i in ids[3:]}
     config.runtime.num_workers = 1
     walk.run(config, workdir)
     assert all(os.path.exists(os.path.join(png_dir, f"{i}.png")) for i in ids)
-    redone = fileio.read_npy_dict(os.path.join(npy_dir, f"{ids[0]}.npy"))["rw"]
+    redone = scores.read(rw_file(ids[0]), scores.RW_FIELDS)["rw"]
     np.testing.assert_allclose(redone, record["rw"], atol=1e-6)
-    assert {i: os.stat(os.path.join(npy_dir, f"{i}.npy")).st_mtime_ns for i in ids[3:]} == kept
-    assert os.stat(os.path.join(npy_dir, f"{ids[2]}.npy")).st_mtime_ns > min(kept.values())
+    assert {i: os.stat(rw_file(i)).st_mtime_ns for i in ids[3:]} == kept
+    assert os.stat(rw_file(ids[2])).st_mtime_ns > min(kept.values())
 
     # Everything finished: a rerun skips every stage.
     assert not any(pipeline.run_stage(n, config, workdir) for n in config.stages)
