@@ -21,13 +21,18 @@ Transform = Callable[[dict, np.random.Generator], dict]
 
 
 def open_split(config: ml_collections.ConfigDict, split: str) -> Sequence[dict]:
-    """This process's share of `split` of the configured dataset (built on first use)."""
+    """This process's share of `split` of the configured dataset (built on first use).
+
+    Reads the build named by `datasets.identity(config)` (computed once per process), so the
+    data a stage reads is the data its fingerprint names.
+    """
     return datasets.load_split(
         config.data.name,
         split,
         os.path.expanduser(config.data.data_dir),
         os.path.expanduser(config.data.manual_dir) if config.data.manual_dir else None,
         shard_by_process=True,
+        source=datasets.identity(config).get("source"),
     )
 
 
