@@ -3,11 +3,13 @@
 Covers: another devkit with the same data_dir gets its own build (the first is untouched),
 `identity` follows the source and not data_dir or the manual_dir form, a build made before
 builds recorded their source is never trusted, several builds with no manual_dir is an error
-listing them, and the three manual_dir forms.
+listing them, the three manual_dir forms, and `configs/pnoc_voc.py:train_split=train` on a
+devkit without SBD's train_aug.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -20,12 +22,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pnoc_jax import config_lib
+from pnoc_jax import config_lib, pipeline
 from pnoc_jax.data import datasets
 from pnoc_jax.data import pipeline as data_pipeline
 from pnoc_jax.data.builders import synthetic, voc2012
 from tests.data.voc_devkit import SPECS, TRAIN, VAL, rgb_image, write_voc
 
+ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = config_lib.Topology(8)
 
 
@@ -237,3 +240,43 @@ def test_manual_dir_may_name_the_folder_holding_vocdevkit_vocdevkit_or_voc2012(t
     with pytest.raises(config_lib.ConfigError, match=r"config\.data\.manual_dir=") as err:
         datasets.validate_data(_config(empty, data_dir), TOPOLOGY)
     assert all(str(path / "JPEGImages") in str(err.value) for path in tried)
+
+
+def _pnoc_voc(arg: str | None) -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("pnoc_voc_config", ROOT / "configs/pnoc_voc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def _splits_read(config: ml_collections.ConfigDict) -> set[str]:
+    """Every split a key of the config names (training, inference, labels, walk, evaluation)."""
+    return {
+        config.oc.split,
+        config.train.split,
+        config.eval.split,
+        config.affinity_labels.split,
+        *config.infer.splits,
+        *config.rw.splits,
+    }
+
+
+def test_pnoc_voc_train_split_train_validates_on_a_plain_voc_download(tmp_path):
+    voc = write_voc(tmp_path / "data")  # no SegmentationClassAug, no train_aug list
+    available = set(voc2012.plan_source(voc).splits)
+    assert available == {"train", "val"}
+
+    config = _pnoc_voc("train_split=train")
+    config.data.update(manual_dir=str(voc.parent), data_dir=str(tmp_path / "tfds"))
+    pipeline.validate(config, TOPOLOGY)
+    assert _splits_read(config) <= available
+    assert config.oc.split == config.train.split == config.affinity_labels.split == "train"
+    assert tuple(config.infer.splits) == tuple(config.rw.splits) == ("train", "val")
+    assert not (tmp_path / "tfds").exists()  # validation builds nothing
+
+    default = _pnoc_voc(None)  # the paper's recipe reads SBD's train_aug everywhere
+    assert default.oc.split == default.train.split == default.affinity_labels.split == "train_aug"
+    assert tuple(default.infer.splits) == tuple(default.rw.splits) == ("train_aug", "train", "val")
+    assert not _splits_read(default) <= available
+    with pytest.raises(ValueError, match="train_split='trainaug'"):
+        _pnoc_voc("train_split=trainaug")
