@@ -4,9 +4,13 @@ r"""P-NOC on Pascal VOC 2012 (spec §1 runners 1 and 3): priors, then RW pseudo-
         --config.data.manual_dir=/data/VOCdevkit --config.model.pretrained=resnet101.npz
 
 Arguments (`configs/pnoc_voc.py:strategy=poc,backbone=resnet50,ls=0.0`):
-  strategy  cam | puzzle | occse | poc | pnoc (default pnoc; cam skips the OC stage)
-  backbone  resnet50 | resnet101 (default resnet101)
-  ls        label smoothing of the strategy (default 0.1: "P-NOC+LS", the paper's best)
+  strategy     cam | puzzle | occse | poc | pnoc (default pnoc; cam skips the OC stage)
+  backbone     resnet50 | resnet101 (default resnet101)
+  ls           label smoothing of the strategy (default 0.1: "P-NOC+LS", the paper's best)
+  train_split  train_aug | train (default train_aug, VOC + SBD's 10582 images, as the paper);
+               `train` (VOC's 1464) runs on a plain VOC2012 download without SBD: it is the
+               split of both training stages, of the affinity labels, and the first inferred
+               and random-walked split.
 
 Recipe (spec §14, paper-era runner where HEAD differs):
   OC        vanilla CAM, RandAugment (n2, m10) + cutout, LS 0.1, B32, SGD m0 lr 0.1, 15 epochs.
@@ -23,13 +27,22 @@ from pnoc_jax.cam import strategies
 
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, strategy="pnoc", backbone="resnet101", ls=0.1)
+    args = config_lib.parse_arg(
+        arg, strategy="pnoc", backbone="resnet101", ls=0.1, train_split="train_aug"
+    )
+    if args.train_split not in ("train_aug", "train"):
+        raise ValueError(
+            f"configs/pnoc_voc.py:train_split={args.train_split!r}: expected train_aug (needs "
+            "SBD's SegmentationClassAug) or train (a plain VOC2012 download)"
+        )
+    train_split = args.train_split
+    inferred = tuple(dict.fromkeys((train_split, "train", "val")))  # train_aug, train, val
     config = config_lib.base_config()
     config.data.name = "voc2012"
     config.data.image_size = 512
     config.model.backbone = args.backbone
     config.model.output_stride = 16
-    voc = {"split": "train_aug", "epochs": 15, "min_size": 320, "max_size": 640}
+    voc = {"split": train_split, "epochs": 15, "min_size": 320, "max_size": 640}
     config.oc.update(
         voc, strategy="cam", batch_size=32, lr=0.1, augment="randaugment", label_smoothing=0.1
     )
@@ -44,13 +57,13 @@ def get_config(arg: str | None = None):
         label_smoothing=args.ls,
     )
     config.train.strategy_args.update(noc_threshold=0.2, noc_every=1, noc_cse_gradient=True)
-    config.infer.update(splits=("train_aug", "train", "val"), max_image_size=500)
+    config.infer.update(splits=inferred, max_image_size=500)
     config.eval.split = "train"
     # Pseudo-labels (spec §8-§9): conventional affinity labels from the P-NOC CAMs (set
     # config.affinity_labels.saliency_dir for the saliency-based recipe), IRN boundary net on the
     # frozen ImageNet backbone, random walk β 10, 2^8 steps, bg 0.3, CRF t1 gt .9.
-    config.affinity_labels.split = "train_aug"
-    config.rw.update(splits=("train_aug", "train", "val"))
+    config.affinity_labels.split = train_split
+    config.rw.update(splits=inferred)
     config.stages = ("train_oc", "train_cam", "infer_cam", "eval_cam")
     if not strategies.reads_oc(config.train):
         config.stages = config.stages[1:]

@@ -234,9 +234,17 @@ def deps_of(name: str, config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return deps(config) if callable(deps) else deps
 
 
+def _section(config: ml_collections.ConfigDict, name: str):
+    """A section as it enters fingerprints: `data` by the dataset's identity (name, version,
+    source fingerprint), not by where it is built or read from."""
+    if name != "data":
+        return config_lib.to_plain(config[name])
+    return {"dataset": datasets.identity(config), "image_size": config.data.image_size}
+
+
 def stage_fingerprint(name: str, config: ml_collections.ConfigDict) -> str:
     """Hash of the stage's config sections and of the fingerprints of the stages it reads."""
-    sections = {s: config_lib.to_plain(config[s]) for s in STAGES[name].sections}
+    sections = {s: _section(config, s) for s in STAGES[name].sections}
     upstream = {dep: stage_fingerprint(dep, config) for dep in deps_of(name, config)}
     return config_lib.fingerprint({"stage": name, "config": sections, "deps": upstream})
 

@@ -1,5 +1,7 @@
 """Config parsing, validation of every key before compute, fingerprints, and the stage graph."""
 
+import os
+
 import ml_collections
 import pytest
 
@@ -187,10 +189,14 @@ def test_fingerprints_follow_sections_and_propagate_downstream(tiny_config):
     }  # fmt: skip
 
 
-def test_runtime_knobs_never_change_a_fingerprint(tiny_config):
+def test_runtime_knobs_never_change_a_fingerprint(tiny_config, tmp_path):
+    """Nor does where the dataset is built: moving data_dir reruns nothing."""
     config = _all_stages_config(tiny_config)
     before = {name: pipeline.stage_fingerprint(name, config) for name in pipeline.STAGES}
     config.runtime.update(log_every=7, ckpt_every=9, num_workers=3, predict_batch_size=16)
+    config.runtime.keep_stale = 1
+    os.symlink(config.data.data_dir, tmp_path / "moved")
+    config.data.data_dir = str(tmp_path / "moved")
     after = {name: pipeline.stage_fingerprint(name, config) for name in pipeline.STAGES}
     assert before == after
 

@@ -6,9 +6,15 @@ Datasets are TFDS builders written as ArrayRecord (`file_format="array_record"`)
 * ``"synthetic"`` -> ``pnoc_synthetic`` (embedded, generated; `builders/synthetic.py`)
 * ``"voc2012"``   -> ``pnoc_voc2012`` (reads a VOCdevkit from ``manual_dir``; `builders/voc2012.py`)
 
-On disk: ``<data_dir>/<tfds name>/<version>/``. Every element returned by `load_split` is
-``{"id": str, "image": uint8[H, W, 3] RGB, "mask": uint8[H, W] (0 bg, 1..C, 255 ignore),
-"labels": float32[C] multi-hot}``.
+On disk: a generated dataset lives in ``<data_dir>/<tfds name>/<version>/``. A dataset read from
+``manual_dir`` is bound to its source: each distinct source (fingerprint of the resolved VOC2012
+folder, its split lists and the sizes of the listed files: `source_fingerprint`) is built into
+its own ``<data_dir>/<name>-<fingerprint>/<tfds name>/<version>/`` with a ``source.json``
+record, so another or a repaired VOCdevkit never reuses a build of other files. `identity`
+names the data independently of ``data_dir``, for stage fingerprints.
+
+Every element returned by `load_split` is ``{"id": str, "image": uint8[H, W, 3] RGB,
+"mask": uint8[H, W] (0 bg, 1..C, 255 ignore), "labels": float32[C] multi-hot}``.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -25,8 +33,10 @@ import cv2
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from pnoc_jax import config_lib
+from pnoc_jax.core import fileio
 from pnoc_jax.data.builders import synthetic as _synthetic
 from pnoc_jax.data.builders import voc2012 as _voc2012
 
@@ -77,7 +87,9 @@ def get_info(name: str) -> DatasetInfo:
 
 
 def validate_data(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
-    """Checks of `config.data`: a known dataset, a usable crop size, an existing manual_dir."""
+    """Checks of `config.data`: a known dataset, a usable crop size, an existing manual_dir;
+    for voc2012 a manual_dir holding a VOC2012 folder, or with none, exactly one build under
+    data_dir (cheap: no file of the source is read)."""
     del topology
     config_lib.check_choice(config, "data.name", tuple(_INFOS))
     config_lib.check_number(config, "data.image_size", low=16, integer=True)
@@ -90,11 +102,20 @@ def validate_data(config: ml_collections.ConfigDict, topology: config_lib.Topolo
         manual,
         "an existing folder with the raw dataset, or ''",
     )
+    if config.data.name not in _MANUAL:
+        return
+    try:
+        if manual:
+            _voc2012.find_voc_root(_expand(manual))
+        else:
+            find_build(config.data.name, config.data.data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        config_lib.check(False, "data.manual_dir", manual, f"the raw dataset's folder. {e}")
 
 
-def _make_builder(name: str, data_dir: str) -> tfds.core.GeneratorBasedBuilder:
+def _make_builder(name: str, tfds_dir: str) -> tfds.core.GeneratorBasedBuilder:
     get_info(name)
-    return _BUILDERS[name](data_dir=os.fspath(data_dir), file_format="array_record")
+    return _BUILDERS[name](data_dir=os.fspath(tfds_dir), file_format="array_record")
 
 
 def _is_complete(builder: tfds.core.DatasetBuilder) -> bool:
@@ -127,39 +148,258 @@ def _build_lock(data_dir: str, name: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prepare(name: str, data_dir: str, manual_dir: str | None = None) -> None:
-    """Build dataset `name` under `data_dir` unless a complete build is already there.
+# ------------------------------------------------------------------ builds bound to a source
+
+# Datasets read from a user's copy (`manual_dir`). Each distinct source is built into its own
+# TFDS data_dir, `<data_dir>/<name>-<source fingerprint>/`, which records it in SOURCE_FILE.
+_MANUAL = ("voc2012",)
+SOURCE_FILE = "source.json"
+
+
+def _version(name: str) -> str:
+    return str(_BUILDERS[name].VERSION)
+
+
+def _expand(path: str | os.PathLike) -> str:
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def source_fingerprint(name: str, manual_dir: str) -> str:
+    """16 hex digits identifying the raw data of `name` at `manual_dir`, computed afresh.
+
+    For voc2012: the resolved VOC2012 folder, the contents of its split lists and the size of
+    every listed image and mask (os.stat only, no decoding; `builders/voc2012.SourcePlan`).
+    Independent of `data_dir`. Raises FileNotFoundError naming what is missing.
+    """
+    if name not in _MANUAL:
+        raise ValueError(f"Dataset {name!r} is generated; it has no manual source.")
+    return _voc2012.plan_source(_expand(manual_dir)).fingerprint()
+
+
+@dataclasses.dataclass(frozen=True)
+class Build:
+    """A finished build of a manual-source dataset: its TFDS data_dir and what it came from."""
+
+    path: str  # <data_dir>/<name>-<source>; TFDS files under <path>/<tfds name>/<version>/
+    source: str  # the source fingerprint
+    record: dict  # the SOURCE_FILE contents (name, version, source, manual_dir, root, splits)
+
+    def describe(self) -> str:
+        """One line for listings: the folder, the VOC2012 folder it came from, and when."""
+        root, built = self.record.get("root", "?"), self.record.get("built", "?")
+        return f"{self.path} (from {root}, built {built})"
+
+
+def build_path(name: str, data_dir: str, source: str) -> str:
+    """The TFDS data_dir of `name` built from the source with fingerprint `source`."""
+    return os.path.join(_expand(data_dir), f"{name}-{source}")
+
+
+def _finished(name: str, path: str, source: str) -> Build | None:
+    """The build at `path` if TFDS finished it and it records `source` and this version."""
+    record_file = os.path.join(path, SOURCE_FILE)
+    try:
+        record = fileio.read_json(record_file)
+    except (OSError, ValueError):
+        return None
+    if record.get("source") != source or record.get("version") != _version(name):
+        return None
+    return Build(path, source, record) if _is_complete(_make_builder(name, path)) else None
+
+
+def list_builds(name: str, data_dir: str) -> list[Build]:
+    """Finished builds of `name` under `data_dir` (one per source), sorted by path."""
+    data_dir = _expand(data_dir)
+    prefix = f"{name}-"
+    builds = []
+    if os.path.isdir(data_dir):
+        for entry in sorted(os.listdir(data_dir)):
+            if entry.startswith(prefix) and os.path.isdir(os.path.join(data_dir, entry)):
+                build = _finished(name, os.path.join(data_dir, entry), entry[len(prefix) :])
+                if build is not None:
+                    builds.append(build)
+    return builds
+
+
+def legacy_build(name: str, data_dir: str) -> str | None:
+    """`<data_dir>/<tfds name>/`, a build made before builds recorded their source, if any."""
+    path = os.path.join(_expand(data_dir), _BUILDERS[name].name)
+    return path if os.path.isdir(path) else None
+
+
+def _legacy_note(name: str, data_dir: str) -> str:
+    legacy = legacy_build(name, data_dir)
+    if legacy is None:
+        return ""
+    return (
+        f" {legacy} is a build made before builds recorded their source; it is never used, "
+        "since nothing says which VOCdevkit it came from. Set config.data.manual_dir to that "
+        f"VOCdevkit (it is rebuilt under {_expand(data_dir)}/{name}-<fingerprint>/), then "
+        f"delete {legacy}."
+    )
+
+
+def find_build(name: str, data_dir: str, source: str | None = None) -> Build:
+    """The build to read when no manual_dir is given: the one with `source` if given, else the
+    only build under `data_dir`. ValueError when there is none (naming a legacy build and what
+    to do) or several (listing them)."""
+    data_dir = _expand(data_dir)
+    builds = list_builds(name, data_dir)
+    if source is not None:
+        builds = [b for b in builds if b.source == source]
+    if len(builds) == 1:
+        return builds[0]
+    if not builds:
+        which = f" from source {source}" if source else ""
+        raise ValueError(
+            f"Dataset {name!r} has no finished build{which} under data_dir={data_dir!r}; set "
+            "config.data.manual_dir (manual_dir=) to the folder holding VOCdevkit/, to VOCdevkit/ "
+            f"or to VOC2012/ to build it.{_legacy_note(name, data_dir)}"
+        )
+    listing = "".join(f"\n  {b.describe()}" for b in builds)
+    raise ValueError(
+        f"Dataset {name!r} has {len(builds)} builds under data_dir={data_dir!r} and no "
+        f"manual_dir says which to use:{listing}\nSet config.data.manual_dir to the VOCdevkit "
+        "you mean (its build is reused), or delete the builds you no longer need."
+    )
+
+
+def _identity_of(name: str, source: str | None) -> dict[str, str]:
+    out = {"name": name, "version": _version(name)}
+    if source is not None:
+        out["source"] = source
+    return out
+
+
+def prepare(
+    name: str, data_dir: str, manual_dir: str | None = None, source: str | None = None
+) -> dict[str, str]:
+    """Builds dataset `name` under `data_dir` unless a finished build of the same source is
+    there; returns the build's identity (see `identity`).
+
+    Generated datasets ("synthetic") live in `<data_dir>/<tfds name>/<version>/`. A dataset read
+    from `manual_dir` ("voc2012", see `builders/voc2012.py` for the accepted layouts) is built
+    into `build_path(name, data_dir, fingerprint)`, so another or a repaired VOCdevkit gets its
+    own build and never reuses one made from other files; builds of other sources are left
+    alone. With no `manual_dir`, the only finished build under `data_dir` is used (`find_build`).
+    `source`, when given, is the fingerprint the caller already holds (`identity`); building
+    stops with RuntimeError if the files no longer match it.
 
     Idempotent. TFDS writes into a temporary ``incomplete.*`` directory and renames it only on
-    success, so a failed or interrupted build never looks finished; an existing but incomplete
-    version directory is removed and rebuilt. `manual_dir` is required for "voc2012" (see
-    `builders/voc2012.py` for the accepted layouts).
+    success, and the source record is written last, so a failed or interrupted build never
+    looks finished; an unfinished build directory is removed and rebuilt.
     """
-    data_dir = os.path.abspath(os.fspath(data_dir))
-    builder = _make_builder(name, data_dir)
-    if _is_complete(builder):
+    data_dir = _expand(data_dir)
+    get_info(name)
+    if name not in _MANUAL:
+        _prepare_generated(name, data_dir)
+        return _identity_of(name, None)
+    if not manual_dir:
+        return _identity_of(name, find_build(name, data_dir, source).source)
+    manual_dir = _expand(manual_dir)
+    fp = source or source_fingerprint(name, manual_dir)
+    path = build_path(name, data_dir, fp)
+    if _finished(name, path, fp) is not None:
+        return _identity_of(name, fp)
+    with _build_lock(data_dir, f"{name}-{fp}"):
+        if _finished(name, path, fp) is not None:  # another process finished it meanwhile
+            return _identity_of(name, fp)
+        plan = _voc2012.plan_source(manual_dir)
+        _check_unchanged(name, manual_dir, fp, plan.fingerprint(), "since this run read it")
+        if legacy_build(name, data_dir):
+            logging.warning("%s", _legacy_note(name, data_dir).strip())
+        if os.path.exists(path):
+            shutil.rmtree(path)  # an unfinished or inconsistent build of this source
+        try:
+            _tfds_build(name, path, manual_dir)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)  # a failed build leaves nothing behind
+            raise
+        _check_unchanged(
+            name, manual_dir, fp, source_fingerprint(name, manual_dir), "during the build", path
+        )
+        fileio.write_json(
+            os.path.join(path, SOURCE_FILE),
+            {
+                **_identity_of(name, fp),
+                "manual_dir": manual_dir,
+                "root": str(plan.root.resolve()),
+                "splits": {s: len(p.ids) for s, p in plan.splits.items()},
+                "lists": {s: str(p.list_file.resolve()) for s, p in plan.splits.items()},
+                "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+            },
+        )
+    return _identity_of(name, fp)
+
+
+def _check_unchanged(
+    name: str, manual_dir: str, expected: str, now: str, when: str, remove: str | None = None
+) -> None:
+    if now == expected:
+        return
+    if remove is not None:
+        shutil.rmtree(remove, ignore_errors=True)
+    raise RuntimeError(
+        f"The {name!r} source at manual_dir={manual_dir!r} changed {when} (fingerprint "
+        f"{expected} -> {now}); nothing was kept. Run again once the files are settled."
+    )
+
+
+def _prepare_generated(name: str, data_dir: str) -> None:
+    """Builds a generated dataset into `data_dir` unless complete (under a lock)."""
+    if _is_complete(_make_builder(name, data_dir)):
         return
     with _build_lock(data_dir, name):
-        builder = _make_builder(name, data_dir)  # another process may have finished meanwhile
-        if _is_complete(builder):
-            return
-        if name == "voc2012" and manual_dir is None:
-            raise ValueError(
-                f"Dataset 'voc2012' is not built under {data_dir!r}; pass manual_dir= pointing at "
-                "a folder containing VOCdevkit/VOC2012/ or at the VOC2012 folder itself."
-            )
-        if name == "voc2012":
-            _voc2012.find_voc_root(manual_dir)  # clear FileNotFoundError before TFDS starts
-        data_path = os.fspath(builder.data_path)
-        if os.path.exists(data_path):
-            shutil.rmtree(data_path)  # leftover of an inconsistent build
-            builder = _make_builder(name, data_dir)
-        config = tfds.download.DownloadConfig(
-            manual_dir=os.path.abspath(os.fspath(manual_dir)) if manual_dir else None
-        )
-        builder.download_and_prepare(download_config=config, file_format="array_record")
-    if not _is_complete(_make_builder(name, data_dir)):  # pragma: no cover
-        raise RuntimeError(f"Building {name!r} under {data_dir!r} did not complete.")
+        if not _is_complete(_make_builder(name, data_dir)):  # another process may have built it
+            _tfds_build(name, data_dir)
+
+
+def _tfds_build(name: str, tfds_dir: str, manual_dir: str | None = None) -> None:
+    """Runs the TFDS build of `name` into `tfds_dir`; the caller holds the build lock."""
+    builder = _make_builder(name, tfds_dir)
+    data_path = os.fspath(builder.data_path)
+    if os.path.exists(data_path):
+        shutil.rmtree(data_path)  # leftover of an inconsistent build
+        builder = _make_builder(name, tfds_dir)
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    builder.download_and_prepare(download_config=config, file_format="array_record")
+    if not _is_complete(_make_builder(name, tfds_dir)):  # pragma: no cover
+        raise RuntimeError(f"Building {name!r} under {tfds_dir!r} did not complete.")
+
+
+@functools.cache
+def _cached_identity(name: str, data_dir: str, manual_dir: str) -> tuple[tuple[str, str], ...]:
+    if name not in _MANUAL:
+        return tuple(_identity_of(name, None).items())
+    if manual_dir:
+        return tuple(_identity_of(name, source_fingerprint(name, manual_dir)).items())
+    return tuple(_identity_of(name, find_build(name, data_dir).source).items())
+
+
+def identity(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """What the configured dataset is, independent of where it is stored (JSON-able).
+
+    ``{"name", "version"}`` for generated datasets; ``{"name", "version", "source"}`` for
+    voc2012, `source` being `source_fingerprint(manual_dir)` (or, with an empty manual_dir, the
+    fingerprint recorded by the only build under data_dir). Same files -> same identity
+    whatever `data_dir` is and whichever accepted manual_dir form names them; another list or
+    a file of another size -> another identity (moving the VOCdevkit also changes it: its
+    resolved path is part of the source). Computed once per process and cached (one os.stat per
+    listed file, ~0.13 s for VOC + SBD on a local disk); `clear_identity_cache` forgets it.
+    `data.pipeline.open_split` reads exactly the build this names, and refuses to build it from
+    files edited since, so a stage's data is always the data its fingerprint names; an edit
+    made while a run is going is seen by the next run.
+    """
+    data = config.data
+    get_info(data.name)
+    manual = _expand(data.manual_dir) if data.manual_dir else ""
+    data_dir = "" if manual else _expand(data.data_dir)  # a manual source ignores data_dir
+    return dict(_cached_identity(data.name, data_dir, manual))
+
+
+def clear_identity_cache() -> None:
+    """Forgets every `identity` computed in this process (tests, or a source changed on purpose)."""
+    _cached_identity.cache_clear()
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -235,23 +475,36 @@ def load_split(
     data_dir: str,
     manual_dir: str | None = None,
     shard_by_process: bool = False,
+    source: str | None = None,
 ) -> Sequence[dict]:
     """Random-access decoded examples of `name`/`split`, building the dataset first if needed.
 
-    With `shard_by_process=True` the split is `tfds.split_for_jax_process(split)`, i.e. each JAX
-    process gets its own contiguous part. Raises ValueError for a split the build does not have.
+    `manual_dir` and `source` choose the build as in `prepare`. With `shard_by_process=True` the
+    split is `tfds.split_for_jax_process(split)`, i.e. each JAX process gets its own contiguous
+    part. Raises ValueError for a split the build does not have, saying how to fix it.
     """
     info = get_info(name)
-    prepare(name, data_dir, manual_dir)
-    builder = _make_builder(name, os.path.abspath(os.fspath(data_dir)))
+    ident = prepare(name, data_dir, manual_dir, source)
+    tfds_dir = _expand(data_dir)
+    if "source" in ident:
+        tfds_dir = build_path(name, data_dir, ident["source"])
+    builder = _make_builder(name, tfds_dir)
     available = tuple(builder.info.splits.keys())
     if split not in available:
+        fix = "."
+        if name == "voc2012" and split == "train_aug":
+            fix = (
+                "; your VOCdevkit has no SBD train_aug; use configs/pnoc_voc.py:train_split=train "
+                "(VOC's own train split), or add SBD's SegmentationClassAug/ and a train_aug.txt "
+                "list (see pnoc_jax/data/builders/voc2012.py) and point manual_dir at it again."
+            )
         raise ValueError(
-            f"Dataset {name!r} has no split {split!r}; available splits: {sorted(available)}."
+            f"Dataset {name!r} (build {tfds_dir}) has no split {split!r}; available splits: "
+            f"{sorted(available)}{fix}"
         )
     tfds_split = tfds.split_for_jax_process(split) if shard_by_process else split
-    source = builder.as_data_source(
+    source_ = builder.as_data_source(
         split=tfds_split,
         decoders={"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()},
     )
-    return DecodedSource(source, info.num_classes)
+    return DecodedSource(source_, info.num_classes)

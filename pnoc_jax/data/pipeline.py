@@ -23,13 +23,18 @@ Transform = Callable[[dict, np.random.Generator], dict]
 def open_split(
     config: ml_collections.ConfigDict, split: str, whole: bool = False
 ) -> Sequence[dict]:
-    """This process's share of `split` of the configured dataset (all of it if `whole`)."""
+    """This process's share of `split` of the configured dataset (all of it if `whole`).
+
+    Reads the build named by `datasets.identity(config)` (computed once per process), so the
+    data a stage reads is the data its fingerprint names.
+    """
     return datasets.load_split(
         config.data.name,
         split,
         os.path.expanduser(config.data.data_dir),
         os.path.expanduser(config.data.manual_dir) if config.data.manual_dir else None,
         shard_by_process=not whole,
+        source=datasets.identity(config).get("source"),
     )
 
 

@@ -2,8 +2,9 @@
 
 Reads a user's copy from ``manual_dir``. Accepted layouts (first match wins):
 
-1. ``<manual_dir>/VOCdevkit/VOC2012/`` (``manual_dir`` = the folder containing VOCdevkit), or
-2. ``<manual_dir>/`` itself is the ``VOC2012`` folder (it holds ``JPEGImages/``).
+1. ``<manual_dir>/VOCdevkit/VOC2012/`` (``manual_dir`` = the folder holding VOCdevkit),
+2. ``<manual_dir>/VOC2012/`` (``manual_dir`` = VOCdevkit itself), or
+3. ``<manual_dir>/`` itself is the ``VOC2012`` folder (it holds ``JPEGImages/``).
 
 Inside the VOC2012 folder ``ROOT`` it uses:
 
@@ -23,6 +24,10 @@ undecodable image, an invalid mask or an image/mask size mismatch raises ValueEr
 the exact path(s), so a build either completes or leaves nothing behind (TFDS writes to a
 temporary directory that is renamed only on success).
 
+`plan_source` resolves all of this once (which files each split reads, and their sizes);
+the builder reads what it lists and `SourcePlan.fingerprint` hashes it, so a build can be bound
+to the exact source it came from (`datasets.prepare`).
+
 Features: ``id`` (Text), ``image`` (the original JPEG bytes), ``mask`` (single-channel index PNG
 bytes, mode 'L', shape (H, W, 1) -- never a palette PNG, which TFDS+OpenCV would decode as RGB),
 ``labels`` (float32[20]).
@@ -30,7 +35,10 @@ bytes, mode 'L', shape (H, W, 1) -- never a palette PNG, which TFDS+OpenCV would
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import ClassVar
 
@@ -69,15 +77,17 @@ NUM_CLASSES = len(CLASS_NAMES)
 
 
 def find_voc_root(manual_dir: str | os.PathLike) -> Path:
-    """Resolve the VOC2012 folder from `manual_dir` (see module docstring)."""
+    """The VOC2012 folder under `manual_dir` (see module docstring); FileNotFoundError listing
+    every place tried when none holds ``JPEGImages/``."""
     base = Path(manual_dir)
-    candidates = [base / "VOCdevkit" / "VOC2012", base]
+    candidates = [base / "VOCdevkit" / "VOC2012", base / "VOC2012", base]
     for cand in candidates:
         if (cand / "JPEGImages").is_dir():
             return cand
+    tried = ", ".join(repr(str(c / "JPEGImages")) for c in candidates)
     raise FileNotFoundError(
-        f"No VOC2012 folder found under manual_dir={str(base)!r}: expected "
-        f"{str(candidates[0] / 'JPEGImages')!r} or {str(candidates[1] / 'JPEGImages')!r}."
+        f"No VOC2012 folder found under manual_dir={str(base)!r}: tried {tried}. Point "
+        "manual_dir at the folder holding VOCdevkit/, at VOCdevkit/ itself, or at VOC2012/."
     )
 
 
@@ -95,8 +105,12 @@ def _require_file(path: Path) -> Path:
 
 def read_id_list(path: Path) -> list[str]:
     """Ids from a VOC/DeepLab list file (first token of each line, basename without suffix)."""
+    return _parse_id_list(_require_file(path).read_bytes(), path)
+
+
+def _parse_id_list(data: bytes, path: Path) -> list[str]:
     ids = []
-    for line in _require_file(path).read_text().splitlines():
+    for line in data.decode("utf-8").splitlines():
         tokens = line.split()
         if tokens:
             ids.append(Path(tokens[0]).stem)
@@ -171,6 +185,105 @@ def read_jpeg(path: Path) -> tuple[bytes, tuple[int, int]]:
     return data, image.shape[:2]
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+    """One split: its ids, the list file they came from, and each id's mask (relative to ROOT)."""
+
+    ids: tuple[str, ...]
+    list_file: Path
+    list_sha256: str  # of the list file's bytes
+    masks: tuple[str, ...]  # "SegmentationClass/<id>.png" or "SegmentationClassAug/<id>.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class SourcePlan:
+    """What a build of `root` reads: every split and the byte size of every listed file.
+
+    `sizes` maps paths relative to `root` ("JPEGImages/<id>.jpg", masks) to bytes (os.stat).
+    """
+
+    root: Path
+    splits: dict[str, SplitPlan]
+    sizes: dict[str, int]
+
+    def pairs(self, split: str) -> list[tuple[Path, Path]]:
+        """(image, mask) paths of `split`, in list order."""
+        plan = self.splits[split]
+        return [
+            (self.root / "JPEGImages" / f"{i}.jpg", self.root / m)
+            for i, m in zip(plan.ids, plan.masks, strict=True)
+        ]
+
+    def fingerprint(self) -> str:
+        """16 hex digits of SHA-256 over the resolved root, each split's list file (path and
+        contents) and the size of every listed image and mask. Same source -> same value
+        wherever it is built; another list or a file of another size -> another value."""
+        h = hashlib.sha256()
+        h.update(f"root\t{self.root.resolve()}\n".encode())
+        for name in sorted(self.splits):
+            split = self.splits[name]
+            h.update(f"split\t{name}\t{split.list_file.resolve()}\t{split.list_sha256}\n".encode())
+        h.update("".join(f"{rel}\t{self.sizes[rel]}\n" for rel in sorted(self.sizes)).encode())
+        return h.hexdigest()[:16]
+
+
+def _file_size(path: str) -> int | None:
+    """Bytes of the regular file `path`, or None when it is missing (one os.stat)."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def plan_source(manual_dir: str | os.PathLike) -> SourcePlan:
+    """Resolves the VOC2012 folder, its split lists and every listed file, without decoding.
+
+    Cost: one os.stat per distinct listed file (~25k for VOC + SBD train_aug). Raises
+    FileNotFoundError naming the first missing folder, list, image or mask (so nothing is
+    written for a broken devkit) and ValueError for an empty list.
+    """
+    manual = Path(manual_dir)
+    root = find_voc_root(manual)
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        _require_dir(root / sub)
+    lists = root / "ImageSets" / "Segmentation"
+    prefix = str(root) + os.sep
+    sizes: dict[str, int | None] = {}
+
+    def size(rel: str) -> int | None:
+        if rel not in sizes:
+            sizes[rel] = _file_size(prefix + rel)
+        return sizes[rel]
+
+    def split_plan(list_file: Path, aug: bool) -> SplitPlan:
+        data = _require_file(list_file).read_bytes()
+        ids = tuple(_parse_id_list(data, list_file))
+        masks = []
+        for i in ids:
+            mask = f"SegmentationClass/{i}.png"
+            if aug:
+                mask = f"SegmentationClassAug/{i}.png"
+                if size(mask) is None and size(f"SegmentationClass/{i}.png") is not None:
+                    mask = f"SegmentationClass/{i}.png"
+                if size(mask) is None:
+                    raise FileNotFoundError(
+                        f"Expected VOC mask not found: {prefix + mask!r} "
+                        f"(nor {prefix + f'SegmentationClass/{i}.png'!r})"
+                    )
+            for rel in (f"JPEGImages/{i}.jpg", mask):
+                if size(rel) is None:
+                    raise FileNotFoundError(f"Expected VOC file not found: {prefix + rel!r}")
+            masks.append(mask)
+        return SplitPlan(ids, list_file, hashlib.sha256(data).hexdigest(), tuple(masks))
+
+    splits = {split: split_plan(lists / f"{split}.txt", aug=False) for split in ("train", "val")}
+    aug_list = find_train_aug(root, manual)
+    if aug_list is not None:
+        splits["train_aug"] = split_plan(aug_list, aug=True)
+    return SourcePlan(root, splits, {k: v for k, v in sizes.items() if v is not None})
+
+
 class PnocVoc2012(SegmentationBuilder):
     """PASCAL VOC 2012 segmentation (+ optional SBD train_aug) from a local VOCdevkit."""
 
@@ -189,39 +302,10 @@ class PnocVoc2012(SegmentationBuilder):
     HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
 
     def _split_generators(self, dl_manager):
-        manual_dir = Path(os.fspath(dl_manager.manual_dir))
-        root = find_voc_root(manual_dir)
-        images = _require_dir(root / "JPEGImages")
-        seg = _require_dir(root / "SegmentationClass")
-        lists = _require_dir(root / "ImageSets" / "Segmentation")
-        splits = {}
-        for split in ("train", "val"):
-            ids = read_id_list(lists / f"{split}.txt")
-            pairs = [(images / f"{i}.jpg", seg / f"{i}.png") for i in ids]
-            splits[split] = ids, pairs
-        aug_list = find_train_aug(root, manual_dir)
-        if aug_list is not None:
-            aug = root / "SegmentationClassAug"
-            ids = read_id_list(aug_list)
-            pairs = []
-            for i in ids:
-                mask = aug / f"{i}.png"
-                if not mask.is_file() and (seg / f"{i}.png").is_file():
-                    mask = seg / f"{i}.png"
-                if not mask.is_file():
-                    raise FileNotFoundError(
-                        f"Expected VOC mask not found: {str(aug / f'{i}.png')!r} "
-                        f"(nor {str(seg / f'{i}.png')!r})"
-                    )
-                pairs.append((images / f"{i}.jpg", mask))
-            splits["train_aug"] = ids, pairs
-        # Fail before writing anything if a listed file is missing.
-        for _, pairs in splits.values():
-            for image_path, mask_path in pairs:
-                _require_file(image_path)
-                _require_file(mask_path)
+        plan = plan_source(os.fspath(dl_manager.manual_dir))
         return {
-            split: self._generate_examples(ids, pairs) for split, (ids, pairs) in splits.items()
+            split: self._generate_examples(list(p.ids), plan.pairs(split))
+            for split, p in plan.splits.items()
         }
 
     def _generate_examples(self, ids: list[str], pairs: list[tuple[Path, Path]]):
