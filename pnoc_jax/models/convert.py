@@ -22,7 +22,8 @@ CLI (torch is imported lazily, only here)::
         --arch resnest269 --out resnest269.npz
 
 ``--arch`` is one of ``ARCHS`` (``--depth N`` still means ``--arch resnetN``). A checkpoint
-named like torch hub's ``<name>-<hex>.pth`` must have a SHA-256 starting with ``<hex>``.
+named like torch hub's ``<name>-<hex>.pth`` (8 or more lowercase hex digits) must have a
+SHA-256 starting with ``<hex>``.
 """
 
 from __future__ import annotations

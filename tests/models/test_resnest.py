@@ -361,6 +361,7 @@ def test_bn_parameters_are_named_bn() -> None:
     bn_modules = {
         path[:-1] for path, _ in jax.tree_util.tree_flatten_with_path(variables["batch_stats"])[0]
     }
+    assert len(bn_modules) == 3 + 4 * 5  # stem 3; per block bn1, bn0, attention bn1, bn3, shortcut
     labels = optim.param_labels({"backbone": variables["params"]}, frozen=("bn",))
     for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]:
         assert (label == "frozen") == (path[1:-1] in bn_modules), path
