@@ -7,19 +7,23 @@ stages (strides 4, 8, min(16, OS), OS for output stride OS in 8 / 16 / 32).
 
 from typing import Any
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from pnoc_jax import config_lib
-from pnoc_jax.models import resnet
+from pnoc_jax.core import weights
+from pnoc_jax.models import resnest, resnet
 
 FEATURE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 OUTPUT_STRIDES = (8, 16, 32)
 
 
 def backbone_names() -> tuple[str, ...]:
-    """Names accepted by `build_backbone`."""
-    return tuple(sorted(resnet.RESNET_CONFIGS))
+    """Names accepted by `build_backbone`: torchvision ResNets and ResNeSts."""
+    return tuple(sorted((*resnet.RESNET_CONFIGS, *resnest.RESNEST_CONFIGS)))
 
 
 def _check_name(name: str) -> None:
@@ -33,24 +37,46 @@ def build_backbone(
     frozen_bn: bool = False,
     dtype: Any = jnp.float32,
     **module_kwargs: Any,
-) -> resnet.ResNet:
-    """The backbone `arch` ("tiny", "resnet18/34/50/101/152"); ValueError for unknown names.
+) -> nn.Module:
+    """The backbone `arch` ("tiny", "resnet18/34/50/101/152", "resnest50/101/200/269",
+    "resnest_tiny"); ValueError for unknown names.
 
     `module_kwargs` go to the linen module (e.g. `name="backbone"` inside a parent module).
     """
     _check_name(arch)
-    return resnet.ResNet(
-        **resnet.RESNET_CONFIGS[arch],
-        output_stride=output_stride,
-        frozen_bn=frozen_bn,
-        dtype=dtype,
-        **module_kwargs,
+    if arch in resnest.RESNEST_CONFIGS:
+        module, fields = resnest.ResNeSt, resnest.RESNEST_CONFIGS[arch]
+    else:
+        module, fields = resnet.ResNet, resnet.RESNET_CONFIGS[arch]
+    return module(
+        **fields, output_stride=output_stride, frozen_bn=frozen_bn, dtype=dtype, **module_kwargs
     )
+
+
+def load_backbone(
+    arch: str, npz_path: str, output_stride: int = 16, frozen_bn: bool = True
+) -> tuple[nn.Module, dict]:
+    """`(module, variables)` of a backbone with converted weights, for notebooks and tools.
+
+    `module.apply(variables, x_nhwc, train=False)` returns the features dict. `npz_path` is a
+    file from `python -m pnoc_jax.models.convert` (or a stage's exported weights, whose
+    `backbone` part is used); every shape is checked against the architecture.
+    """
+    module = build_backbone(arch, output_stride, frozen_bn)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)), False)
+    fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    loaded = weights.load(npz_path)
+    subset = {col: tree["backbone"] for col, tree in loaded.items() if "backbone" in tree}
+    if not subset:
+        raise KeyError(f"{npz_path}: no backbone weights (expected params/backbone/...)")
+    return module, weights.merge(fresh, subset)
 
 
 def feature_channels(name: str) -> dict[str, int]:
     """Channel count of each feature returned by the backbone `name`."""
     _check_name(name)
+    if name in resnest.RESNEST_CONFIGS:
+        return resnest.resnest_feature_channels(name)
     return resnet.resnet_feature_channels(name)
 
 

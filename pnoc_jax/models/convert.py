@@ -1,6 +1,6 @@
-"""Convert torchvision ResNet weights to the flax backbone (`pnoc_jax.core.weights` .npz files).
+"""Convert torchvision ResNet and ``resnest.torch`` ResNeSt weights to `core.weights` .npz files.
 
-Name mapping (torch ``state_dict`` key -> flax variables, all under the ``backbone`` module)::
+ResNet name mapping (torch ``state_dict`` key -> flax variables, all under ``backbone``)::
 
     conv1.weight                       params/backbone/conv1/kernel        OIHW -> HWIO
     bn1.weight / bn1.bias              params/backbone/bn1/scale / bias
@@ -11,21 +11,35 @@ Name mapping (torch ``state_dict`` key -> flax variables, all under the ``backbo
     layer{i}.{j}.downsample.1.*        .../layer{i}_{j}/downsample_bn/{scale,bias,mean,var}
     fc.*, *.num_batches_tracked        dropped
 
+ResNeSt (:func:`torch_resnest_to_flax`): the torch module path maps to the flax path by
+:func:`resnest_flax_path` (``.`` separates modules; a numeric Sequential index joins its
+parent: ``layer{i}.{j}`` -> ``layer{i}_{j}``, and ``conv1.{0,1,3,4,6}`` / ``downsample.{1,2}``
+take the names in ``RESNEST_RENAMES``); leaves map as above, conv ``bias`` -> ``bias``.
+
 CLI (torch is imported lazily, only here)::
 
-    python -m pnoc_jax.models.convert --torch_checkpoint resnet101.pth --depth 101 \
-        --out resnet101.npz
+    python -m pnoc_jax.models.convert --torch_checkpoint resnest269-0cc87c48.pth \
+        --arch resnest269 --out resnest269.npz
+
+``--arch`` is one of ``ARCHS`` (``--depth N`` still means ``--arch resnetN``). A checkpoint
+named like torch hub's ``<name>-<hex>.pth`` (8 or more lowercase hex digits) must have a
+SHA-256 starting with ``<hex>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pnoc_jax.core import weights
+from pnoc_jax.models.resnest import resnest_config, resnest_plan
 from pnoc_jax.models.resnet import stage_plan
 
 _BN_MAP = {
@@ -93,11 +107,33 @@ def torch_resnet_to_flax(
     inferred from the keys when omitted. ``fc.*`` and ``num_batches_tracked`` are ignored; any
     other missing or unexpected key raises a KeyError naming it.
     """
-    mapping = _name_map(state_dict, stage_sizes, block)
-    ignored = [k for k in state_dict if k.startswith("fc.") or k.endswith("num_batches_tracked")]
-    unexpected = sorted(set(state_dict) - set(mapping) - set(ignored))
+    return _convert(state_dict, _name_map(state_dict, stage_sizes, block))
+
+
+def _is_ignored(key: str) -> bool:
+    return key.startswith("fc.") or key.endswith("num_batches_tracked")
+
+
+def _key_error(kind: str, keys: Sequence[str]) -> KeyError:
+    shown = ", ".join(repr(k) for k in keys[:5])
+    more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+    return KeyError(f"{kind} key{'s' if len(keys) > 1 else ''} in torch state_dict: {shown}{more}")
+
+
+def _convert(
+    state_dict: Mapping[str, Any], mapping: Mapping[str, tuple[str, tuple[str, ...], str]]
+) -> dict[str, Any]:
+    """Apply ``mapping`` (torch key -> (collection, flax path, kind)) to ``state_dict``.
+
+    Unexpected keys (other than ``fc.*`` / ``num_batches_tracked``) and missing keys raise a
+    KeyError naming them; kind "conv" values are transposed OIHW -> HWIO.
+    """
+    unexpected = [k for k in state_dict if k not in mapping and not _is_ignored(k)]
     if unexpected:
-        raise KeyError(f"unexpected key in torch state_dict: {unexpected[0]!r}")
+        raise _key_error("unexpected", unexpected)
+    missing = [k for k in mapping if k not in state_dict]
+    if missing:
+        raise _key_error("missing", missing)
     out: dict[str, Any] = {"params": {"backbone": {}}, "batch_stats": {"backbone": {}}}
     for tkey, (col, path, kind) in mapping.items():
         value = _get(state_dict, tkey)
@@ -110,13 +146,156 @@ def torch_resnet_to_flax(
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# ResNeSt (resnest.torch.resnest{50,101,200,269})
+
+# Sequential children that are not blocks: torch "parent.index" -> flax module name. BNs keep
+# "bn" in their name (the optimizer freezes BN parameters by that fragment).
+RESNEST_RENAMES = {
+    "conv1.0": "stem_conv1",
+    "conv1.1": "stem_bn1",
+    "conv1.3": "stem_conv2",
+    "conv1.4": "stem_bn2",
+    "conv1.6": "stem_conv3",
+    "downsample.1": "downsample_conv",  # downsample.0 is the (parameter-free) avg-pool
+    "downsample.2": "downsample_bn",
+}
+
+
+def resnest_flax_path(torch_module: str) -> tuple[str, ...]:
+    """Flax module path of a ``resnest.torch`` module, e.g. ``layer2.0.conv2.fc1``.
+
+    ``layer2.0.conv2.fc1`` -> ``("layer2_0", "conv2", "fc1")``;
+    ``layer2.0.downsample.1`` -> ``("layer2_0", "downsample_conv")``;
+    ``conv1.4`` -> ``("stem_bn2",)``.
+    """
+    path: list[str] = []
+    for part in torch_module.split("."):
+        if part.isdigit():
+            parent = path.pop()
+            path.append(RESNEST_RENAMES.get(f"{parent}.{part}", f"{parent}_{part}"))
+        else:
+            path.append(part)
+    return tuple(path)
+
+
+def resnest_torch_modules(arch: str) -> dict[str, str]:
+    """Torch module name -> kind ("conv", "conv_bias" or "bn") of every parametrised module."""
+    cfg = resnest_config(arch)
+    modules = {
+        "conv1.0": "conv",
+        "conv1.1": "bn",
+        "conv1.3": "conv",
+        "conv1.4": "bn",
+        "conv1.6": "conv",
+        "bn1": "bn",
+    }
+    plan = resnest_plan(cfg["stage_sizes"], cfg["stem_width"], 32)
+    for i, blocks in enumerate(plan, start=1):
+        for j, block in enumerate(blocks):
+            prefix = f"layer{i}.{j}"
+            for name, kind in (
+                ("conv1", "conv"),
+                ("bn1", "bn"),
+                ("conv2.conv", "conv"),
+                ("conv2.bn0", "bn"),
+                ("conv2.fc1", "conv_bias"),
+                ("conv2.bn1", "bn"),
+                ("conv2.fc2", "conv_bias"),
+                ("conv3", "conv"),
+                ("bn3", "bn"),
+            ):
+                modules[f"{prefix}.{name}"] = kind
+            if block["downsample"]:
+                modules[f"{prefix}.downsample.1"] = "conv"
+                modules[f"{prefix}.downsample.2"] = "bn"
+    return modules
+
+
+def torch_resnest_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict[str, Any]:
+    """Map a ``resnest.torch`` ``state_dict`` onto ``{"params"|"batch_stats": {"backbone": ...}}``.
+
+    ``arch`` is a name in :data:`pnoc_jax.models.resnest.RESNEST_CONFIGS` (e.g. "resnest269").
+    Values may be numpy arrays or CPU torch tensors. ``fc.*`` and ``num_batches_tracked`` are
+    ignored; any other missing or unexpected key raises a KeyError naming it. Shapes are checked
+    later, against the model, by `pnoc_jax.core.weights.merge`.
+    """
+    mapping: dict[str, tuple[str, tuple[str, ...], str]] = {}
+    for module, kind in resnest_torch_modules(arch).items():
+        path = resnest_flax_path(module)
+        if kind == "bn":
+            for tname, (col, fname) in _BN_MAP.items():
+                mapping[f"{module}.{tname}"] = (col, (*path, fname), "bn")
+        else:
+            mapping[f"{module}.weight"] = ("params", (*path, "kernel"), "conv")
+            if kind == "conv_bias":
+                mapping[f"{module}.bias"] = ("params", (*path, "bias"), "bias")
+    return _convert(state_dict, mapping)
+
+
+# ---------------------------------------------------------------------------------------------
+# Any supported architecture
+
+RESNEST_ARCHS = ("resnest50", "resnest101", "resnest200", "resnest269")
+ARCHS = (*(f"resnet{d}" for d in DEPTH_STAGES), *RESNEST_ARCHS)
+
+
+def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict[str, Any]:
+    """Convert a torch ``state_dict`` of the architecture ``arch`` (one of :data:`ARCHS`)."""
+    if arch in RESNEST_ARCHS:
+        return torch_resnest_to_flax(state_dict, arch)
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+    stages, block = DEPTH_STAGES[int(arch.removeprefix("resnet"))]
+    return torch_resnet_to_flax(state_dict, stages, block)
+
+
+_HUB_FILENAME = re.compile(r".+-([0-9a-f]{8,64})\.pth")
+
+
+def check_hub_hash(path: str | os.PathLike) -> str | None:
+    """Verify a checkpoint named like torch hub's ``<name>-<hex>.pth`` against its SHA-256.
+
+    torch hub names published weights by the first hex digits of the file's SHA-256 (e.g.
+    ``resnest269-0cc87c48.pth``). Returns the full hex digest when the name has such a suffix
+    and it matches, None when the name has none; raises a ValueError naming the file and both
+    hashes when the digest does not start with the suffix (truncated or substituted file).
+    """
+    match = _HUB_FILENAME.fullmatch(Path(path).name)
+    if match is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    actual, expected = digest.hexdigest(), match.group(1)
+    if not actual.startswith(expected):
+        raise ValueError(
+            f"{path}: SHA-256 {actual} does not start with {expected} (the hash in the file "
+            "name, torch hub convention); the download is corrupt or not the published file"
+        )
+    return actual
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Convert a torchvision ResNet checkpoint (.pth) to an .npz of backbone weights."""
+    """Convert a torch checkpoint (.pth) to an .npz of backbone weights (`core.weights`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--torch_checkpoint", required=True, help="torchvision .pth state_dict")
-    parser.add_argument("--depth", type=int, required=True, choices=sorted(DEPTH_STAGES))
+    parser.add_argument("--torch_checkpoint", required=True, help="torch .pth state_dict")
+    arch = parser.add_mutually_exclusive_group(required=True)
+    arch.add_argument("--arch", choices=ARCHS)
+    arch.add_argument(
+        "--depth", type=int, choices=sorted(DEPTH_STAGES), help="alias of --arch resnet<depth>"
+    )
     parser.add_argument("--out", required=True, help="output .npz path")
     args = parser.parse_args(argv)
+    name = args.arch or f"resnet{args.depth}"
+
+    try:
+        digest = check_hub_hash(args.torch_checkpoint)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    if digest is not None:
+        print(f"{args.torch_checkpoint}: SHA-256 {digest[:16]}... matches the file name")
 
     import torch  # lazily: torch is only needed for this conversion
 
@@ -129,11 +308,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for k, v in state.items()
         if isinstance(v, torch.Tensor)
     }
-    stages, block = DEPTH_STAGES[args.depth]
-    tree = torch_resnet_to_flax(state, stages, block)
+    tree = torch_to_flax(state, name)
     weights.save(tree, args.out)
     n = weights.count_parameters(tree)
-    print(f"wrote {args.out}: {n:,} backbone params")
+    print(f"wrote {args.out}: {name}, {n:,} backbone params")
 
 
 if __name__ == "__main__":
