@@ -1,0 +1,1 @@
+"""Segmentation stage: DeepLab training losses (spec §10)."""
