@@ -17,7 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("core", "config_lib"),
     ("data", "models", "postprocess"),
     ("evaluation", "inference", "visualize"),
-    ("cam", "affinity"),  # stage families
+    ("cam", "affinity", "saliency", "segmentation"),  # stage families
     ("pipeline",),
     ("main", "benchmark", "cpu_benchmark"),
 )

@@ -38,8 +38,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pnoc_jax.models.backbones import build_backbone
 from pnoc_jax.models.resize import rescale_bilinear, resize_bilinear
-from pnoc_jax.models.resnet import ResNet, backbone_config
 
 # torch.nn.init.kaiming_normal_ defaults: fan_in, gain sqrt(2), untruncated normal.
 _kaiming_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -184,12 +184,8 @@ class DeepLabV3Plus(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         _check_output_stride(self.output_stride)
         rates = self.atrous_rates or default_atrous_rates(self.output_stride)
-        feats = ResNet(
-            **backbone_config(self.backbone),
-            output_stride=self.output_stride,
-            frozen_bn=self.frozen_bn,
-            dtype=self.dtype,
-            name="backbone",
+        feats = build_backbone(
+            self.backbone, self.output_stride, self.frozen_bn, self.dtype, name="backbone"
         )(x, train=train)
         y = ASPP(tuple(rates), dtype=self.dtype, name="aspp")(feats["layer4"], train)
         y = Decoder(self.num_classes, dtype=self.dtype, name="decoder")(y, feats["layer1"], train)
@@ -243,12 +239,8 @@ class DeepLabV2(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         _check_output_stride(self.output_stride)
-        feats = ResNet(
-            **backbone_config(self.backbone),
-            output_stride=self.output_stride,
-            frozen_bn=self.frozen_bn,
-            dtype=self.dtype,
-            name="backbone",
+        feats = build_backbone(
+            self.backbone, self.output_stride, self.frozen_bn, self.dtype, name="backbone"
         )(x, train=train)
         return ASPPV2(self.num_classes, tuple(self.atrous_rates), dtype=self.dtype, name="aspp")(
             feats["layer4"]

@@ -175,7 +175,8 @@ def stage_plan(
 class ResNet(nn.Module):
     """ResNet feature extractor; returns the stem and the four stage outputs (NHWC).
 
-    Strides: stem/layer1 4, layer2 8, layer3 16 (8 at OS8), layer4 ``output_stride``.
+    Strides: conv1 2 (the stem before its max-pool), stem/layer1 4, layer2 8, layer3 16 (8 at
+    OS8), layer4 ``output_stride``.
     """
 
     stage_sizes: Sequence[int]
@@ -196,9 +197,10 @@ class ResNet(nn.Module):
         x = x.astype(self.dtype)
         x = _conv(self.stem_width, 7, 2, 1, self.dtype, "conv1")(x)
         x = nn.relu(_bn(ura, self.dtype, "bn1")(x))
+        feats = {"conv1": x}  # stride 2, before the max-pool (PoolNet's finest tap)
         # Flax pads max-pool windows with -inf, like torch.
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        feats = {"stem": x}
+        feats["stem"] = x
         for i, blocks in enumerate(plan, start=1):
             for j, cfg in enumerate(blocks):
                 x = block_cls(
@@ -213,6 +215,6 @@ def resnet_feature_channels(name: str) -> dict[str, int]:
     cfg = RESNET_CONFIGS[name]
     expansion = _EXPANSION[cfg["block"]]
     widths = cfg.get("widths", (64, 128, 256, 512))
-    out = {"stem": cfg.get("stem_width", 64)}
+    out = {"conv1": cfg.get("stem_width", 64), "stem": cfg.get("stem_width", 64)}
     out.update({f"layer{i}": w * expansion for i, w in enumerate(widths, start=1)})
     return out

@@ -13,9 +13,9 @@ from pnoc_jax.models.backbones import build_backbone, feature_channels
 from pnoc_jax.models.classifier import CAMClassifier
 
 STRIDES = {
-    32: {"stem": 4, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32},
-    16: {"stem": 4, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 16},
-    8: {"stem": 4, "layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8},
+    32: {"conv1": 2, "stem": 4, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32},
+    16: {"conv1": 2, "stem": 4, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 16},
+    8: {"conv1": 2, "stem": 4, "layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8},
 }
 
 
