@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
         pipeline.run_stages(config, workdir)
     except Preempted as e:
         logging.warning("%s", e)
-        sys.exit(143)
+        sys.exit(e.exit_code)  # 143 after SIGTERM, 130 after Ctrl-C
     except NonFiniteLoss as e:
         logging.error("%s", e)
         sys.exit(1)
