@@ -222,7 +222,7 @@ def main(argv: list[str]) -> None:
         pipeline.run_stages(config, workdir)
     except Preempted as e:
         logging.warning("%s", e)
-        sys.exit(getattr(e, "exit_code", 143))
+        sys.exit(e.exit_code)  # 143 after SIGTERM, 130 after Ctrl-C
     except (NonFiniteLoss, UserError, config_lib.ConfigError) as e:
         fail(str(e), 1)
     except Exception as e:

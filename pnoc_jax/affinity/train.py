@@ -104,7 +104,10 @@ def affinity_update(
     radius: int,
     num_labels: int,
 ) -> tuple[TrainState, dict, None]:
-    """One SGD step of the edge layers on a batch {image [B,S,S,3], aff_label [B,S/4,S/4]}."""
+    """One SGD step of the edge layers on a batch {image [B,S,S,3], aff_label [B,S/4,S/4]}.
+
+    Metrics: the loss terms, `lr` and `grad_norm` (edge layers only; the backbone is frozen).
+    """
     del others, step
 
     def loss_fn(params):
@@ -114,7 +117,8 @@ def affinity_update(
         return terms["loss"], terms
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads=grads), metrics, carry
+    state, stats = state.apply_gradients_with_stats(grads=grads)
+    return state, {**metrics, **stats}, carry
 
 
 def build_update(model: AffinityNet, mesh: Mesh, radius: int, num_labels: int) -> Update:
@@ -152,7 +156,7 @@ def run(
         plan.total_steps,
     )
     model = build_model(config)
-    tx, _ = make_optimizer(cfg, plan.total_steps)
+    tx, step_stats = make_optimizer(cfg, plan.total_steps)
     shape = (1, cfg.crop_size, cfg.crop_size, 3)
     path = backbone_path(config, workdir)
     if path:
@@ -160,7 +164,8 @@ def run(
     else:
         logging.warning("train_affinity: no config.model.pretrained; frozen RANDOM backbone")
         init = None
-    states = {STATE: create_state(model, tx, rng.init_key(config.seed), shape, mesh, init)}
+    key = rng.init_key(config.seed)
+    states = {STATE: create_state(model, tx, key, shape, mesh, init, step_stats)}
     run_training(
         workdir=workdir,
         stage="train_affinity",

@@ -192,7 +192,10 @@ def generator_update(
     cfg: StrategyConfig,
     seed: int,
 ) -> tuple[TrainState, dict, NocInput | None]:
-    """One generator (f) step; for P-NOC also returns the noc update's `NocInput`."""
+    """One generator (f) step; for P-NOC also returns the noc update's `NocInput`.
+
+    Metrics: the loss terms, their λs, `lr` and `grad_norm` (of the gradients applied to f).
+    """
     del carry
     oc = others.get("oc")
     oc_params = oc.params if oc is not None else {}
@@ -217,8 +220,8 @@ def generator_update(
     if with_noc_grad:
         grads, cse_grads = grads
         noc_input = noc_input.replace(cse_grads=cse_grads)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    return state, metrics, noc_input
+    state, stats = state.apply_gradients_with_stats(grads=grads, batch_stats=batch_stats)
+    return state, {**metrics, **stats}, noc_input
 
 
 def noc_update(
@@ -231,7 +234,11 @@ def noc_update(
     model: nn.Module,
     cfg: StrategyConfig,
 ) -> tuple[TrainState, dict, NocInput]:
-    """One noc step on x ∘ keep_mask (hard erasing of the generator's class-r CAM)."""
+    """One noc step on x ∘ keep_mask (hard erasing of the generator's class-r CAM).
+
+    Metrics: `loss_noc`, `lambda_noc`, `noc_lr` and `noc_grad_norm` (of the gradients applied:
+    the hard-mask loss's plus, with `noc_cse_gradient`, the generator's CSE gradient).
+    """
     del others
     x, y = batch["image"], batch["labels"]
     masked = x * carry.keep_mask[..., None].astype(x.dtype)
@@ -248,8 +255,8 @@ def noc_update(
     grads, noc_loss = jax.grad(loss_fn, has_aux=True)(state.params)
     if carry.cse_grads is not None:
         grads = jax.tree.map(jnp.add, grads, carry.cse_grads)
-    state = state.apply_gradients(grads=grads)
-    return state, {"loss_noc": noc_loss, "lambda_noc": lambda_noc}, carry
+    state, stats = state.apply_gradients_with_stats(grads=grads, prefix="noc_")
+    return state, {"loss_noc": noc_loss, "lambda_noc": lambda_noc, **stats}, carry
 
 
 def build_updates(

@@ -85,13 +85,13 @@ def _oc_state(
     """
     oc_model = build_model(config, frozen_bn=True, dtype=section.dtype)
     steps = strategy.total_steps // strategy.noc_every
-    tx, _ = optim.make_optimizer(
+    tx, step_stats = optim.make_optimizer(
         optimizer_config(section, steps, ("bn",), lr_mult=section.noc_lr_mult)
     )
     input_shape = (1, config.data.image_size, config.data.image_size, 3)
     init_key = rng.init_key(config.seed, rng.Stream.INIT_OC)
     loaded = weights.initializer(oc_weights(section, workdir))
-    return create_state(oc_model, tx, init_key, input_shape, mesh, loaded)
+    return create_state(oc_model, tx, init_key, input_shape, mesh, loaded, step_stats)
 
 
 def run(
@@ -134,10 +134,11 @@ def run(
     strategy = strategies.strategy_config(section, plan.total_steps)
     model = build_model(config, dtype=section.dtype)
     frozen = ("bn",) if config.model.frozen_bn else ()
-    tx, _ = optim.make_optimizer(optimizer_config(section, plan.total_steps, frozen))
+    tx, step_stats = optim.make_optimizer(optimizer_config(section, plan.total_steps, frozen))
     input_shape = (1, config.data.image_size, config.data.image_size, 3)
     init = backbone_init(config, section, workdir)
-    states = {"f": create_state(model, tx, rng.init_key(config.seed), input_shape, mesh, init)}
+    key = rng.init_key(config.seed)
+    states = {"f": create_state(model, tx, key, input_shape, mesh, init, step_stats)}
     oc_model = None
     if strategies.needs_oc(section.strategy):
         states["oc"] = _oc_state(config, section, workdir, mesh, strategy)

@@ -25,6 +25,7 @@ class Checkpointer:
             preservation_policy=policies.LatestN(keep),
             enable_async_checkpointing=True,
         )
+        self.directory = directory
         self.manager = ocp.CheckpointManager(directory, options=options)
 
     def latest_step(self) -> int | None:

@@ -1,8 +1,8 @@
 """The one training loop: alternates any number of jitted updates over named train states.
 
 A strategy supplies `Update`s; the loop owns everything else: resume, periodic and
-preemption checkpoints, the NaN guard, metric averaging and writing, the progress bar, and the
-export of the final weights that later stages read.
+preemption checkpoints (SIGTERM, Ctrl-C), the NaN guard, metric averaging and writing, the
+progress bar, and the export of the final weights that later stages read.
 """
 
 import dataclasses
@@ -28,11 +28,24 @@ UpdateFn = Callable[[TrainState, dict, dict, Any, jax.Array], tuple[TrainState, 
 
 
 class Preempted(Exception):
-    """Raised after a SIGTERM once the current step's checkpoint is committed."""
+    """Raised after a stop signal once the current step's checkpoint is committed.
+
+    `signum` is the signal: SIGTERM (preemption, SLURM) or SIGINT (a first Ctrl-C);
+    `exit_code` is the shell's convention for it, 128 + signum (143 and 130).
+    """
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 class NonFiniteLoss(RuntimeError):
-    """Raised when a metric becomes NaN/Inf; the last good checkpoint is kept."""
+    """Raised when a metric or a train state becomes NaN/Inf, before anything non-finite is
+    saved; every checkpoint kept is finite. The message says which step is kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,25 +74,120 @@ def jit_update(fn: UpdateFn, mesh: Any) -> UpdateFn:
     )
 
 
-class _SigtermFlag:
-    """Turns SIGTERM into a flag checked between steps (main thread only)."""
+class _StopSignals:
+    """Turns SIGTERM and a first SIGINT (Ctrl-C) into `signum`, checked between steps: the loop
+    finishes the step, checkpoints and raises `Preempted`. A SIGINT after that raises
+    KeyboardInterrupt at once, without a checkpoint. Installed on the main thread only."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.raised = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: checkpointing and exiting after this step")
-        self.raised = True
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt(f"{name} after a stop request: exiting without a checkpoint")
+        if self.signum is None:
+            self.signum = signum
+        logging.warning(
+            "%s received: checkpointing and exiting after this step (Ctrl-C again exits at "
+            "once, without that checkpoint)",
+            name,
+        )
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._previous = {}
+
+
+def _is_float(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+@jax.jit
+def _finite_leaves(states: dict[str, TrainState]) -> dict[str, jax.Array]:
+    """Per state, one bool per floating-point leaf (params, batch_stats, optimizer state):
+    whether all its values are finite. One jitted reduction; only the bools leave the device."""
+    out = {}
+    for name, state in states.items():
+        leaves = [x for x in jax.tree.leaves(state) if _is_float(x)]
+        out[name] = jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves] or [jnp.bool_(True)])
+    return out
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("name", "key", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def nonfinite_states(states: dict[str, TrainState]) -> list[str]:
+    """One line per train state holding a NaN/Inf: which parts and which arrays; [] if none."""
+    flags = jax.device_get(_finite_leaves(states))
+    report = []
+    for name, state in states.items():
+        paths = [
+            "/".join(_key_name(k) for k in path)
+            for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
+            if _is_float(x)
+        ]
+        bad = [p for p, ok in zip(paths, flags[name][: len(paths)], strict=True) if not ok]
+        if not bad:
+            continue
+        parts = {p.split("/")[0] for p in bad}
+        counts = ", ".join(
+            f"{part} {sum(b.startswith(part + '/') for b in bad)} of "
+            f"{sum(p.startswith(part + '/') for p in paths)} arrays"
+            for part in sorted(parts)
+        )
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        report.append(f"state {name!r} ({counts}: {', '.join(bad[:3])}{more})")
+    return report
+
+
+def _divergence_message(
+    description: str,
+    step: int,
+    bad_metrics: list[str],
+    bad_states: list[str],
+    checkpointer: Checkpointer,
+) -> str:
+    """What went non-finite, which step is kept, and how to go on."""
+    what = []
+    if bad_metrics:
+        plural = "s" if len(bad_metrics) > 1 else ""
+        what.append(f"metric{plural} {', '.join(bad_metrics)} (mean since the last log)")
+    what.extend(bad_states)
+    kept = checkpointer.latest_step()
+    if kept is None:
+        keep = (
+            f"No checkpoint had been saved yet, so rerunning the same config starts {description} "
+            f"from scratch"
+        )
+    else:
+        keep = (
+            f"Kept: the checkpoint of step {kept} in {checkpointer.directory} (a checkpoint is "
+            f"saved only once its states and metrics pass this check). Rerunning the same config "
+            f"resumes from step {kept}"
+        )
+    return (
+        f"{description}: non-finite values at step {step}: {'; '.join(what)}. Stopped without "
+        f"saving step {step}. {keep}, and will most likely diverge again: training is "
+        f"deterministic. To train with other settings (e.g. a lower learning rate), rerun with "
+        f"them: a changed config changes the stage's fingerprint, so {description} is retrained "
+        f"from step 0 in a fresh folder and this one, checkpoints included, is kept aside as "
+        f"{description}.stale-N."
+    )
 
 
 def _average(metrics: list[dict[str, jax.Array]]) -> dict[str, clu_metrics.Average]:
@@ -107,14 +215,18 @@ def train_loop(
 ) -> dict[str, TrainState]:
     """Runs steps `start_step .. total_steps-1`; returns the final states.
 
-    Checkpoints are saved by the checkpointer's policy and always at the end. Each saved
-    checkpoint is preceded by a finiteness check of every metric since the previous check, so
-    a saved checkpoint is never NaN. `on_step(step)` is a test hook called after each step.
+    Checkpoints are saved by the checkpointer's policy, at the end, and after SIGTERM or a first
+    Ctrl-C (then `Preempted` is raised; a second Ctrl-C raises KeyboardInterrupt at once). Every
+    log checks the metrics since the previous one, and every save also checks every leaf of
+    every state, so a saved checkpoint is never NaN/Inf (`NonFiniteLoss` instead). The writer
+    first drops what was logged after `start_step` by an interrupted run. `on_step(step)` is a
+    test hook called after each step.
     """
     states = dict(states)
     pending: list[dict[str, jax.Array]] = []
+    writer.restart(start_step)
     progress = progress_lib.bar(total_steps, description, initial=start_step)
-    with _SigtermFlag() as sigterm:
+    with _StopSignals() as stop:
         for step in range(start_step, total_steps):
             batch = next(batches)
             carry: Any = None
@@ -134,17 +246,18 @@ def train_loop(
             if on_step is not None:
                 on_step(done)
             is_last = done == total_steps
-            preempted = sigterm.raised or checkpointer.manager.reached_preemption(done)
+            preempted = stop.signum is not None or checkpointer.manager.reached_preemption(done)
             wants_save = is_last or preempted or checkpointer.manager.should_save(done)
             if done % log_every == 0 or wants_save:
                 scalars = {k: float(v.compute()) for k, v in _average(pending).items()}
                 pending = []
                 bad = [k for k, v in scalars.items() if not np.isfinite(v)]
-                if bad:
+                bad_states = nonfinite_states(states) if bad or wants_save else []
+                if bad or bad_states:
                     checkpointer.wait()
+                    progress.close()
                     raise NonFiniteLoss(
-                        f"{description}: non-finite {', '.join(bad)} at step {done}; stopping. "
-                        f"The last good checkpoint (step {checkpointer.latest_step()}) is kept."
+                        _divergence_message(description, done, bad, bad_states, checkpointer)
                     )
                 writer.write(done, {f"train/{k}": v for k, v in scalars.items()})
                 progress.set_postfix({k: f"{v:.3f}" for k, v in list(scalars.items())[:3]})
@@ -153,7 +266,13 @@ def train_loop(
             if preempted and not is_last:
                 checkpointer.wait()
                 progress.close()
-                raise Preempted(f"{description}: preempted; checkpoint saved at step {done}")
+                signum = stop.signum or signal.SIGTERM
+                raise Preempted(
+                    f"{description}: stopped by {signal.Signals(signum).name}; checkpoint saved "
+                    f"at step {done} in {checkpointer.directory}; rerun the same command to "
+                    f"resume from it",
+                    signum,
+                )
     progress.close()
     checkpointer.wait()
     writer.flush()

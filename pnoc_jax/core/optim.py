@@ -10,8 +10,10 @@ Groups, by parameter path:
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 GROUPS = ("backbone_weight", "backbone_bias", "head_weight", "head_bias")
@@ -59,8 +61,38 @@ def param_labels(params, frozen: Sequence[str] = ()):
     )
 
 
-def make_optimizer(cfg: OptimizerConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Returns (transformation, base schedule). Weight decay is added to the gradient (torch SGD).
+@dataclasses.dataclass(frozen=True)
+class StepStats:
+    """What an update logs about the optimizer step it makes: `lr` and `grad_norm`.
+
+    `lr` is the base (x1 multiplier) learning rate of the optimizer step a train-state step
+    belongs to: `schedule(step // accumulate_steps)`, since with gradient accumulation
+    `accumulate_steps` micro-batch steps make one optimizer step. `grad_norm` is the global
+    norm of the gradients the update hands the optimizer (with accumulation, one micro-batch's),
+    without the frozen parameters' (never applied).
+    """
+
+    schedule: optax.Schedule  # base learning rate of an optimizer step
+    accumulate_steps: int = 1
+    frozen: tuple[str, ...] = ()
+
+    def lr(self, step: jax.Array) -> jax.Array:
+        """The base learning rate applied to the gradients of train-state step `step`."""
+        return jnp.asarray(self.schedule(step // self.accumulate_steps), jnp.float32)
+
+    def grad_norm(self, grads: Any) -> jax.Array:
+        """The global L2 norm of `grads` (`optax.tree.norm`, formerly `optax.global_norm`) over
+        the parameters the optimizer moves."""
+        labels = jax.tree.leaves(param_labels(grads, self.frozen))
+        grads = jax.tree.leaves(grads)
+        return optax.tree.norm(
+            [g for g, label in zip(grads, labels, strict=True) if label != "frozen"]
+        )
+
+
+def make_optimizer(cfg: OptimizerConfig) -> tuple[optax.GradientTransformation, StepStats]:
+    """Returns (transformation, its StepStats, whose `schedule` is the base schedule of the
+    optimizer steps). Weight decay is added to the gradient (torch SGD).
 
     With `accumulate_steps` > 1 the gradients of consecutive micro-batches are AVERAGED
     (optax.MultiSteps); the reference code sums them, which equals averaging at
@@ -84,4 +116,4 @@ def make_optimizer(cfg: OptimizerConfig) -> tuple[optax.GradientTransformation, 
     tx = optax.multi_transform(transforms, lambda params: param_labels(params, cfg.frozen))
     if cfg.accumulate_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate_steps, use_grad_mean=True)
-    return tx, schedule
+    return tx, StepStats(schedule, cfg.accumulate_steps, tuple(cfg.frozen))

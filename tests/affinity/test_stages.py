@@ -6,16 +6,18 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from PIL import Image
 
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.affinity import train as aff_train
 from pnoc_jax.affinity import walk
-from pnoc_jax.core import artifacts, fileio, scores, weights
+from pnoc_jax.core import artifacts, fileio, optim, scores, weights
 from pnoc_jax.core.writers import read_metrics
 from pnoc_jax.data import pipeline as data_pipeline
 from pnoc_jax.inference import tta
 from pnoc_jax.models.backbones import build_backbone
+from tests.core.test_writers import tensorboard_scalars
 
 
 class _Few(list):
@@ -106,6 +108,12 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
     assert all(jax.tree.leaves(same))
     log = read_metrics(os.path.join(workdir, "train_affinity"))
     assert [r["step"] for r in log] == [1, 2, 3] and np.isfinite(log[-1]["train/loss"])
+    schedule = optim.poly_schedule(config.affinity.lr, 3, config.affinity.poly_power)
+    for r in log:  # the base lr of each step; grad_norm of the edge layers (backbone frozen)
+        assert r["train/lr"] == pytest.approx(float(schedule(r["step"] - 1)), rel=1e-6)
+        assert np.isfinite(r["train/grad_norm"]) and r["train/grad_norm"] > 0
+    events = tensorboard_scalars(os.path.join(workdir, "train_affinity"))
+    assert events["train/grad_norm"] == [(r["step"], np.float32(r["train/grad_norm"])) for r in log]
 
     def rw_file(i: str) -> str:
         return artifacts.rw_file(workdir, "val", i)

@@ -32,11 +32,12 @@ def _setup(config, devices, strategy="pnoc", leak=True):
     model = cam_train.build_model(config)
     oc_model = cam_train.build_model(config, frozen_bn=True)
     shape = (1, SIZE, SIZE, 3)
-    tx, _ = optim.make_optimizer(optim.OptimizerConfig(lr=0.1, total_steps=10))
-    oc_tx, _ = optim.make_optimizer(optim.OptimizerConfig(lr=0.1, total_steps=10, frozen=("bn",)))
+    tx, stats = optim.make_optimizer(optim.OptimizerConfig(lr=0.1, total_steps=10))
+    oc_cfg = optim.OptimizerConfig(lr=0.05, total_steps=10, frozen=("bn",))
+    oc_tx, oc_stats = optim.make_optimizer(oc_cfg)
     states = {
-        "f": create_state(model, tx, rng.init_key(0), shape, mesh),
-        "oc": create_state(oc_model, oc_tx, rng.init_key(1), shape, mesh),
+        "f": create_state(model, tx, rng.init_key(0), shape, mesh, step_stats=stats),
+        "oc": create_state(oc_model, oc_tx, rng.init_key(1), shape, mesh, step_stats=oc_stats),
     }
     cfg = strategies.StrategyConfig(
         strategy, total_steps=10, label_smoothing=0.1, noc_cse_gradient=leak
@@ -88,7 +89,7 @@ def test_noc_update_matches_independent_gradient(tiny_config, leak):
     mesh, states, updates, _, model, oc_model = _setup(tiny_config, jax.devices()[:1], leak=leak)
     batch = _batch()
     before = _host(states)
-    out, _, carry = _run_step(mesh, states, updates, batch, step=3)
+    out, metrics, carry = _run_step(mesh, states, updates, batch, step=3)
 
     x, y = jnp.asarray(batch["image"]), jnp.asarray(batch["labels"])
     ys = losses.smooth_labels(y, 0.1)
@@ -112,7 +113,15 @@ def test_noc_update_matches_independent_gradient(tiny_config, leak):
         return loss
 
     grads = jax.grad(noc_objective)(before["oc"].params)
-    tx, _ = optim.make_optimizer(optim.OptimizerConfig(lr=0.1, total_steps=10, frozen=("bn",)))
+    # noc logs its own lr (its optimizer's, at its optimizer step 0) and the norm of the
+    # gradients it applied, frozen BN parameters excluded; f logs its own under plain names.
+    trained = [g for p, g in jax.tree_util.tree_leaves_with_path(grads) if "bn" not in str(p)]
+    norm = np.sqrt(sum(np.sum(np.square(g)) for g in trained))
+    assert float(metrics["noc_grad_norm"]) == pytest.approx(norm, rel=1e-4)
+    assert float(metrics["noc_lr"]) == pytest.approx(0.05)
+    assert float(metrics["lr"]) == pytest.approx(0.1)
+    assert float(metrics["grad_norm"]) > 0
+    tx, _ = optim.make_optimizer(optim.OptimizerConfig(lr=0.05, total_steps=10, frozen=("bn",)))
     updates_, _ = tx.update(grads, tx.init(before["oc"].params), before["oc"].params)
     expected = jax.tree.map(lambda p, u: p + u, before["oc"].params, updates_)
     got = _host(out["oc"].params)

@@ -11,9 +11,10 @@ import pytest
 
 from pnoc_jax.cam import strategies
 from pnoc_jax.cam import train as cam_train
-from pnoc_jax.core import artifacts, checkpoint, distributed, optim, rng, weights
+from pnoc_jax.core import artifacts, checkpoint, distributed, optim, rng, weights, writers
 from pnoc_jax.core.loop import NonFiniteLoss, Preempted
 from pnoc_jax.core.train_state import create_state
+from tests.core.test_writers import tensorboard_scalars
 
 
 def _final_params(workdir):
@@ -31,6 +32,23 @@ def _checkpointed_params(workdir):
     raw = ckpt.manager.restore(step, args=ocp.args.Composite(f=ocp.args.StandardRestore()))
     ckpt.close()
     return step, jax.device_get(raw["f"]["params"])
+
+
+def _rows(workdir):
+    """metrics.jsonl of train_cam without the wall-clock column."""
+    rows = writers.read_metrics(artifacts.stage_dir(workdir, "train_cam"))
+    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
+
+
+def _assert_logged_once(workdir, expected_rows):
+    """Each step logged once, equal to `expected_rows`, in metrics.jsonl and in TensorBoard."""
+    rows = _rows(workdir)
+    assert [r["step"] for r in rows] == [r["step"] for r in expected_rows]
+    assert rows == expected_rows
+    events = tensorboard_scalars(artifacts.stage_dir(workdir, "train_cam"))
+    assert set(events) == set(rows[0]) - {"step"}
+    for tag, points in events.items():
+        assert points == [(r["step"], np.float32(r[tag])) for r in rows], tag
 
 
 def _assert_trees_equal(a, b):
@@ -74,6 +92,14 @@ def test_preempted_and_crashed_runs_resume_exactly(tiny_config, tmp_path):
     step, params = _checkpointed_params(full)
     assert step == tiny_config.train.steps
     _assert_trees_equal(params, expected["params"])
+    # Every step logs its losses, the base learning rate (poly, no accumulation) and grad_norm.
+    expected_rows = _rows(full)
+    _assert_logged_once(full, expected_rows)
+    assert {"train/loss", "train/loss_cls", "train/lr", "train/grad_norm"} <= set(expected_rows[0])
+    schedule = optim.poly_schedule(tiny_config.train.lr, tiny_config.train.steps)
+    for r in expected_rows:
+        assert r["train/lr"] == pytest.approx(float(schedule(r["step"] - 1)), rel=1e-6)
+        assert np.isfinite(r["train/grad_norm"]) and r["train/grad_norm"] > 0
 
     # SIGTERM after step 3: a checkpoint at step 3 is written and Preempted raised.
     preempted = str(tmp_path / "preempted")
@@ -82,8 +108,9 @@ def test_preempted_and_crashed_runs_resume_exactly(tiny_config, tmp_path):
         if step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(Preempted):
+    with pytest.raises(Preempted) as info:
         cam_train.train_cam(tiny_config, preempted, on_step=sigterm_at_3)
+    assert info.value.exit_code == 143
     assert not os.path.exists(artifacts.weights_file(preempted, "train_cam"))
     ckpt_dir = artifacts.checkpoint_dir(preempted, "train_cam")
     manager = checkpoint.Checkpointer(ckpt_dir, save_every=2)
@@ -91,25 +118,62 @@ def test_preempted_and_crashed_runs_resume_exactly(tiny_config, tmp_path):
     manager.close()
     cam_train.train_cam(tiny_config, preempted)
     _assert_trees_equal(_final_params(preempted), expected)
+    _assert_logged_once(preempted, expected_rows)
 
-    # A hard crash at step 5: resumes from the periodic checkpoint at step 4.
+    # A hard crash at step 4, after step 3 was logged: resumes from the periodic checkpoint at
+    # step 2, and step 3 is logged once, by the resumed run.
     crashed = str(tmp_path / "crashed")
 
-    def crash_at_5(step):
-        if step == 5:
+    def crash_at_4(step):
+        if step == 4:
             raise KeyboardInterrupt("simulated kill")
 
     with pytest.raises(KeyboardInterrupt):
-        cam_train.train_cam(tiny_config, crashed, on_step=crash_at_5)
+        cam_train.train_cam(tiny_config, crashed, on_step=crash_at_4)
+    assert [r["step"] for r in _rows(crashed)] == [1, 2, 3]
     cam_train.train_cam(tiny_config, crashed)
     _assert_trees_equal(_final_params(crashed), expected)
+    _assert_logged_once(crashed, expected_rows)
 
 
-def test_nan_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
-    tiny_config.train.lr = 1e30
-    with pytest.raises(NonFiniteLoss, match="non-finite"):
-        cam_train.train_cam(tiny_config, str(tmp_path))
-    assert not os.path.exists(artifacts.weights_file(str(tmp_path), "train_cam"))
-    step, params = _checkpointed_params(str(tmp_path))
-    if step is not None:  # every kept checkpoint is finite
-        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+def _all_finite(tree):
+    return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree))
+
+
+def test_exploding_head_is_never_checkpointed(tiny_config, tmp_path):
+    """lr 1e38 with the reference's 10x/20x head multipliers: the head's learning rate
+    overflows to inf, so the first update makes the head's weights inf while the loss that step
+    reports (computed before the update) is finite. Every step is a save step."""
+    tiny_config.runtime.ckpt_every = 1
+    exploding = tiny_config.copy_and_resolve_references()
+    exploding.train.update(lr=1e38, lr_mult=(1.0, 2.0, 10.0, 20.0))
+
+    # Divergence before the first checkpoint: nothing is saved, the run restarts from scratch.
+    fresh = str(tmp_path / "fresh")
+    with pytest.raises(NonFiniteLoss) as info:
+        cam_train.train_cam(exploding, fresh)
+    message = str(info.value)
+    assert message.startswith("train_cam: non-finite values at step 1: state 'f' (")
+    assert "params/classifier/kernel" in message and "metric" not in message.split("Stopped")[0]
+    assert "No checkpoint had been saved yet" in message and "from scratch" in message
+    assert "train_cam.stale-N" in message
+    assert _checkpointed_params(fresh) == (None, None)
+    assert not os.path.exists(artifacts.weights_file(fresh, "train_cam"))
+
+    # After good checkpoints (steps 1, 2), the same explosion at step 3 keeps step 2.
+    resumed = str(tmp_path / "resumed")
+
+    def sigterm_at_2(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Preempted):
+        cam_train.train_cam(tiny_config, resumed, on_step=sigterm_at_2)
+    with pytest.raises(NonFiniteLoss) as info:
+        cam_train.train_cam(exploding, resumed)
+    message = str(info.value)
+    assert "non-finite values at step 3: state 'f'" in message
+    assert "Kept: the checkpoint of step 2" in message and "resumes from step 2" in message
+    step, params = _checkpointed_params(resumed)
+    assert step == 2 and _all_finite(params)
+    assert [r["step"] for r in _rows(resumed)] == [1, 2]
