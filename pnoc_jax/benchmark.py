@@ -2,6 +2,13 @@
 
     python -m pnoc_jax.benchmark --backbone resnet101 --batch 16 --size 512 --dtype bfloat16
     python -m pnoc_jax.benchmark --strategy pnoc --backbone tiny --batch 16 --size 96
+    python -m pnoc_jax.benchmark --task segmentation --backbone resnet101 --batch 16 --size 512 \
+        --dtype bfloat16
+
+`--task segmentation` times DeepLabV3+ (or `--segmentation_model deeplabv2`): its train step
+(cross-entropy, SGD) and the multi-scale (0.5, 1, 1.5, 2) + flip dense inference of
+`infer_segmentation` (logits on fixed canvases, resized to the image and merged on the host;
+softmax and the CPU dense CRF are not included).
 
 Reports images/s, step time (median), peak memory and, on GPU/TPU, the model-FLOPs
 utilisation (XLA's FLOP count of the compiled step / step time / the chip's peak).
@@ -32,6 +39,10 @@ _CLASSES = flags.DEFINE_integer("classes", 20, "Number of classes.")
 _STRIDE = flags.DEFINE_integer("output_stride", 16, "Output stride.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
 _INFER_IMAGES = flags.DEFINE_integer("infer_images", 0, "Images for TTA timing (0: batch).")
+_TASK = flags.DEFINE_enum("task", "cam", ["cam", "segmentation"], "What to time.")
+_SEG_MODEL = flags.DEFINE_enum(
+    "segmentation_model", "deeplabv3plus", ["deeplabv3plus", "deeplabv2"], "Segmentation model."
+)
 
 # Dense peak FLOP/s per chip: (bf16, f32). f32 matmuls/convs on these GPUs run as TF32.
 _PEAKS = {
@@ -141,6 +152,104 @@ def benchmark_tta() -> dict:
     return {"tta_images_per_s": n / median, "tta_batch_s": median, "tta_images_per_batch": n}
 
 
+# ---- segmentation (issue 11)
+
+
+def _compiled_flops(jitted, *args) -> float:
+    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+def _segmentation_spec():
+    from pnoc_jax.segmentation import train as seg_train
+
+    names = ("background", *(f"c{i}" for i in range(_CLASSES.value)))
+    return seg_train.ModelSpec(
+        _SEG_MODEL.value, _BACKBONE.value, _CLASSES.value + 1, _STRIDE.value, (), 256, 48,
+        names, "benchmark",
+    )  # fmt: skip
+
+
+def benchmark_segmentation_train(mesh) -> dict:
+    from pnoc_jax.segmentation import train as seg_train
+
+    spec = _segmentation_spec()
+    model = spec.build(frozen_bn=spec.model == "deeplabv2", dtype=_DTYPE.value)
+    tx, stats = optim.make_optimizer(optim.OptimizerConfig(lr=0.007, total_steps=1000))
+    shape = (1, _SIZE.value, _SIZE.value, 3)
+    state = create_state(model, tx, rng.init_key(0), shape, mesh, None, stats)
+    update = seg_train.build_update(model, mesh, label_smoothing=0.1, seed=0)
+    r = np.random.default_rng(0)
+    batch = distributed.to_global(
+        {
+            "image": r.normal(size=(_BATCH.value, *shape[1:])).astype(np.float32),
+            "mask": r.integers(0, spec.num_classes, (_BATCH.value, *shape[1:3])).astype(np.uint8),
+        },
+        mesh,
+    )
+    holder = {"state": state}
+
+    def step():
+        holder["state"], metrics, _ = update.fn(holder["state"], {}, batch, None, jnp.asarray(0))
+        return metrics["loss"]
+
+    with jax.set_mesh(mesh):
+        step()
+        flops = _compiled_flops(update.fn, holder["state"], {}, batch, None, jnp.asarray(0))
+        times = _time(step, _STEPS.value)
+    median = statistics.median(times)
+    result = {
+        "train_step_s": median,
+        "train_images_per_s": _BATCH.value / median,
+        "train_flops_per_step": flops,
+    }
+    peak = peak_flops(jax.devices()[0], _DTYPE.value)
+    if peak and flops:
+        result["train_mfu"] = flops / median / (peak * jax.device_count())
+    return result
+
+
+def benchmark_segmentation_inference() -> dict:
+    from pnoc_jax.inference import dense, predictor
+    from pnoc_jax.segmentation import train as seg_train
+
+    spec = _segmentation_spec()
+    model = spec.build(dtype=_DTYPE.value)
+    variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))()
+    forward = seg_train.inference_fn(model)
+    predict, multiple = predictor.local_predictor(forward, jax.device_get(variables))
+    n = _INFER_IMAGES.value or max(_BATCH.value // 2, 1)
+    images = [
+        np.random.default_rng(i).integers(0, 255, (_SIZE.value, _SIZE.value, 3), np.uint8)
+        for i in range(n)
+    ]
+    scales = (0.5, 1.0, 1.5, 2.0)
+    run = lambda: dense.multiscale_logits(images, predict, scales, _SIZE.value, multiple, True)
+    run()  # compile every scale
+    times = _time(run, max(_STEPS.value // 2, 1))
+    median = statistics.median(times)
+    flops = 0.0  # per image: both views at every scale
+    jitted = jax.jit(forward)
+    for scale in scales:
+        canvas = tta.canvas_size(_SIZE.value, scale)
+        views = dense.on_canvas([tta.resize_image(images[0], scale)], canvas, 1, flip=True)
+        flops += _compiled_flops(jitted, variables, views)
+    result = {
+        "ms_flip_images_per_s": n / median,
+        "ms_flip_batch_s": median,
+        "ms_flip_images_per_batch": n,
+        "ms_flip_flops_per_image": flops,
+    }
+    peak = peak_flops(jax.devices()[0], _DTYPE.value)
+    if peak and flops:
+        result["ms_flip_mfu"] = flops * n / median / (peak * jax.local_device_count())
+    return result
+
+
+# ---- end segmentation
+
+
 def main(argv) -> None:
     del argv
     mesh = distributed.make_mesh()
@@ -154,6 +263,14 @@ def main(argv) -> None:
         "device_kind": jax.devices()[0].device_kind,
         "jax": jax.__version__,
     }
+    if _TASK.value == "segmentation":
+        result.update(task="segmentation", model=_SEG_MODEL.value)
+        del result["strategy"]
+        result.update(benchmark_segmentation_train(mesh))
+        result.update(benchmark_segmentation_inference())
+        result["peak_memory_bytes"] = peak_memory_bytes()
+        print(json.dumps(result, indent=2))
+        return
     result.update(benchmark_train(mesh))
     result.update(benchmark_tta())
     result["peak_memory_bytes"] = peak_memory_bytes()

@@ -40,6 +40,9 @@ from pnoc_jax.core.errors import UserError
 from pnoc_jax.data import datasets
 from pnoc_jax.evaluation import sweep
 from pnoc_jax.models import backbones
+from pnoc_jax.segmentation import evaluate as seg_evaluate  # segmentation (issue 11)
+from pnoc_jax.segmentation import infer as seg_infer
+from pnoc_jax.segmentation import train as seg_train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +177,9 @@ SECTION_CHECKS: dict[str, config_lib.Check] = {
     "affinity": affinity_train.validate,
     "rw": walk.validate,
     "compare": validate_compare,
+    # segmentation (issue 11)
+    "segmentation": seg_train.validate,
+    "segmentation_infer": seg_infer.validate,
 }
 
 
@@ -215,6 +221,32 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           headline=lambda metrics: metrics["table"], missing=_missing_compare),
 )}
 # fmt: on
+
+
+# ---- segmentation (issue 11): DeepLab on the pseudo-labels, and the fully supervised bound.
+# The bound is the same three stages trained on the ground-truth masks, under their own names
+# (`*_gt`): both live in one workdir, and the bound depends on no weakly supervised stage (only
+# on the backbone it starts from), so changing the priors or pseudo-labels never retrains it.
+def _segmentation_stages(labels: str) -> tuple[Stage, ...]:
+    train_name, infer_name, eval_name = seg_train.STAGES[labels]
+    weak = labels == "pseudo"
+    train_run = seg_train.train_segmentation if weak else seg_train.train_segmentation_gt
+    infer_run = seg_infer.infer_segmentation if weak else seg_infer.infer_segmentation_gt
+    eval_run = seg_evaluate.eval_segmentation if weak else seg_evaluate.eval_segmentation_gt
+    return (
+        Stage(train_name, train_run, (*_TRAIN, "segmentation"), seg_train.deps_for(labels),
+              checks=(seg_train.validate_pseudo_labels,) if weak else (),
+              headline=seg_train.headline, missing=seg_train.missing_for(labels)),
+        Stage(infer_name, infer_run, ("data", "segmentation_infer"), (train_name,),
+              missing=seg_infer.missing_for(labels)),
+        Stage(eval_name, eval_run, ("data",), (infer_name,),
+              headline=seg_evaluate.headline, missing=seg_evaluate.missing_for(labels)),
+    )  # fmt: skip
+
+
+STAGES.update({stage.name: stage for labels in seg_train.LABELS
+               for stage in _segmentation_stages(labels)})  # fmt: skip
+# ---- end segmentation
 
 
 # ---------------------------------------------------------------------------- the runner
@@ -421,6 +453,17 @@ def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
         if name == "compare":
             line = "strategy table in results.md"
         rows.append(f"| {name} | {line} | {artifacts.stage_dir(workdir, name)} |")
+    # ---- segmentation (issue 11): how much of full supervision weak supervision reaches.
+    weak, full = seg_train.STAGES["pseudo"][2], seg_train.STAGES["ground_truth"][2]
+    if weak in numbers and full in numbers:
+        line = seg_evaluate.weak_vs_supervised(
+            fileio.read_json(artifacts.metrics_file(workdir, weak)),
+            fileio.read_json(artifacts.metrics_file(workdir, full)),
+        )
+        if line:
+            rows.append(f"| weak vs fully supervised | {line} | |")
+            numbers["weak_vs_supervised"] = {"ratio": numbers[weak]["miou"] / numbers[full]["miou"]}
+    # ---- end segmentation
     table = "\n".join(["| stage | result | outputs |", "|---|---|---|", *rows]) + "\n"
     json_path, md_path = artifacts.summary_files(workdir)
     fileio.write_json(json_path, numbers)

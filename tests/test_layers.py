@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("evaluation", "inference", "visualize"),
     ("cam", "affinity", "saliency", "segmentation"),  # stage families
     ("pipeline",),
-    ("main", "benchmark", "cpu_benchmark"),
+    ("main", "benchmark", "cpu_benchmark", "predict"),
 )
 
 

@@ -69,6 +69,35 @@ BAD_VALUES = {
     "runtime.num_workers": -1,
     "runtime.predict_batch_size": 0,
     "runtime.keep_stale": -1,
+    # segmentation (issue 11)
+    "segmentation.model": "deeplabv4",
+    "segmentation.backbone": "vgg16",
+    "segmentation.output_stride": 32,
+    "segmentation.atrous_rates": (6, 12),
+    "segmentation.head_channels": 30,
+    "segmentation.low_level_channels": 0,
+    "segmentation.backbone_weights": "imagenet",
+    "segmentation.split": "tset",
+    "segmentation.val_split": "train",  # no pseudo-labels there: config.rw.splits is (val,)
+    "segmentation.validate_every": 0,
+    "segmentation.batch_size": 12,
+    "segmentation.epochs": -1,
+    "segmentation.steps": -2,
+    "segmentation.lr": 0.0,
+    "segmentation.momentum": 1.0,
+    "segmentation.weight_decay": -4e-5,
+    "segmentation.poly_power": -0.9,
+    "segmentation.lr_mult": (1.0, 2.0),
+    "segmentation.label_smoothing": 1.0,
+    "segmentation.dtype": "float16",
+    "segmentation.augment": "cutmix",
+    "segmentation.crop_size": 8,
+    "segmentation.min_size": 0,
+    "segmentation.max_size": 1,
+    "segmentation_infer.splits": ("val", "tset"),
+    "segmentation_infer.scales": (1.0, 0.0),
+    "segmentation_infer.max_image_size": 0,
+    "segmentation_infer.crf_iterations": -1,
 }
 TRAIN_BAD_VALUES = {
     "strategy": "magic",
@@ -123,6 +152,7 @@ def _all_stages_config(tiny_config):
     config.rw.splits = ("val",)
     config.affinity_labels.split = "val"
     config.infer.splits = ("train", "val")
+    config.segmentation.update(split="val", val_split="val")  # splits with pseudo-labels
     return config
 
 
@@ -186,7 +216,18 @@ def test_fingerprints_follow_sections_and_propagate_downstream(tiny_config):
     assert changed == {
         "train_cam", "infer_cam", "eval_cam", "affinity_labels", "train_affinity",
         "random_walk", "eval_pseudo_labels", "compare",
+        "train_segmentation", "infer_segmentation", "eval_segmentation",
     }  # fmt: skip
+    # The fully supervised bound reads no weakly supervised stage: only its backbone's.
+    config.segmentation_infer.crf_iterations = 3
+    last = fingerprints()
+    changed = {name for name in again if again[name] != last[name]}
+    assert changed == {
+        "infer_segmentation", "eval_segmentation", "infer_segmentation_gt", "eval_segmentation_gt",
+    }  # fmt: skip
+    config.segmentation.backbone_weights = "train_oc"
+    assert pipeline.deps_of("train_segmentation_gt", config) == ("train_oc",)
+    assert pipeline.deps_of("train_segmentation", config) == ("random_walk", "train_oc")
 
 
 def test_runtime_knobs_never_change_a_fingerprint(tiny_config, tmp_path):

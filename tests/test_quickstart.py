@@ -1,5 +1,6 @@
-"""The quickstart's prior stages end to end on the synthetic data: the CAM files (.npz),
-the exported weights, skipping, reruns of what changed, and the notebook on the finished run."""
+"""The quickstart's stages end to end on the synthetic data (tiny settings): the CAM files
+(.npz), the exported weights, skipping, reruns of what changed, and the notebook on the finished
+run, from priors to the segmentation model and its fully supervised bound."""
 
 import json
 import math
@@ -8,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from pnoc_jax import pipeline
+from pnoc_jax import config_lib, pipeline, visualize
 from pnoc_jax.core import artifacts, fileio, scores, weights
 from tests.conftest import make_tiny_config
 
@@ -18,12 +19,22 @@ STAGES = ("train_oc", "train_cam", "infer_cam", "eval_cam")
 
 @pytest.fixture(scope="module")
 def finished_run(synthetic_data_dir, tmp_path_factory):
-    """train_oc -> train_cam (pnoc, backbone from the OC) -> infer_cam -> eval_cam, once."""
+    """train_oc -> train_cam (pnoc, backbone from the OC) -> infer_cam -> eval_cam, then the
+    pseudo-labels and the segmentation stages (all on `val`, tiny networks), once."""
     config = make_tiny_config(synthetic_data_dir)
-    config.stages = STAGES
+    config.stages = config_lib.synthetic_config().stages  # the quickstart's, every stage
+    assert config.stages[: len(STAGES)] == STAGES
     config.train.update(strategy="pnoc", init_backbone_from="train_oc")
     config.infer.splits = ("val",)
     config.eval.split = "val"
+    config.affinity_labels.update(split="val", crf_iterations=1)
+    config.affinity.update(steps=3, crop_size=48, min_size=40, max_size=56)
+    config.rw.splits = ("val",)
+    config.segmentation.update(
+        split="val", output_stride=16, atrous_rates=(1, 2, 3), head_channels=8,
+        low_level_channels=4, steps=4, crop_size=32, min_size=32, max_size=48,
+    )  # fmt: skip
+    config.segmentation_infer.update(scales=(1.0,), crf_iterations=1)
     workdir = str(tmp_path_factory.mktemp("quickstart"))
     pipeline.run_stages(config, workdir)
     return config, workdir
@@ -68,13 +79,24 @@ def test_notebook_cells_run(finished_run, monkeypatch):
     matplotlib.use("Agg")
     _, workdir = finished_run
     monkeypatch.setenv("PNOC_WORKDIR", workdir)
-    with open(os.path.join(ROOT, "notebooks", "inspect_cams.ipynb")) as f:
+    with open(os.path.join(ROOT, "notebooks", "inspect_run.ipynb")) as f:
         cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
     namespace: dict = {}
     for cell in cells:
         exec(compile("".join(cell["source"]), "notebook", "exec"), namespace)
-    assert namespace["WORKDIR"] == workdir
-    assert namespace["grid"].shape[0] == 3 * 160
+    assert namespace["WORKDIR"] == workdir and namespace["SPLIT"] == "val"
+    columns = list(visualize.run_columns(workdir, "val"))
+    assert columns == [
+        "image", "ground truth", "CAM", "pseudo-label", "segmentation", "fully supervised",
+    ]  # fmt: skip
+    assert list(namespace["series"]) == [name for name, _, _ in visualize.IOU_STAGES]
+    # The training curves: one row per training stage, validation mIoU for segmentation.
+    figure = visualize.training_curves(workdir)
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert titles.count("validation mIoU (%)") == 2 and titles.count("losses") == 5
+    with pytest.raises(ValueError, match="no CAM of class 'nope'"):
+        visualize.show_class_cams(namespace["example"], artifacts.cam_dir(workdir, "val"),
+                                  namespace["class_names"], "nope")  # fmt: skip
 
 
 def test_finished_stages_are_skipped_and_changes_rerun_downstream(finished_run):
@@ -83,8 +105,8 @@ def test_finished_stages_are_skipped_and_changes_rerun_downstream(finished_run):
     config.runtime.update(log_every=3, ckpt_every=5, predict_batch_size=2)  # how, not what
     assert not any(pipeline.run_stage(n, config, workdir) for n in config.stages)
     config.eval.thresholds = (0.2, 0.4)
-    ran = [pipeline.run_stage(n, config, workdir) for n in config.stages]
-    assert ran == [False, False, False, True]
+    ran = [n for n in config.stages if pipeline.run_stage(n, config, workdir)]
+    assert ran == ["eval_cam", "eval_pseudo_labels"]
     assert os.path.isdir(os.path.join(workdir, "eval_cam.stale-1"))
     with open(artifacts.config_file(workdir, "eval_cam")) as f:
         assert json.load(f)["config"]["eval"]["thresholds"] == [0.2, 0.4]

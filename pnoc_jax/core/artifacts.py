@@ -115,3 +115,60 @@ def compare_seed_dir(workdir: str, seed: int) -> str:
 def compare_run_dir(workdir: str, seed: int, strategy: str) -> str:
     """The workdir of one (seed, strategy) run of the strategy comparison."""
     return os.path.join(compare_seed_dir(workdir, seed), strategy)
+
+
+# ---------------------------------------------------------------- segmentation (issue 11)
+# Stages train_segmentation / infer_segmentation / eval_segmentation (pseudo-labels) and their
+# fully supervised twins *_gt (ground-truth masks) share these names, by stage.
+
+
+def segmentation_weights_file(workdir: str, stage: str) -> str:
+    """The checkpoint a segmentation training stage keeps: the best by validation mIoU."""
+    return weights_file(workdir, stage, "best")
+
+
+def model_file(workdir: str, stage: str) -> str:
+    """`weights/model.json`: the architecture of the stage's weights (what `predict` builds)."""
+    return os.path.join(workdir, stage, "weights", "model.json")
+
+
+def validation_file(workdir: str, stage: str) -> str:
+    """`validation.jsonl`: one line per validation (step, epoch, mIoU, best so far)."""
+    return os.path.join(workdir, stage, "validation.jsonl")
+
+
+def segmentation_dir(workdir: str, stage: str, split: str, crf: bool = True) -> str:
+    """Predicted label maps of `split` (stage infer_segmentation[_gt]): `<id>.png`, 0..C.
+
+    `crf=False`: the same predictions before the dense CRF (`<split>_nocrf/`), written when
+    the CRF is on.
+    """
+    return os.path.join(workdir, stage, split if crf else f"{split}_nocrf")
+
+
+def segmentation_file(workdir: str, stage: str, split: str, image_id: str, crf: bool = True):
+    return os.path.join(segmentation_dir(workdir, stage, split, crf), f"{image_id}.png")
+
+
+def server_dir(workdir: str, stage: str) -> str:
+    """Predictions of images without ground truth (VOC `test`) in the layout the PASCAL VOC
+    evaluation server expects: `results/VOC2012/Segmentation/comp6_test_cls/<id>.png`."""
+    return os.path.join(workdir, stage, "results", "VOC2012", "Segmentation", "comp6_test_cls")
+
+
+def server_file(workdir: str, stage: str, image_id: str) -> str:
+    return os.path.join(server_dir(workdir, stage), f"{image_id}.png")
+
+
+def confusion_picture(workdir: str, stage: str) -> str:
+    return os.path.join(workdir, stage, "confusion.png")
+
+
+def prediction_dir(workdir: str, split: str, supervised: bool = False) -> str:
+    """Final predictions of `split`: the weak model's (infer_segmentation) or the fully
+    supervised bound's (infer_segmentation_gt)."""
+    stage = "infer_segmentation_gt" if supervised else "infer_segmentation"
+    return segmentation_dir(workdir, stage, split)
+
+
+# ---------------------------------------------------------------- end segmentation

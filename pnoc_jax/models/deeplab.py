@@ -14,6 +14,12 @@ the compute ``dtype``.
              → 3×3 256 GN ReLU Dropout 0.1 → 1×1 → classes (bias) → bilinear (align_corners)
                to the input size
 
+The head width (256, 48 for the low-level reduction) is the spec's by default; ``head_channels`` and
+``low_level_channels`` shrink it for tiny CPU recipes. ``valid`` (``[B, H, W]``, inference on a
+padded canvas) restricts the image-pooling mean and the GroupNorm statistics to the image's own
+cells, so a padded image is normalised as the image alone would be (the reference runs every
+image at its own size).
+
 Rates (r1, r2, r3) are (6, 12, 18) at output stride 16 and (12, 24, 36) at 8, as the reference's
 ``ASPP(output_stride)`` chooses them. Note that P-NOC's ``DeepLabV3Plus`` always passes
 ``output_stride=16`` to ``ASPP``, so its (never used) ``dilated=True`` variant keeps 6/12/18;
@@ -84,7 +90,8 @@ class _ConvGNReLU(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        """``valid`` ``[B, h, w]`` (optional): the cells GroupNorm takes its statistics over."""
         pad = self.dilation * (self.kernel - 1) // 2
         x = nn.Conv(
             self.features,
@@ -103,7 +110,7 @@ class _ConvGNReLU(nn.Module):
             dtype=self.dtype,
             param_dtype=jnp.float32,
             name="gn",
-        )(x)
+        )(x, mask=None if valid is None else jnp.broadcast_to(valid[..., None], x.shape))
         return nn.relu(x)
 
 
@@ -116,20 +123,27 @@ class ASPP(nn.Module):
 
     rates: Sequence[int]
     dtype: Any = jnp.float32
+    channels: int = ASPP_CHANNELS
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        dt = self.dtype
-        branches = [_ConvGNReLU(ASPP_CHANNELS, 1, dtype=dt, name="branch0")(x)]
+    def __call__(self, x: jax.Array, train: bool, valid: jax.Array | None = None) -> jax.Array:
+        """``valid`` ``[B, h, w]`` (optional): the cells the image-pooling mean and the
+        GroupNorm statistics run over."""
+        dt, ch = self.dtype, self.channels
+        branches = [_ConvGNReLU(ch, 1, dtype=dt, name="branch0")(x, valid)]
         for i, rate in enumerate(self.rates, start=1):
-            branches.append(_ConvGNReLU(ASPP_CHANNELS, 3, rate, dtype=dt, name=f"branch{i}")(x))
-        pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
-        pooled = _ConvGNReLU(ASPP_CHANNELS, 1, dtype=dt, name="pool")(pooled)
+            branches.append(_ConvGNReLU(ch, 3, rate, dtype=dt, name=f"branch{i}")(x, valid))
+        if valid is None:
+            pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
+        else:
+            weight = valid.astype(jnp.float32)[..., None]
+            total = jnp.sum(x.astype(jnp.float32) * weight, axis=(1, 2), keepdims=True)
+            count = jnp.maximum(jnp.sum(weight, axis=(1, 2), keepdims=True), 1.0)
+            pooled = (total / count).astype(x.dtype)
+        pooled = _ConvGNReLU(ch, 1, dtype=dt, name="pool")(pooled)
         # Bilinear upsampling of a 1×1 map (any align_corners) is a broadcast.
-        branches.append(jnp.broadcast_to(pooled, (*x.shape[:3], ASPP_CHANNELS)))
-        y = _ConvGNReLU(ASPP_CHANNELS, 1, dtype=dt, name="project")(
-            jnp.concatenate(branches, axis=-1)
-        )
+        branches.append(jnp.broadcast_to(pooled, (*x.shape[:3], ch)))
+        y = _ConvGNReLU(ch, 1, dtype=dt, name="project")(jnp.concatenate(branches, axis=-1), valid)
         return nn.Dropout(ASPP_DROPOUT, deterministic=not train)(y)
 
 
@@ -142,35 +156,52 @@ class Decoder(nn.Module):
 
     num_classes: int
     dtype: Any = jnp.float32
+    channels: int = ASPP_CHANNELS
+    low_level_channels: int = LOW_LEVEL_CHANNELS
 
     @nn.compact
-    def __call__(self, x: jax.Array, low_level: jax.Array, train: bool) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, low_level: jax.Array, train: bool, valid: jax.Array | None = None
+    ) -> jax.Array:
+        """``valid`` ``[B, h4, w4]`` (optional): the cells GroupNorm takes its statistics over."""
         dt = self.dtype
-        low_level = _ConvGNReLU(LOW_LEVEL_CHANNELS, 1, dtype=dt, name="reduce")(low_level)
+        low_level = _ConvGNReLU(self.low_level_channels, 1, dtype=dt, name="reduce")(
+            low_level, valid
+        )
         x = resize_bilinear(x, low_level.shape[1:3], align_corners=True)
         x = jnp.concatenate([x, low_level], axis=-1)
         for i, rate in enumerate(DECODER_DROPOUTS, start=1):
-            x = _ConvGNReLU(ASPP_CHANNELS, 3, dtype=dt, name=f"fuse{i}")(x)
+            x = _ConvGNReLU(self.channels, 3, dtype=dt, name=f"fuse{i}")(x, valid)
             x = nn.Dropout(rate, deterministic=not train)(x)
         return nn.Conv(
             self.num_classes,
             (1, 1),
             use_bias=True,
             kernel_init=_kaiming_init,
-            bias_init=_torch_bias_init(ASPP_CHANNELS),
+            bias_init=_torch_bias_init(self.channels),
             dtype=dt,
             param_dtype=jnp.float32,
             name="classifier",
         )(x)
 
 
+def _cells(valid: jax.Array, stride: int, size: tuple[int, int]) -> jax.Array:
+    """The cells of a stride-`stride` feature map whose top-left input pixel is valid."""
+    return valid[:, ::stride, ::stride][:, : size[0], : size[1]]
+
+
 class DeepLabV3Plus(nn.Module):
-    """``__call__(x [B, H, W, 3], train) -> logits [B, H, W, num_classes]`` (float32).
+    """``__call__(x [B, H, W, 3], train, valid) -> logits [B, H, W, num_classes]`` (float32).
 
     Submodules: ``backbone`` (ResNet), ``aspp`` (:class:`ASPP` on layer4) and ``decoder``
     (:class:`Decoder` with layer1). ``atrous_rates=None`` picks :func:`default_atrous_rates`.
     With ``train=True`` dropout needs a ``"dropout"`` rng and, unless ``frozen_bn``, the
-    ``batch_stats`` collection must be mutable.
+    ``batch_stats`` collection must be mutable. ``valid`` (``[B, H, W]`` bool, optional) marks
+    each input's image pixels on a padded canvas: the image-pooling mean and every GroupNorm's
+    statistics then run over the image's cells only, ``valid[:, ::s, ::s]`` at stride s (an
+    image of ``h x w`` pixels at the top-left has ``⌈h/s⌉ x ⌈w/s⌉`` of them, exactly its own
+    grid when run alone), so padding does not dilute them. What remains of the padding is
+    local: convolutions at the image's border see the canvas instead of zeros.
     """
 
     backbone: str
@@ -179,16 +210,32 @@ class DeepLabV3Plus(nn.Module):
     frozen_bn: bool = False
     dtype: Any = jnp.float32
     atrous_rates: Sequence[int] | None = None
+    head_channels: int = ASPP_CHANNELS
+    low_level_channels: int = LOW_LEVEL_CHANNELS
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, train: bool = False, valid: jax.Array | None = None
+    ) -> jax.Array:
         _check_output_stride(self.output_stride)
         rates = self.atrous_rates or default_atrous_rates(self.output_stride)
         feats = build_backbone(
             self.backbone, self.output_stride, self.frozen_bn, self.dtype, name="backbone"
         )(x, train=train)
-        y = ASPP(tuple(rates), dtype=self.dtype, name="aspp")(feats["layer4"], train)
-        y = Decoder(self.num_classes, dtype=self.dtype, name="decoder")(y, feats["layer1"], train)
+        deep = low = None
+        if valid is not None:  # the image's cells at layer4 (stride os) and layer1 (stride 4)
+            deep = _cells(valid, self.output_stride, feats["layer4"].shape[1:3])
+            low = _cells(valid, 4, feats["layer1"].shape[1:3])
+        y = ASPP(tuple(rates), dtype=self.dtype, channels=self.head_channels, name="aspp")(
+            feats["layer4"], train, deep
+        )
+        y = Decoder(
+            self.num_classes,
+            dtype=self.dtype,
+            channels=self.head_channels,
+            low_level_channels=self.low_level_channels,
+            name="decoder",
+        )(y, feats["layer1"], train, low)
         return resize_bilinear(y.astype(jnp.float32), x.shape[1:3], align_corners=True)
 
 

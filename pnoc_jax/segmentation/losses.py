@@ -5,6 +5,7 @@ Shapes: logits [B, H, W, K]; labels [B, H, W] integer class ids in [0, K) or ``i
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 IGNORE_INDEX = 255
 
@@ -34,3 +35,31 @@ def cross_entropy(
         per_pixel = per_pixel - (label_smoothing / logp.shape[-1]) * jnp.sum(logp, axis=-1)
     total = jnp.sum(jnp.where(valid, per_pixel, 0.0))
     return total / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+
+
+def nearest_resize_labels(labels: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Label maps ``[B, H, W]`` -> ``[B, h, w]`` by PIL's NEAREST rule (pixel centres).
+
+    Output pixel ``i`` takes input ``⌊(i + 0.5) · H / h⌋`` along each axis, as
+    ``Image.resize(size, Image.NEAREST)`` does; deeplab-pytorch resizes the labels of every MSC
+    output this way.
+    """
+    height, width = labels.shape[1:3]
+
+    def taps(n_in: int, n_out: int) -> np.ndarray:
+        centres = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out)
+        return np.minimum(np.floor(centres).astype(np.int32), n_in - 1)
+
+    rows, cols = taps(height, size[0]), taps(width, size[1])
+    return labels[:, rows][:, :, cols]
+
+
+def msc_cross_entropy(
+    outputs: tuple[jax.Array, ...], labels: jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
+    """DeepLabV2's MSC loss: the sum over its outputs (full, scaled..., fused) of the
+    cross-entropy against the labels nearest-resized to each output's size."""
+    return sum(
+        cross_entropy(out, nearest_resize_labels(labels, out.shape[1:3]), label_smoothing)
+        for out in outputs
+    )

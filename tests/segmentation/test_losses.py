@@ -1,4 +1,5 @@
-"""Segmentation cross-entropy against torch.nn.functional.cross_entropy (value and gradient)."""
+"""Segmentation cross-entropy against torch.nn.functional.cross_entropy (value and gradient) and
+against an independent NumPy version; DeepLabV2's label resize (PIL nearest) and MSC loss."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pnoc_jax.segmentation.losses import cross_entropy
+from pnoc_jax.segmentation.losses import cross_entropy, msc_cross_entropy, nearest_resize_labels
 
-torch = pytest.importorskip("torch", reason="torch is the reference for the loss")
+try:
+    import torch
+except ImportError:  # the NumPy versions below still run
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is the reference for the loss")
 
 
 def _torch_loss_and_grad(logits: np.ndarray, labels: np.ndarray, eps: float, ignore: int = 255):
@@ -29,6 +34,7 @@ def _batch(seed: int, shape=(2, 7, 9), k: int = 6, ignore_frac: float = 0.3):
     return logits, labels
 
 
+@needs_torch
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
 @pytest.mark.parametrize("ignore_frac", [0.0, 0.4])
 def test_matches_torch(eps: float, ignore_frac: float) -> None:
@@ -59,6 +65,7 @@ def test_ignored_pixels_do_not_count() -> None:
     np.testing.assert_allclose(cross_entropy(jnp.asarray(logits), jnp.asarray(labels)), sub, 1e-6)
 
 
+@needs_torch
 def test_custom_ignore_index_and_bf16_logits() -> None:
     logits, labels = _batch(3, ignore_frac=0.0)
     labels[0, :2] = 4
@@ -72,6 +79,7 @@ def test_custom_ignore_index_and_bf16_logits() -> None:
     np.testing.assert_allclose(got16, expected16, rtol=1e-6)
 
 
+@needs_torch
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_all_ignored_is_zero_not_nan(eps: float) -> None:
     logits, _ = _batch(4)
@@ -83,3 +91,68 @@ def test_all_ignored_is_zero_not_nan(eps: float) -> None:
     np.testing.assert_array_equal(grad, 0.0)
     ref_loss, _ = _torch_loss_and_grad(logits, labels, eps)
     assert np.isnan(ref_loss)  # the documented difference from torch
+
+
+# --- independent NumPy versions (no torch needed) -------------------------------------------
+
+
+def _numpy_cross_entropy(logits: np.ndarray, labels: np.ndarray, eps: float) -> float:
+    """Pixel by pixel in float64: smoothed target q = (1 − ε)·onehot + ε/K, loss = −Σ q log p,
+    averaged over the pixels whose label is not 255."""
+    k = logits.shape[-1]
+    total, count = 0.0, 0
+    for index in np.ndindex(labels.shape):
+        if labels[index] == 255:
+            continue
+        z = logits[index].astype(np.float64)
+        log_p = z - z.max() - np.log(np.sum(np.exp(z - z.max())))
+        target = np.full(k, eps / k)
+        target[labels[index]] += 1.0 - eps
+        total += -np.sum(target * log_p)
+        count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.25])
+def test_matches_a_numpy_version(eps: float) -> None:
+    logits, labels = _batch(3, shape=(2, 5, 6), k=4, ignore_frac=0.3)
+    assert (labels == 255).any()
+    loss = cross_entropy(jnp.asarray(logits), jnp.asarray(labels), label_smoothing=eps)
+    assert float(loss) == pytest.approx(_numpy_cross_entropy(logits, labels, eps), rel=1e-5)
+
+
+def test_uint8_labels_as_the_pipeline_feeds_them() -> None:
+    logits, labels = _batch(4, ignore_frac=0.2)
+    a = cross_entropy(jnp.asarray(logits), jnp.asarray(labels.astype(np.uint8)), 0.1)
+    b = cross_entropy(jnp.asarray(logits), jnp.asarray(labels), 0.1)
+    assert float(a) == pytest.approx(float(b), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("size", "out"), [((13, 17), (4, 6)), ((7, 9), (12, 5)), ((32, 32), (8, 8))]
+)
+def test_nearest_resize_matches_pil(size, out) -> None:
+    from PIL import Image
+
+    labels = np.random.default_rng(5).integers(0, 21, (2, *size)).astype(np.uint8)
+    resized = np.asarray(nearest_resize_labels(jnp.asarray(labels), out))
+    for b in range(2):
+        expected = np.asarray(Image.fromarray(labels[b]).resize(out[::-1], Image.NEAREST))
+        np.testing.assert_array_equal(resized[b], expected)
+
+
+def test_msc_loss_sums_the_outputs_against_resized_labels() -> None:
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 5, (2, 16, 16)).astype(np.int32)
+    outputs = tuple(
+        jnp.asarray(rng.standard_normal((2, s, s, 5)).astype(np.float32)) for s in (4, 2, 3, 4)
+    )
+    expected = sum(
+        _numpy_cross_entropy(
+            np.asarray(o), np.asarray(nearest_resize_labels(jnp.asarray(labels), o.shape[1:3])), 0.1
+        )
+        for o in outputs
+    )
+    assert float(msc_cross_entropy(outputs, jnp.asarray(labels), 0.1)) == pytest.approx(
+        expected, rel=1e-5
+    )

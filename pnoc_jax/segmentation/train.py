@@ -1,0 +1,554 @@
+"""Stages `train_segmentation` and `train_segmentation_gt`: DeepLab trained on the random-walk
+pseudo-labels, or on the ground-truth masks (the fully supervised bound) (spec §10).
+
+Both read `config.segmentation`; only the labels differ. Data: the images of `split` with their
+label maps, random long-side resize [min_size, max_size] (bicubic / nearest), flip,
+`augment` (colorjitter), normalise, random crop `crop_size` (pad 0 / 255). Loss: cross-entropy
+ignoring 255, label smoothing (DeepLabV2: the sum over its MSC outputs, labels nearest-resized
+to each). SGD (momentum, Nesterov) with poly decay, head parameters 10x / 20x.
+
+Every `validate_every` epochs the network predicts `val_split` (single scale, no flip) and is
+scored against that split's pseudo-labels (ground truth for the *_gt stage), as the reference
+chooses its checkpoint; `weights/best.npz` keeps the best, `validation.jsonl` every score.
+Training itself is `core.loop.run_training`, run to each validation point in turn, so an
+interrupted stage resumes at its last checkpoint and never revalidates a scored point.
+Exports `weights/{f,best}.npz`, `weights/model.json` (the architecture, read by
+`infer_segmentation` and `python -m pnoc_jax.predict`) and `metrics.json` (the best score).
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from pnoc_jax import config_lib
+from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, weights
+from pnoc_jax.core.loop import Update, jit_update, run_training
+from pnoc_jax.core.train_state import TrainState, create_state, variables
+from pnoc_jax.data import datasets, pipeline, transforms
+from pnoc_jax.evaluation import miou
+from pnoc_jax.inference import dense, tta
+from pnoc_jax.models import backbones
+from pnoc_jax.models.deeplab import DeepLabV2, DeepLabV3Plus
+from pnoc_jax.segmentation import losses
+
+LABELS = ("pseudo", "ground_truth")
+# The stage names of each kind of labels: (train, infer, eval).
+STAGES = {
+    "pseudo": ("train_segmentation", "infer_segmentation", "eval_segmentation"),
+    "ground_truth": ("train_segmentation_gt", "infer_segmentation_gt", "eval_segmentation_gt"),
+}
+MODELS = ("deeplabv3plus", "deeplabv2")
+BACKBONE_WEIGHTS = ("pretrained", "train_oc", "train_cam")
+STATE = "f"
+
+
+# ---------------------------------------------------------------------------- the network
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a trained segmentation network: `weights/model.json`."""
+
+    model: str  # "deeplabv3plus" | "deeplabv2"
+    backbone: str
+    num_classes: int  # output channels, background included
+    output_stride: int
+    atrous_rates: tuple[int, ...]  # () = the model's default
+    head_channels: int
+    low_level_channels: int
+    class_names: tuple[str, ...]  # background first
+    dataset: str
+
+    def build(self, frozen_bn: bool = True, dtype: str = "float32") -> nn.Module:
+        dt = jnp.dtype(dtype)
+        if self.model == "deeplabv2":
+            kwargs = {"atrous_rates": self.atrous_rates} if self.atrous_rates else {}
+            return DeepLabV2(
+                self.backbone, self.num_classes, self.output_stride, frozen_bn, dt, **kwargs
+            )
+        return DeepLabV3Plus(
+            self.backbone,
+            self.num_classes,
+            self.output_stride,
+            frozen_bn,
+            dt,
+            atrous_rates=self.atrous_rates or None,
+            head_channels=self.head_channels,
+            low_level_channels=self.low_level_channels,
+        )
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "format": 1}
+
+    @classmethod
+    def read(cls, path: str) -> "ModelSpec":
+        """The spec in `path`; a ValueError naming the file if it is not one."""
+        try:
+            record = fileio.read_json(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{path}: missing; a segmentation weights file needs the model.json written "
+                "beside it by train_segmentation"
+            ) from None
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(record, dict) or not names <= set(record):
+            raise ValueError(f"{path}: not a segmentation model description (keys {sorted(names)})")
+        values = {n: record[n] for n in names}
+        for key in ("atrous_rates", "class_names"):
+            values[key] = tuple(values[key])
+        return cls(**values)
+
+
+def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
+    cfg = config.segmentation
+    info = datasets.get_info(config.data.name)
+    return ModelSpec(
+        model=cfg.model,
+        backbone=cfg.backbone or config.model.backbone,
+        num_classes=info.num_classes + 1,
+        output_stride=cfg.output_stride,
+        atrous_rates=tuple(cfg.atrous_rates),
+        head_channels=cfg.head_channels,
+        low_level_channels=cfg.low_level_channels,
+        class_names=("background", *info.class_names),
+        dataset=config.data.name,
+    )
+
+
+def inference_fn(model: nn.Module) -> Callable[[Any, tuple[jax.Array, jax.Array]], jax.Array]:
+    """`(variables, (images [N, S, S, 3], valid [N, S, S])) -> logits [N, S, S, K]` in inference
+    mode: DeepLabV3+ (image pooling over `valid`) or DeepLabV2's MSC-fused `predict`."""
+    if isinstance(model, DeepLabV2):
+        return lambda v, batch: model.apply(v, batch[0], method="predict")
+    return lambda v, batch: model.apply(v, batch[0], train=False, valid=batch[1])
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class LabelledSplit(Sequence):
+    """Examples of a split whose `mask` is the image's label map: its pseudo-label PNG from
+    `label_dir`, or (label_dir "") its ground truth. Picklable (grain workers)."""
+
+    def __init__(self, source: Sequence[dict], label_dir: str):
+        self._source = source
+        self._label_dir = label_dir
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict:
+        example = dict(self._source[index])
+        if self._label_dir:
+            path = os.path.join(self._label_dir, f"{example['id']}.png")
+            label = fileio.read_png(path)
+            if label.shape != example["image"].shape[:2]:
+                raise ValueError(
+                    f"{path}: label map {label.shape} does not match its image "
+                    f"{example['image'].shape[:2]}"
+                )
+            example["mask"] = label
+        return example
+
+
+def labelled_split(
+    config: ml_collections.ConfigDict, workdir: str, labels: str, split: str
+) -> LabelledSplit:
+    """This process's share of `split` with the labels a stage trains on."""
+    label_dir = artifacts.pseudo_label_dir(workdir, split) if labels == "pseudo" else ""
+    return LabelledSplit(pipeline.open_split(config, split), label_dir)
+
+
+# ---------------------------------------------------------------------------- the update
+
+
+def segmentation_update(
+    state: TrainState,
+    others: dict[str, TrainState],
+    batch: dict,
+    carry: None,
+    step: jax.Array,
+    *,
+    model: nn.Module,
+    label_smoothing: float,
+    seed: int,
+) -> tuple[TrainState, dict, None]:
+    """One SGD step on {image [B, S, S, 3], mask [B, S, S]}. Metrics: loss, lr, grad_norm."""
+    del others
+    key = rng.step_key(seed, rng.Stream.TRAIN, step)
+    x, y = batch["image"], batch["mask"]
+
+    def loss_fn(params):
+        v = {"params": params, "batch_stats": state.batch_stats}
+        if isinstance(model, DeepLabV2):
+            outputs, updated = model.apply(v, x, train=True, method="msc", mutable=["batch_stats"])
+            loss = losses.msc_cross_entropy(outputs, y, label_smoothing)
+        else:
+            logits, updated = model.apply(
+                v, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+            )
+            loss = losses.cross_entropy(logits, y, label_smoothing)
+        return loss, updated.get("batch_stats", state.batch_stats)
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state, stats = state.apply_gradients_with_stats(grads=grads, batch_stats=batch_stats)
+    return state, {"loss": loss, **stats}, carry
+
+
+def build_update(model: nn.Module, mesh, label_smoothing: float, seed: int) -> Update:
+    fn = functools.partial(
+        segmentation_update, model=model, label_smoothing=label_smoothing, seed=seed
+    )
+    return Update(STATE, jit_update(fn, mesh))
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def fit_to_canvas(
+    image: np.ndarray, label: np.ndarray, canvas: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """An image (PIL bicubic) and its label map (nearest) shrunk so the longer side is at most
+    `canvas`; unchanged when they fit."""
+    h, w = image.shape[:2]
+    if max(h, w) <= canvas:
+        return image, label
+    scale = canvas / max(h, w)
+    size = (max(1, min(canvas, round(w * scale))), max(1, min(canvas, round(h * scale))))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+    label = np.asarray(Image.fromarray(label).resize(size, Image.Resampling.NEAREST))
+    return image, label
+
+
+class Validator:
+    """Confusion matrix of a split's single-scale predictions (no flip, no CRF) against its
+    label maps, summed over processes: the score that picks the kept checkpoint.
+
+    Images are padded onto one `canvas`² (those larger are shrunk to fit, with their labels),
+    so the network compiles once. Runs on this process's devices.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        source: Sequence[dict],
+        canvas: int,
+        num_labels: int,
+        batch_size: int,
+    ):
+        self._source, self._canvas, self._labels = source, canvas, num_labels
+        self._batch = batch_size
+        mesh = distributed.make_mesh(jax.local_devices())
+        self._repl = distributed.replicated(mesh)
+        self._multiple = len(jax.local_devices())
+        forward = inference_fn(model)
+        self._predict = jax.jit(
+            lambda v, batch: jnp.argmax(forward(v, batch), axis=-1).astype(jnp.uint8),
+            in_shardings=(self._repl, distributed.data_sharded(mesh)),
+            out_shardings=distributed.data_sharded(mesh),
+        )
+
+    def __call__(self, state: TrainState) -> np.ndarray:
+        v = jax.device_put(distributed.to_host(variables(state)), self._repl)
+        total = np.zeros((self._labels, self._labels), np.int64)
+        for start in range(0, len(self._source), self._batch):
+            pairs = [
+                fit_to_canvas(e["image"], e["mask"], self._canvas)
+                for e in (
+                    self._source[i]
+                    for i in range(start, min(start + self._batch, len(self._source)))
+                )
+            ]
+            batch = dense.on_canvas([p[0] for p in pairs], self._canvas, self._multiple, flip=False)
+            predicted = np.asarray(self._predict(v, batch))
+            for i, (image, label) in enumerate(pairs):
+                h, w = image.shape[:2]
+                total += miou.confusion(label, predicted[i, :h, :w], self._labels)
+        return distributed.allgather(total).sum(axis=0)
+
+
+def validation_points(every: int, total: int) -> list[int]:
+    """Steps after which the network is validated: every `every` steps, and the last step."""
+    return sorted({*range(every, total + 1, every), total})
+
+
+def read_history(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+def backbone_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Where the backbone starts (`config.segmentation.backbone_weights`): ImageNet weights
+    (`config.model.pretrained`, "" = random) or a trained classifier's."""
+    source = config.segmentation.backbone_weights
+    if source in ("train_oc", "train_cam"):
+        return artifacts.weights_file(workdir, source)
+    return config.model.pretrained
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
+    return optim.make_optimizer(
+        optim.OptimizerConfig(
+            lr=cfg.lr,
+            total_steps=total_steps,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            poly_power=cfg.poly_power,
+            lr_mult=tuple(cfg.lr_mult),
+            frozen=("bn",) if cfg.frozen_bn else (),
+        )
+    )
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    labels: str,
+    on_step: Callable[[int], Any] | None = None,
+) -> None:
+    """Trains on `labels` ("pseudo" | "ground_truth"); outputs under `<workdir>/<stage>/`."""
+    cfg = config.segmentation
+    stage = STAGES[labels][0]
+    mesh = distributed.make_mesh()
+    spec = model_spec(config)
+    transform = transforms.make_classification_transform(
+        cfg.crop_size, cfg.min_size, cfg.max_size, cfg.augment
+    )
+    plan = pipeline.training_input(
+        labelled_split(config, workdir, labels, cfg.split),
+        transform,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        steps=cfg.steps,
+        seed=config.seed,
+        keys=("image", "mask"),
+    )
+    logging.info(
+        "%s: %d examples on this process, %d steps/epoch, %d steps, %s on %s labels",
+        stage,
+        plan.num_examples,
+        plan.steps_per_epoch,
+        plan.total_steps,
+        cfg.model,
+        labels,
+    )
+    model = spec.build(frozen_bn=cfg.frozen_bn, dtype=cfg.dtype)
+    tx, step_stats = make_optimizer(cfg, plan.total_steps)
+    path = backbone_path(config, workdir)
+    init = weights.initializer(path, modules=("backbone",)) if path else None
+    if init is None:
+        logging.warning("%s: no backbone weights (config.model.pretrained): RANDOM backbone", stage)
+    shape = (1, cfg.crop_size, cfg.crop_size, 3)
+    states = {
+        STATE: create_state(model, tx, rng.init_key(config.seed), shape, mesh, init, step_stats)
+    }
+    update = build_update(model, mesh, cfg.label_smoothing, config.seed)
+    validator = Validator(
+        spec.build(frozen_bn=True, dtype=cfg.dtype),
+        labelled_split(config, workdir, labels, cfg.val_split),
+        tta.canvas_size(cfg.crop_size, 1.0),
+        spec.num_classes,
+        config.runtime.predict_batch_size,
+    )
+    history_path = artifacts.validation_file(workdir, stage)
+    history = read_history(history_path)
+    scored = {row["step"] for row in history}
+    best = max((row["miou"] for row in history), default=-1.0)
+    every = cfg.validate_every * plan.steps_per_epoch
+    for end in validation_points(every, plan.total_steps):
+        if end in scored:
+            continue
+        states = run_training(
+            workdir=workdir,
+            stage=stage,
+            states=states,
+            updates=[update],
+            plan=dataclasses.replace(plan, total_steps=end),
+            mesh=mesh,
+            ckpt_every=config.runtime.ckpt_every,
+            log_every=config.runtime.log_every,
+            on_step=on_step,
+        )
+        reached = int(jax.device_get(states[STATE].step))
+        if reached != end:
+            raise RuntimeError(
+                f"{stage}: the checkpoint in {artifacts.checkpoint_dir(workdir, stage)} is at step "
+                f"{reached}, past the unscored validation point {end} ({history_path} lacks it); "
+                f"delete the stage folder to retrain it"
+            )
+        scores = miou.scores(validator(states[STATE]))
+        improved = scores["miou"] > best
+        best = max(best, scores["miou"])
+        row = {
+            "step": end,
+            "epoch": end / plan.steps_per_epoch,
+            "miou": scores["miou"],
+            "best": best,
+            "improved": improved,
+        }
+        history.append(row)
+        logging.info(
+            "%s: step %d, %s mIoU on %s %.2f (best %.2f)",
+            stage,
+            end,
+            "pseudo-label" if labels == "pseudo" else "ground-truth",
+            cfg.val_split,
+            100 * scores["miou"],
+            100 * best,
+        )
+        if distributed.is_chief():
+            if improved:
+                host = distributed.to_host(variables(states[STATE]))
+                weights.save(host, artifacts.segmentation_weights_file(workdir, stage))
+            lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in history)
+            fileio.write_text(history_path, lines)
+        distributed.barrier(f"{stage}-validation-{end}")
+    if distributed.is_chief():
+        fileio.write_json(artifacts.model_file(workdir, stage), spec.to_json())
+        top = max(history, key=lambda r: (r["miou"], -r["step"]))
+        fileio.write_json(
+            artifacts.metrics_file(workdir, stage),
+            {
+                "val_split": cfg.val_split,
+                "labels": labels,
+                "best_miou": top["miou"],
+                "best_step": top["step"],
+                "best_epoch": top["epoch"],
+                "validations": len(history),
+            },
+        )
+    distributed.barrier(f"{stage}-done")
+
+
+def train_segmentation(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any) -> None:
+    run(config, workdir, labels="pseudo", **kwargs)
+
+
+def train_segmentation_gt(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any) -> None:
+    run(config, workdir, labels="ground_truth", **kwargs)
+
+
+def headline(metrics: dict) -> str:
+    what = "pseudo-label" if metrics["labels"] == "pseudo" else "ground-truth"
+    return (
+        f"kept checkpoint: epoch {metrics['best_epoch']:g} (step {metrics['best_step']}), "
+        f"{what} mIoU ({metrics['val_split']}) {100 * metrics['best_miou']:.2f}"
+    )
+
+
+def missing_for(labels: str) -> Callable[[ml_collections.ConfigDict, str], list[str]]:
+    """The stage's outputs that do not exist: the kept weights, model.json, the scores."""
+    stage = STAGES[labels][0]
+
+    def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+        del config
+        return artifacts.missing(
+            [
+                artifacts.segmentation_weights_file(workdir, stage),
+                artifacts.model_file(workdir, stage),
+                artifacts.validation_file(workdir, stage),
+                artifacts.metrics_file(workdir, stage),
+            ]
+        )
+
+    return missing
+
+
+def deps_for(labels: str) -> Callable[[ml_collections.ConfigDict], tuple[str, ...]]:
+    """The pseudo-labels' stage (random_walk), and the stage whose backbone starts it."""
+
+    def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+        start = config.segmentation.backbone_weights
+        own = (start,) if start in ("train_oc", "train_cam") else ()
+        return (("random_walk",) if labels == "pseudo" else ()) + own
+
+    return deps
+
+
+def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
+    """Checks of `config.segmentation`."""
+    cfg, key = config.segmentation, "segmentation"
+    check, number = config_lib.check, config_lib.check_number
+    config_lib.check_choice(config, f"{key}.model", MODELS)
+    config_lib.check_choice(config, f"{key}.backbone", ("", *backbones.backbone_names()))
+    config_lib.check_choice(config, f"{key}.output_stride", (8, 16))
+    rates = tuple(cfg.atrous_rates)
+    count = 3 if cfg.model == "deeplabv3plus" else None
+    check(
+        all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in rates)
+        and (not rates or count is None or len(rates) == count),
+        f"{key}.atrous_rates",
+        rates,
+        "() for the model's rates, or positive integers"
+        + (" (3 of them for deeplabv3plus)" if count else ""),
+    )
+    for name in ("head_channels", "low_level_channels"):
+        number(config, f"{key}.{name}", low=4, integer=True)
+        check(cfg[name] % 4 == 0, f"{key}.{name}", cfg[name], "a multiple of 4 (GroupNorm(4))")
+    config_lib.check_choice(config, f"{key}.backbone_weights", BACKBONE_WEIGHTS)
+    if cfg.backbone_weights != "pretrained":
+        check(
+            cfg.backbone in ("", config.model.backbone),
+            f"{key}.backbone",
+            cfg.backbone,
+            f"'' or {config.model.backbone!r} to start from {cfg.backbone_weights}'s backbone",
+        )
+    splits = datasets.get_info(config.data.name).splits
+    config_lib.check_choice(config, f"{key}.split", splits)
+    config_lib.check_choice(config, f"{key}.val_split", splits)
+    number(config, f"{key}.validate_every", low=1, integer=True)
+    config_lib.check_training(config, key, topology)
+    check(
+        not cfg.nesterov or cfg.momentum > 0,
+        f"{key}.nesterov",
+        cfg.nesterov,
+        f"False unless config.{key}.momentum > 0",
+    )
+    mult = tuple(cfg.lr_mult)
+    check(
+        len(mult) == 4 and all(isinstance(m, int | float) and m > 0 for m in mult),
+        f"{key}.lr_mult",
+        mult,
+        "4 positive multipliers (backbone weight, backbone bias, head weight, head bias)",
+    )
+    number(config, f"{key}.label_smoothing", low=0, high=1, high_open=True)
+    config_lib.check_choice(config, f"{key}.dtype", ("float32", "bfloat16"))
+    try:
+        transforms.parse_augment(cfg.augment)
+    except ValueError as e:
+        raise config_lib.ConfigError(f"config.{key}.augment={cfg.augment!r}: {e}") from None
+    number(config, f"{key}.crop_size", low=16, integer=True)
+
+
+def validate_pseudo_labels(
+    config: ml_collections.ConfigDict, topology: config_lib.Topology
+) -> None:
+    """train_segmentation reads the pseudo-labels of its training and validation splits."""
+    del topology
+    splits = tuple(config.rw.splits)
+    for name in ("split", "val_split"):
+        value = config.segmentation[name]
+        config_lib.check(
+            value in splits,
+            f"segmentation.{name}",
+            value,
+            f"a split with pseudo-labels, one of config.rw.splits {splits}",
+        )
