@@ -35,6 +35,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all stage outputs
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Force jax.distributed.initialize() (auto on TPU pods and SLURM)."
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for an explicit multi-process run."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Problems of the machine rather than of the code: reported in one line.
@@ -207,7 +212,9 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_QuietLibraries())
     progress.log_above_bars()
     quiet_background_errors()
-    distributed.maybe_initialize(force=_DISTRIBUTED.value)
+    distributed.maybe_initialize(
+        _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    )
     try:
         config = _CONFIG.value
     except (ValueError, TypeError, OSError) as e:

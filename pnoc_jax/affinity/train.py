@@ -138,7 +138,8 @@ def run(
     mesh = distributed.make_mesh()
     info = datasets.get_info(config.data.name)
     source = LabelledSource(
-        pipeline.open_split(config, split), artifacts.affinity_label_dir(workdir, split)
+        pipeline.open_split(config, split, whole=True),
+        artifacts.affinity_label_dir(workdir, split),
     )
     plan = pipeline.training_input(
         source,
@@ -150,7 +151,7 @@ def run(
         keys=("image", "aff_label"),
     )
     logging.info(
-        "train_affinity: %d examples on this process, %d steps/epoch, %d steps",
+        "train_affinity: %d examples, %d steps/epoch, %d steps",
         plan.num_examples,
         plan.steps_per_epoch,
         plan.total_steps,

@@ -32,24 +32,28 @@ def linear_ramp(step: jax.Array, total_steps: int, start: float, end: float, fra
 
 
 def tile(images: jax.Array) -> jax.Array:
-    """[B, H, W, ...] -> [4B, H/2, W/2, ...]: quadrants TL, TR, BL, BR stacked along batch."""
-    _, h, w = images.shape[:3]
+    """[B, H, W, ...] -> [4B, H/2, W/2, ...]: each image's quadrants TL, TR, BL, BR in a row.
+
+    Image-major (tile 4b + q is quadrant q of image b), so with the batch sharded over devices
+    every image's tiles stay on its device: no communication. (The reference stacks them
+    quadrant-major; the order is internal to the Puzzle module: `merge` inverts it, and the
+    losses and the BatchNorm statistics over all 4B tiles do not depend on it.)
+    """
+    b, h, w = images.shape[:3]
     hh, hw = h // 2, w // 2
-    quads = [
-        images[:, :hh, :hw],
-        images[:, :hh, hw : 2 * hw],
-        images[:, hh : 2 * hh, :hw],
-        images[:, hh : 2 * hh, hw : 2 * hw],
-    ]
-    return jnp.concatenate(quads, axis=0)
+    rest = images.shape[3:]
+    x = images[:, : 2 * hh, : 2 * hw].reshape(b, 2, hh, 2, hw, *rest)
+    x = jnp.moveaxis(x, 3, 2)  # [B, 2 (rows), 2 (columns), hh, hw, ...]
+    return x.reshape(4 * b, hh, hw, *rest)
 
 
 def merge(tiles: jax.Array) -> jax.Array:
     """Inverse of `tile`: [4B, h, w, ...] -> [B, 2h, 2w, ...]."""
-    tl, tr, bl, br = jnp.split(tiles, 4, axis=0)
-    top = jnp.concatenate([tl, tr], axis=2)
-    bottom = jnp.concatenate([bl, br], axis=2)
-    return jnp.concatenate([top, bottom], axis=1)
+    n, h, w = tiles.shape[:3]
+    rest = tiles.shape[3:]
+    x = tiles.reshape(n // 4, 2, 2, h, w, *rest)
+    x = jnp.moveaxis(x, 2, 3)  # [B, 2 (rows), h, 2 (columns), w, ...]
+    return x.reshape(n // 4, 2 * h, 2 * w, *rest)
 
 
 def reconstruction_loss(cams: jax.Array, merged_cams: jax.Array, labels: jax.Array) -> jax.Array:

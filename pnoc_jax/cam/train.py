@@ -115,7 +115,7 @@ def run(
         augment=section.augment,
     )
     plan = pipeline.training_input(
-        pipeline.open_split(config, section.split),
+        pipeline.open_split(config, section.split, whole=True),
         transform,
         batch_size=section.batch_size,
         epochs=section.epochs,
@@ -123,7 +123,7 @@ def run(
         seed=config.seed,
     )
     logging.info(
-        "%s: %d examples on this process, %d steps/epoch, %d steps, strategy %s",
+        "%s: %d examples, %d steps/epoch, %d steps, strategy %s",
         stage,
         plan.num_examples,
         plan.steps_per_epoch,

@@ -16,18 +16,29 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def maybe_initialize(force: bool = False) -> None:
-    """Calls `jax.distributed.initialize()` on Cloud TPU pods and under SLURM `srun` (or if forced).
+def maybe_initialize(
+    force: bool = False,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Joins the processes of a multi-process run: `jax.distributed.initialize()`.
 
-    Must run before any device access.
+    Automatic on Cloud TPU pods and under SLURM `srun`; explicit with a coordinator address
+    (`host:port`), the number of processes and this one's id (e.g. N processes on one machine,
+    `launch/local_multiprocess.sh`). Must run before any device access.
     """
     on_slurm = "SLURM_JOB_ID" in os.environ and "SLURM_STEP_NODELIST" in os.environ
     on_tpu_pod = (
         "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
     )
-    if force or on_slurm or on_tpu_pod:
+    if coordinator_address:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif force or on_slurm or on_tpu_pod:
         jax.distributed.initialize()
-        logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+    else:
+        return
+    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -79,7 +90,11 @@ def to_host(tree):
 
 def batch_predictor(fn, variables, mesh: Mesh):
     """`images -> np.ndarray` running jitted `fn(variables, images)` with the batch sharded
-    along "data" over `mesh` and the variables replicated (inference on fixed canvases)."""
+    along "data" over `mesh` and the variables replicated (inference on fixed canvases).
+
+    `mesh` holds this process's devices (each process predicts its own images), so the batch
+    is placed on them explicitly: jit refuses host arrays with a sharding in multi-process runs.
+    """
     data = data_sharded(mesh)
     jitted = jax.jit(fn, in_shardings=(replicated(mesh), data), out_shardings=data)
-    return lambda images: np.asarray(jitted(variables, images))
+    return lambda images: np.asarray(jitted(variables, jax.device_put(images, data)))

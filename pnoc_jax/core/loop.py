@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metrics as clu_metrics
+from clu import parameter_overview
 
 from pnoc_jax.core import artifacts, distributed, weights
 from pnoc_jax.core import progress as progress_lib
@@ -190,14 +190,15 @@ def _divergence_message(
     )
 
 
-def _average(metrics: list[dict[str, jax.Array]]) -> dict[str, clu_metrics.Average]:
-    """Merges per-step scalars into clu Averages (on device, no host sync)."""
-    merged: dict[str, clu_metrics.Average] = {}
-    for m in metrics:
-        for k, v in m.items():
-            avg = clu_metrics.Average.from_model_output(jnp.asarray(v, jnp.float32))
-            merged[k] = merged[k].merge(avg) if k in merged else avg
-    return merged
+def _average(metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
+    """The mean of each scalar over the steps of a logging window.
+
+    Read from this process's replicas, so no device computation runs: in a multi-process run
+    an eager op on a global array is a collective every process must issue in the same order.
+    """
+    host = distributed.to_host(metrics)
+    names = dict.fromkeys(k for m in host for k in m)
+    return {k: float(np.mean([m[k] for m in host if k in m], dtype=np.float64)) for k in names}
 
 
 def train_loop(
@@ -249,7 +250,7 @@ def train_loop(
             preempted = stop.signum is not None or checkpointer.manager.reached_preemption(done)
             wants_save = is_last or preempted or checkpointer.manager.should_save(done)
             if done % log_every == 0 or wants_save:
-                scalars = {k: float(v.compute()) for k, v in _average(pending).items()}
+                scalars = _average(pending)
                 pending = []
                 bad = [k for k, v in scalars.items() if not np.isfinite(v)]
                 bad_states = nonfinite_states(states) if bad or wants_save else []
@@ -306,6 +307,9 @@ def run_training(
     uninterrupted run would see. At the end the variables of every updated state are exported to
     `<stage>/weights/<state>.npz` (`artifacts.weights_file`), which later stages load.
     """
+    for name, state in states.items():
+        count = parameter_overview.count_parameters(state.params)
+        logging.info("%s: network %r has %s parameters", stage, name, f"{count:,}")
     ckpt = Checkpointer(artifacts.checkpoint_dir(workdir, stage), save_every=ckpt_every)
     writer = MetricWriter(artifacts.stage_dir(workdir, stage))
     try:

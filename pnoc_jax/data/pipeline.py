@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from pnoc_jax.core import distributed, rng
+from pnoc_jax.core import rng
 from pnoc_jax.data import datasets
 
 Transform = Callable[[dict, np.random.Generator], dict]
@@ -46,30 +46,48 @@ def split_index(config: ml_collections.ConfigDict, split: str) -> list[tuple[str
     return [(e["id"], bool(e["labels"].sum() > 0)) for e in source]
 
 
+class _ProcessRows(Sequence):
+    """This process's rows of the global batches of a stream: its row r of batch s is element
+    s·G + p·L + r (G the global batch, L = G / processes, p the process)."""
+
+    def __init__(self, stream: grain.MapDataset, global_batch: int, process: int, processes: int):
+        self._stream = stream
+        self._global = global_batch
+        self._local = global_batch // processes
+        self._offset = process * self._local
+
+    def __len__(self) -> int:
+        return len(self._stream) // self._global * self._local
+
+    def __getitem__(self, index: int) -> dict:
+        step, row = divmod(index, self._local)
+        return self._stream[step * self._global + self._offset + row]
+
+
 def train_batches(
     source: Sequence[dict],
     transform: Transform,
-    batch_size: int,
+    global_batch: int,
     seed: int,
     keys: tuple[str, ...] = ("image", "labels"),
+    process: int = 0,
+    processes: int = 1,
 ) -> grain.MapDataset:
-    """Shuffled (reshuffled every epoch), repeated, augmented and batched examples.
+    """This process's share of the global batches of the shuffled (every epoch), repeated and
+    augmented `source` (the whole split).
 
-    `batch_size` is this process's share of the global batch. Only `keys` are batched.
+    Every process sees the same global stream, a pure function of (seed, position), and takes
+    its rows of each global batch, computing only those; so a run on P processes trains on
+    exactly the batches of a run on one. Only `keys` are batched.
     """
 
     def augment(example: dict, rng: np.random.Generator) -> dict:
         out = transform(example, rng)
         return {k: out[k] for k in keys}
 
-    return (
-        grain.MapDataset.source(source)
-        .seed(seed)
-        .shuffle()
-        .repeat()
-        .random_map(augment)
-        .batch(batch_size, drop_remainder=True)
-    )
+    stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(augment)
+    rows = _ProcessRows(stream, global_batch, process, processes)
+    return grain.MapDataset.source(rows).batch(global_batch // processes, drop_remainder=True)
 
 
 def iterate_from(
@@ -97,7 +115,7 @@ class TrainingInput:
     number of steps. `batches(start)` is what `core.loop.run_training` iterates."""
 
     dataset: grain.MapDataset
-    num_examples: int  # on this process
+    num_examples: int  # in the split
     steps_per_epoch: int
     total_steps: int
 
@@ -115,16 +133,21 @@ def training_input(
     seed: int,
     keys: tuple[str, ...] = ("image", "labels"),
 ) -> TrainingInput:
-    """Plans training on this process's `source` with the global `batch_size`.
+    """Plans training on `source`, the whole split (`open_split(..., whole=True)`), with the
+    global `batch_size`.
 
-    An epoch is the smallest number of full local batches over all processes (drop_last, as
-    the reference's DataLoader); `steps` > 0 overrides `epochs`. Data order and augmentation
-    depend only on (seed, process, step).
+    An epoch is the number of full global batches (drop_last, as the reference's DataLoader);
+    `steps` > 0 overrides `epochs`. Data order and augmentation depend only on (seed, step),
+    whatever the number of processes.
     """
-    local_batch = batch_size // jax.process_count()
-    local_steps = np.array(steps_per_epoch(len(source), local_batch))
-    per_epoch = int(distributed.allgather(local_steps).min())
+    per_epoch = steps_per_epoch(len(source), batch_size)
     dataset = train_batches(
-        source, transform, local_batch, rng.data_seed(seed) + jax.process_index(), keys
+        source,
+        transform,
+        batch_size,
+        rng.data_seed(seed),
+        keys,
+        jax.process_index(),
+        jax.process_count(),
     )
     return TrainingInput(dataset, len(source), per_epoch, steps or epochs * per_epoch)

@@ -18,9 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from pnoc_jax.models.backbones import build_backbone
-
-# The reference initialises the disentangler with kaiming_normal_ (fan_in, gain √2) and BN 1 / 0.
-_head_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+from pnoc_jax.models.layers import KAIMING_FAN_IN, batch_norm, conv
 
 
 class CCAM(nn.Module):
@@ -50,24 +48,8 @@ class CCAM(nn.Module):
             self.backbone, self.output_stride, self.frozen_bn, self.dtype, name="backbone"
         )(x, train=train)
         features = jnp.concatenate([feats["layer4"], feats["layer3"]], axis=-1)
-        z = nn.Conv(
-            1,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
-            use_bias=False,
-            kernel_init=_head_init,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name="disentangler_conv",
-        )(features)
-        z = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name="disentangler_bn",
-        )(z)
+        z = conv(1, 3, self.dtype, "disentangler_conv", kernel_init=KAIMING_FAN_IN)(features)
+        z = batch_norm(not train, self.dtype, "disentangler_bn")(z)
         z = z[..., 0].astype(jnp.float32)
         fg, bg = pool_foreground_background(z, features)
         return z, fg, bg

@@ -9,9 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from pnoc_jax.models.backbones import build_backbone
-
-# torch.nn.init.kaiming_normal_ defaults: fan_in, gain sqrt(2), untruncated normal.
-_head_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+from pnoc_jax.models.layers import KAIMING_FAN_IN, conv
 
 
 class CAMClassifier(nn.Module):
@@ -34,15 +32,8 @@ class CAMClassifier(nn.Module):
         feats = build_backbone(
             self.backbone, self.output_stride, self.frozen_bn, self.dtype, name="backbone"
         )(x, train=train)
-        cams = nn.Conv(
-            self.num_classes,
-            (1, 1),
-            use_bias=False,
-            kernel_init=_head_init,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name="classifier",
-        )(feats["layer4"])
+        head = conv(self.num_classes, 1, self.dtype, "classifier", kernel_init=KAIMING_FAN_IN)
+        cams = head(feats["layer4"])
         cams = cams.astype(jnp.float32)
         logits = jnp.mean(cams, axis=(1, 2))
         return logits, cams

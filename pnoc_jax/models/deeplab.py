@@ -45,10 +45,8 @@ import jax
 import jax.numpy as jnp
 
 from pnoc_jax.models.backbones import build_backbone
+from pnoc_jax.models.layers import KAIMING_FAN_IN, conv
 from pnoc_jax.models.resize import rescale_bilinear, resize_bilinear
-
-# torch.nn.init.kaiming_normal_ defaults: fan_in, gain sqrt(2), untruncated normal.
-_kaiming_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 ASPP_CHANNELS = 256
 LOW_LEVEL_CHANNELS = 48
@@ -92,17 +90,13 @@ class _ConvGNReLU(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         """``valid`` ``[B, h, w]`` (optional): the cells GroupNorm takes its statistics over."""
-        pad = self.dilation * (self.kernel - 1) // 2
-        x = nn.Conv(
+        x = conv(
             self.features,
-            (self.kernel, self.kernel),
-            padding=((pad, pad), (pad, pad)),
-            kernel_dilation=(self.dilation, self.dilation),
-            use_bias=False,
-            kernel_init=_kaiming_init,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name="conv",
+            self.kernel,
+            self.dtype,
+            "conv",
+            dilation=self.dilation,
+            kernel_init=KAIMING_FAN_IN,
         )(x)
         x = nn.GroupNorm(
             num_groups=GN_GROUPS,
@@ -173,15 +167,14 @@ class Decoder(nn.Module):
         for i, rate in enumerate(DECODER_DROPOUTS, start=1):
             x = _ConvGNReLU(self.channels, 3, dtype=dt, name=f"fuse{i}")(x, valid)
             x = nn.Dropout(rate, deterministic=not train)(x)
-        return nn.Conv(
+        return conv(
             self.num_classes,
-            (1, 1),
+            1,
+            dt,
+            "classifier",
             use_bias=True,
-            kernel_init=_kaiming_init,
+            kernel_init=KAIMING_FAN_IN,
             bias_init=_torch_bias_init(self.channels),
-            dtype=dt,
-            param_dtype=jnp.float32,
-            name="classifier",
         )(x)
 
 
@@ -250,17 +243,15 @@ class ASPPV2(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         out = None
         for i, rate in enumerate(self.rates):
-            y = nn.Conv(
+            y = conv(
                 self.num_classes,
-                (3, 3),
-                padding=((rate, rate), (rate, rate)),
-                kernel_dilation=(rate, rate),
+                3,
+                self.dtype,
+                f"c{i}",
+                dilation=rate,
                 use_bias=True,
                 kernel_init=nn.initializers.normal(0.01),
                 bias_init=nn.initializers.zeros,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                name=f"c{i}",
             )(x).astype(jnp.float32)
             out = y if out is None else out + y
         return out

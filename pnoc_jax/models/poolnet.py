@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pnoc_jax.models.backbones import build_backbone
+from pnoc_jax.models.layers import conv
 from pnoc_jax.models.resize import resize_bilinear
 
 OUTPUT_STRIDE = 16  # level 0 of the FAMs fuses layer4 with layer3 without resizing
@@ -100,17 +101,7 @@ def adaptive_avg_pool(x: jax.Array, size: int | Sequence[int]) -> jax.Array:
 
 
 def _head_conv(features: int, kernel: int, dtype: Any, name: str, bias: bool = False) -> nn.Conv:
-    pad = (kernel - 1) // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=bias,
-        kernel_init=_head_init,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
+    return conv(features, kernel, dtype, name, use_bias=bias, kernel_init=_head_init)
 
 
 class FeatureAggregation(nn.Module):

@@ -52,7 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pnoc_jax.models.resnet import _bn, _conv_init
+from pnoc_jax.models.layers import batch_norm, conv
 
 _EXPANSION = 4
 
@@ -79,33 +79,6 @@ _LAYER_STRIDE_DILATION = {
     16: ((1, 1), (2, 1), (2, 1), (1, 2)),
     8: ((1, 1), (2, 1), (1, 2), (1, 4)),
 }
-
-
-def _conv(
-    features: int,
-    kernel: int,
-    dtype: Any,
-    name: str,
-    stride: int = 1,
-    dilation: int = 1,
-    groups: int = 1,
-    use_bias: bool = False,
-) -> nn.Conv:
-    """Conv with torch-style symmetric padding ``dilation * (kernel - 1) // 2`` and groups."""
-    pad = dilation * (kernel - 1) // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        kernel_dilation=(dilation, dilation),
-        feature_group_count=groups,
-        use_bias=use_bias,
-        kernel_init=_conv_init,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
 
 
 def _avd_pool(x: jax.Array, stride: int) -> jax.Array:
@@ -160,13 +133,13 @@ class SplitAttentionConv(nn.Module):
         c, radix, card = self.channels, self.radix, self.cardinality
         # torch: max(in_channels * radix // reduction_factor, 32) with in_channels == channels.
         inter = max(c * radix // self.reduction_factor, 32)
-        x = _conv(c * radix, 3, dt, "conv", self.stride, self.dilation, groups=card * radix)(x)
-        x = nn.relu(_bn(ura, dt, "bn0")(x))
+        x = conv(c * radix, 3, dt, "conv", self.stride, self.dilation, groups=card * radix)(x)
+        x = nn.relu(batch_norm(ura, dt, "bn0")(x))
         splits = x.reshape(*x.shape[:3], radix, c)  # (N, H, W, radix, C)
         gap = jnp.mean(splits.astype(jnp.float32).sum(axis=3), axis=(1, 2), keepdims=True)
-        gap = _conv(inter, 1, dt, "fc1", groups=card, use_bias=True)(gap.astype(dt))
-        gap = nn.relu(_bn(ura, dt, "bn1")(gap))
-        logits = _conv(c * radix, 1, dt, "fc2", groups=card, use_bias=True)(gap)
+        gap = conv(inter, 1, dt, "fc1", groups=card, use_bias=True)(gap.astype(dt))
+        gap = nn.relu(batch_norm(ura, dt, "bn1")(gap))
+        logits = conv(c * radix, 1, dt, "fc2", groups=card, use_bias=True)(gap)
         logits = logits.astype(jnp.float32).reshape(x.shape[0], card, radix, c // card)
         # rSoftMax: softmax over the radix within each cardinal group (sigmoid for radix 1).
         att = jax.nn.softmax(logits, axis=2) if radix > 1 else jax.nn.sigmoid(logits)
@@ -194,8 +167,8 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         ura, dt = self.use_running_average, self.dtype
         group_width = int(self.planes * (self.bottleneck_width / 64.0)) * self.cardinality
-        y = _conv(group_width, 1, dt, "conv1")(x)
-        y = nn.relu(_bn(ura, dt, "bn1")(y))
+        y = conv(group_width, 1, dt, "conv1")(x)
+        y = nn.relu(batch_norm(ura, dt, "bn1")(y))
         y = SplitAttentionConv(
             group_width,
             stride=1 if self.avd else self.stride,
@@ -208,12 +181,12 @@ class Bottleneck(nn.Module):
         )(y)
         if self.avd:
             y = _avd_pool(y, self.stride)
-        y = _conv(self.planes * _EXPANSION, 1, dt, "conv3")(y)
-        y = _bn(ura, dt, "bn3")(y)
+        y = conv(self.planes * _EXPANSION, 1, dt, "conv3")(y)
+        y = batch_norm(ura, dt, "bn3")(y)
         if self.downsample:
             x = _shortcut_pool(x, self.shortcut_pool)
-            x = _conv(self.planes * _EXPANSION, 1, dt, "downsample_conv")(x)
-            x = _bn(ura, dt, "downsample_bn")(x)
+            x = conv(self.planes * _EXPANSION, 1, dt, "downsample_conv")(x)
+            x = batch_norm(ura, dt, "downsample_bn")(x)
         return nn.relu(y + x)
 
 
@@ -285,12 +258,12 @@ class ResNeSt(nn.Module):
         ura = (not train) or self.frozen_bn
         dt, sw = self.dtype, self.stem_width
         x = x.astype(dt)
-        x = _conv(sw, 3, dt, "stem_conv1", stride=2)(x)
-        x = nn.relu(_bn(ura, dt, "stem_bn1")(x))
-        x = _conv(sw, 3, dt, "stem_conv2")(x)
-        x = nn.relu(_bn(ura, dt, "stem_bn2")(x))
-        x = _conv(2 * sw, 3, dt, "stem_conv3")(x)
-        x = nn.relu(_bn(ura, dt, "bn1")(x))
+        x = conv(sw, 3, dt, "stem_conv1", stride=2)(x)
+        x = nn.relu(batch_norm(ura, dt, "stem_bn1")(x))
+        x = conv(sw, 3, dt, "stem_conv2")(x)
+        x = nn.relu(batch_norm(ura, dt, "stem_bn2")(x))
+        x = conv(2 * sw, 3, dt, "stem_conv3")(x)
+        x = nn.relu(batch_norm(ura, dt, "bn1")(x))
         # Flax pads max-pool windows with -inf, like torch.
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         feats = {"stem": x}

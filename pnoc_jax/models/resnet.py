@@ -24,11 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-_BN_MOMENTUM = 0.9
-_BN_EPSILON = 1e-5
+from pnoc_jax.models.layers import batch_norm, conv
 
 _EXPANSION = {"bottleneck": 4, "basic": 1}
 
@@ -40,42 +36,6 @@ RESNET_CONFIGS: dict[str, dict[str, Any]] = {
     "resnet101": dict(stage_sizes=(3, 4, 23, 3), block="bottleneck"),
     "resnet152": dict(stage_sizes=(3, 8, 36, 3), block="bottleneck"),
 }
-
-
-def _conv(
-    features: int,
-    kernel: int,
-    stride: int,
-    dilation: int,
-    dtype: Any,
-    name: str,
-) -> nn.Conv:
-    """Bias-free conv with torch-style symmetric padding ``dilation * (kernel - 1) // 2``."""
-    pad = dilation * (kernel - 1) // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        kernel_dilation=(dilation, dilation),
-        use_bias=False,
-        kernel_init=_conv_init,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
-
-
-def _bn(use_running_average: bool, dtype: Any, name: str) -> nn.BatchNorm:
-    """BatchNorm with torch defaults (momentum 0.1 == flax 0.9, eps 1e-5); params in float32."""
-    return nn.BatchNorm(
-        use_running_average=use_running_average,
-        momentum=_BN_MOMENTUM,
-        epsilon=_BN_EPSILON,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
 
 
 class BasicBlock(nn.Module):
@@ -91,13 +51,13 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         ura, dt = self.use_running_average, self.dtype
-        y = _conv(self.planes, 3, self.stride, self.dilation, dt, "conv1")(x)
-        y = nn.relu(_bn(ura, dt, "bn1")(y))
-        y = _conv(self.planes, 3, 1, self.dilation, dt, "conv2")(y)
-        y = _bn(ura, dt, "bn2")(y)
+        y = conv(self.planes, 3, dt, "conv1", self.stride, self.dilation)(x)
+        y = nn.relu(batch_norm(ura, dt, "bn1")(y))
+        y = conv(self.planes, 3, dt, "conv2", dilation=self.dilation)(y)
+        y = batch_norm(ura, dt, "bn2")(y)
         if self.downsample:
-            x = _conv(self.planes, 1, self.stride, 1, dt, "downsample_conv")(x)
-            x = _bn(ura, dt, "downsample_bn")(x)
+            x = conv(self.planes, 1, dt, "downsample_conv", self.stride)(x)
+            x = batch_norm(ura, dt, "downsample_bn")(x)
         return nn.relu(y + x)
 
 
@@ -114,15 +74,15 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         ura, dt = self.use_running_average, self.dtype
-        y = _conv(self.planes, 1, 1, 1, dt, "conv1")(x)
-        y = nn.relu(_bn(ura, dt, "bn1")(y))
-        y = _conv(self.planes, 3, self.stride, self.dilation, dt, "conv2")(y)
-        y = nn.relu(_bn(ura, dt, "bn2")(y))
-        y = _conv(self.planes * 4, 1, 1, 1, dt, "conv3")(y)
-        y = _bn(ura, dt, "bn3")(y)
+        y = conv(self.planes, 1, dt, "conv1")(x)
+        y = nn.relu(batch_norm(ura, dt, "bn1")(y))
+        y = conv(self.planes, 3, dt, "conv2", self.stride, self.dilation)(y)
+        y = nn.relu(batch_norm(ura, dt, "bn2")(y))
+        y = conv(self.planes * 4, 1, dt, "conv3")(y)
+        y = batch_norm(ura, dt, "bn3")(y)
         if self.downsample:
-            x = _conv(self.planes * 4, 1, self.stride, 1, dt, "downsample_conv")(x)
-            x = _bn(ura, dt, "downsample_bn")(x)
+            x = conv(self.planes * 4, 1, dt, "downsample_conv", self.stride)(x)
+            x = batch_norm(ura, dt, "downsample_bn")(x)
         return nn.relu(y + x)
 
 
@@ -195,8 +155,8 @@ class ResNet(nn.Module):
         ura = (not train) or self.frozen_bn
         block_cls = Bottleneck if self.block == "bottleneck" else BasicBlock
         x = x.astype(self.dtype)
-        x = _conv(self.stem_width, 7, 2, 1, self.dtype, "conv1")(x)
-        x = nn.relu(_bn(ura, self.dtype, "bn1")(x))
+        x = conv(self.stem_width, 7, self.dtype, "conv1", stride=2)(x)
+        x = nn.relu(batch_norm(ura, self.dtype, "bn1")(x))
         feats = {"conv1": x}  # stride 2, before the max-pool (PoolNet's finest tap)
         # Flax pads max-pool windows with -inf, like torch.
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

@@ -58,9 +58,9 @@ def test_tile_merge_round_trip_and_order():
     tiles = np.asarray(losses.tile(jnp.asarray(x)))
     assert tiles.shape == (8, 2, 3, 3)
     np.testing.assert_array_equal(tiles[0], x[0, :2, :3])  # TL of sample 0
-    np.testing.assert_array_equal(tiles[2 + 1], x[1, :2, 3:])  # TR of sample 1
-    np.testing.assert_array_equal(tiles[4], x[0, 2:, :3])  # BL of sample 0
-    np.testing.assert_array_equal(tiles[7], x[1, 2:, 3:])  # BR of sample 1
+    np.testing.assert_array_equal(tiles[4 + 1], x[1, :2, 3:])  # TR of sample 1
+    np.testing.assert_array_equal(tiles[2], x[0, 2:, :3])  # BL of sample 0
+    np.testing.assert_array_equal(tiles[4 + 3], x[1, 2:, 3:])  # BR of sample 1
     np.testing.assert_array_equal(np.asarray(losses.merge(jnp.asarray(tiles))), x)
 
 

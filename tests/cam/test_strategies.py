@@ -16,6 +16,7 @@ from pnoc_jax.core import artifacts, distributed, optim, rng, weights
 from pnoc_jax.core.checkpoint import Checkpointer
 from pnoc_jax.core.loop import Preempted
 from pnoc_jax.core.train_state import create_state
+from tests.collectives import collectives, unexpected
 
 SIZE, CLASSES, BATCH = 32, 6, 8
 
@@ -46,12 +47,17 @@ def _setup(config, devices, strategy="pnoc", leak=True):
     return mesh, states, updates, cfg, model, oc_model
 
 
-def _run_step(mesh, states, updates, batch, step=3):
+def _run_step(mesh, states, updates, batch, step=3, check_collectives=False):
+    """One step of every update; optionally asserts each compiled update communicates only
+    what data parallelism needs (all-reduces of gradients and BN statistics)."""
     out, metrics, carry = dict(states), {}, None
     with jax.set_mesh(mesh):
         batch = distributed.to_global(batch, mesh)
         for u in updates:
             others = {k: v for k, v in out.items() if k != u.name}
+            if check_collectives:
+                args = (out[u.name], others, batch, carry, jnp.asarray(step))
+                assert not unexpected(u.fn, *args), (u.name, collectives(u.fn, *args))
             out[u.name], m, carry = u.fn(out[u.name], others, batch, carry, jnp.asarray(step))
             metrics.update(m)
     return out, metrics, carry
@@ -132,11 +138,13 @@ def test_noc_update_matches_independent_gradient(tiny_config, leak):
 
 
 def test_two_updates_same_on_1_and_8_devices(tiny_config, strategy="pnoc"):
+    """Same numbers on 1 and 8 devices, and on 8 devices no collective but all-reduces (Puzzle's
+    tiles stay on their image's device; the reference's quadrant-major order moved them)."""
     batch = _batch()
     m1, s1, u1, *_ = _setup(tiny_config, jax.devices()[:1], strategy)
     m8, s8, u8, *_ = _setup(tiny_config, jax.devices(), strategy)
     out1, met1, _ = _run_step(m1, s1, u1, batch)
-    out8, met8, _ = _run_step(m8, s8, u8, batch)
+    out8, met8, _ = _run_step(m8, s8, u8, batch, check_collectives=True)
     for k in met1:
         assert float(met1[k]) == pytest.approx(float(met8[k]), rel=1e-5), k
     for a, b in zip(jax.tree.leaves(_host(out1)), jax.tree.leaves(_host(out8)), strict=True):

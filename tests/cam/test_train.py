@@ -1,5 +1,7 @@
 """The training loop: data-parallel equivalence, exact resume, preemption and the NaN guard."""
 
+import dataclasses
+import functools
 import os
 import signal
 
@@ -9,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from pnoc_jax import pipeline
 from pnoc_jax.cam import strategies
 from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import artifacts, checkpoint, distributed, optim, rng, weights, writers
@@ -177,3 +180,29 @@ def test_exploding_head_is_never_checkpointed(tiny_config, tmp_path):
     step, params = _checkpointed_params(resumed)
     assert step == 2 and _all_finite(params)
     assert [r["step"] for r in _rows(resumed)] == [1, 2]
+
+
+def test_a_preempted_stage_resubmitted_with_other_runtime_knobs_resumes(
+    tiny_config, tmp_path, monkeypatch
+):
+    """`config.runtime` is in no fingerprint: another ckpt_every / log_every resumes the run."""
+    workdir = str(tmp_path)
+
+    def sigterm_at_3(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stage = pipeline.STAGES["train_cam"]
+    preempting = dataclasses.replace(
+        stage, run=functools.partial(cam_train.train_cam, on_step=sigterm_at_3)
+    )
+    monkeypatch.setitem(pipeline.STAGES, "train_cam", preempting)
+    with pytest.raises(Preempted):
+        pipeline.run_stage("train_cam", tiny_config, workdir)
+    monkeypatch.setitem(pipeline.STAGES, "train_cam", stage)
+    tiny_config.runtime.update(ckpt_every=5, log_every=2)
+    assert pipeline.run_stage("train_cam", tiny_config, workdir)
+    assert not [d for d in os.listdir(workdir) if d.startswith("train_cam.stale")]
+    steps = [row["step"] for row in writers.read_metrics(artifacts.stage_dir(workdir, "train_cam"))]
+    # Steps 1-3 before the preemption; then every 2nd, and step 5 (a checkpoint step logs too).
+    assert steps == [1, 2, 3, 4, 5, 6]
