@@ -17,9 +17,8 @@ Recipe (spec §14, paper-era runner where HEAD differs):
   P-NOC     B16 x accumulate 2, lr 0.1, colorjitter (paper; HEAD used none), 15 epochs;
             noc initialised from the OC, frozen BN, its own SGD (classifier head 10x),
             λ_noc 0->1, δ_noc 0.2, k_noc 1, and the CSE gradient into noc (official code).
-Deviations: ResNet-101 (torchvision structure) instead of ResNeSt-269. The reference code SUMS
-the 2 accumulated gradients; we average them, so the learning rates are doubled here
-(lr 0.2 averaged == lr 0.1 summed, plain SGD).
+Deviations: ResNet-101 (torchvision structure) instead of ResNeSt-269. The 2 accumulated
+gradients are summed, as the reference code does, so lr and weight decay are the reference's.
 """
 
 from pnoc_jax import config_lib
@@ -52,7 +51,7 @@ def get_config(arg: str | None = None):
         strategy=args.strategy,
         batch_size=16 if accumulate > 1 else 32,
         accumulate_steps=accumulate,
-        lr=0.1 * accumulate,
+        lr=0.1,
         augment="colorjitter" if args.strategy != "cam" else "randaugment",
         label_smoothing=args.ls,
     )

@@ -220,7 +220,7 @@ def train_section(**overrides: Any) -> ml_collections.ConfigDict:
             "poly_power": 0.9,
             "lr_mult": (1.0, 2.0, 10.0, 20.0),  # backbone weight/bias, new-layer weight/bias
             "label_smoothing": 0.0,
-            "accumulate_steps": 1,
+            "accumulate_steps": 1,  # micro-batch gradients SUMMED per step, as the reference
             "dtype": "float32",
             "augment": "",  # comma set of colorjitter, randaugment
             "min_size": 320,  # random resize: longer side in [min_size, max_size]

@@ -58,6 +58,9 @@ def optimizer_config(
     frozen: tuple[str, ...] = (),
     lr_mult: float = 1.0,
 ) -> optim.OptimizerConfig:
+    """SGD of a classifier-training section. Accumulated gradients are SUMMED, as the reference
+    CAM scripts do (they do not divide the loss by the accumulation steps, spec §2), so the
+    section's lr and weight decay are the reference's own, for f and for noc."""
     return optim.OptimizerConfig(
         lr=section.lr * lr_mult,
         total_steps=steps // section.accumulate_steps,
@@ -67,6 +70,7 @@ def optimizer_config(
         poly_power=section.poly_power,
         lr_mult=tuple(section.lr_mult),
         accumulate_steps=section.accumulate_steps,
+        accumulation="sum",
         frozen=frozen,
     )
 
@@ -114,8 +118,17 @@ def run(
         max_size=section.max_size,
         augment=section.augment,
     )
+    split = pipeline.open_split(config, section.split)
+    source = pipeline.labelled_only(split)  # images without a class are skipped (reference)
+    if len(source) < len(split):
+        logging.info(
+            "%s: %d of %d images have no class and are skipped",
+            stage,
+            len(split) - len(source),
+            len(split),
+        )
     plan = pipeline.training_input(
-        pipeline.open_split(config, section.split),
+        source,
         transform,
         batch_size=section.batch_size,
         epochs=section.epochs,
