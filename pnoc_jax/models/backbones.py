@@ -63,7 +63,8 @@ def load_backbone(
     `backbone` part is used); every shape is checked against the architecture.
     """
     module = build_backbone(arch, output_stride, frozen_bn)
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)), False)
+    x = jnp.zeros((1, 64, 64, 3))
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
     fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     loaded = weights.load(npz_path)
     subset = {col: tree["backbone"] for col, tree in loaded.items() if "backbone" in tree}
