@@ -195,6 +195,9 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     config_lib.check_choice(config, f"{key}.backbone", ("", *backbones.backbone_names()))
     config_lib.check_choice(config, f"{key}.output_stride", backbones.OUTPUT_STRIDES)
     config_lib.check_choice(config, f"{key}.backbone_weights", ("pretrained", "train_cam"))
+    natural = datasets.get_info(config.data.name).needs_pretrained
+    if cfg.backbone_weights == "pretrained" and natural:
+        backbones.check_pretrained(config, cfg.backbone or config.model.backbone, "train_affinity")
     if cfg.backbone_weights == "train_cam":
         config_lib.check(
             cfg.backbone in ("", config.model.backbone),

@@ -18,6 +18,7 @@ from pnoc_jax.core import artifacts, distributed, optim, rng, weights
 from pnoc_jax.core.loop import run_training
 from pnoc_jax.core.train_state import TrainState, create_state
 from pnoc_jax.data import datasets, pipeline, transforms
+from pnoc_jax.models import backbones
 from pnoc_jax.models.classifier import CAMClassifier
 
 
@@ -240,8 +241,14 @@ def _validate_section(
         )
 
 
+def _check_pretrained(config: ml_collections.ConfigDict, who: str) -> None:
+    if datasets.get_info(config.data.name).needs_pretrained:
+        backbones.check_pretrained(config, config.model.backbone, who)
+
+
 def validate_oc(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
     _validate_section(config, "oc", topology)
+    _check_pretrained(config, "train_oc")
     config_lib.check_choice(config, "oc.init_backbone_from", ("",))
     config_lib.check(
         not strategies.needs_oc(config.oc.strategy),
@@ -254,3 +261,5 @@ def validate_oc(config: ml_collections.ConfigDict, topology: config_lib.Topology
 def validate_train(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
     _validate_section(config, "train", topology)
     config_lib.check_choice(config, "train.init_backbone_from", ("", "train_oc"))
+    if config.train.init_backbone_from != "train_oc":
+        _check_pretrained(config, "train_cam")

@@ -57,6 +57,9 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     splits: tuple[str, ...]
     ignore_index: int = 255
+    # Natural images: training from random weights is a mistake unless asked for
+    # (`config.model.allow_random_init`); the synthetic data have no ImageNet-like weights.
+    needs_pretrained: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -69,6 +72,7 @@ _INFOS = {
         name="synthetic",
         class_names=tuple(_synthetic.CLASS_NAMES),
         splits=tuple(_synthetic.SPLIT_SIZES),
+        needs_pretrained=False,
     ),
     # `train_aug` exists only when the VOCdevkit holds SegmentationClassAug and a train_aug list.
     "voc2012": DatasetInfo(
