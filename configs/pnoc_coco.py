@@ -25,7 +25,8 @@ Recipe (HEAD runner for COCO where it states a value, spec §11/§14; the rest a
             ImageNet backbone, β 10, 2^8 steps, bg 0.3, CRF t1 gt .9.
 Evaluation: the plain sweep, and the RW sweep with the pseudo-labels' CRF. The priors' CRF
 sweep is off (`eval.crf_iterations=0`): 16 CRF-refined maps of each of val2014's 40,504 images
-take days of CPU (README, "Benchmarks"); set --config.eval.crf_iterations=10 to add it.
+take ~6.4 CPU-s per image, ~72 CPU-hours (README, "Benchmark"); set
+--config.eval.crf_iterations=10 to add it.
 """
 
 from pnoc_jax import config_lib
