@@ -169,34 +169,34 @@ def test_resnest50_matches_reference(ref, output_stride: int) -> None:
         assert out[key].shape[1:3] == (64 // stride, 64 // stride), key
 
 
-def test_resnest269_os16_matches_reference(ref) -> None:
-    """The paper's backbone, full depth (3/30/48/8 blocks), at output stride 16 on one 64x48
-    image. The residual-branch BN scales (bn3) are drawn 5x smaller: with the package's init
-    and BN scales ~U(0.5, 1.5), 89 residual additions grow layer3 to ~1e7 (64x64) and the
+@pytest.mark.parametrize(
+    ("arch", "output_stride"), [("resnest101", 8), ("resnest200", 32), ("resnest269", 16)]
+)
+def test_deep_resnests_match_reference(ref, arch: str, output_stride: int) -> None:
+    """Every shipped depth at full depth, one 64x48 image each; ResNeSt-269 (the paper's) at
+    output stride 16, 101 at 8 and 200 at 32 (resnest50 has all three above). The
+    residual-branch BN scales (bn3) are drawn 5x smaller: with the package's init and BN scales
+    ~U(0.5, 1.5), ResNeSt-269's 89 residual additions grow layer3 to ~1e7 (64x64) and the
     split-attention softmax then flips on float32 rounding; scaled, every stage stays O(10).
-    Cost (2 CPU cores): ~30 s CPU, mostly XLA compiling the 89 blocks."""
+    Cost (user + sys CPU): ~20 s for 269, ~30 s for 101 and 200 together, mostly XLA compiling."""
     import torch
 
     with torch.device("meta"):
-        tmodel = ref.resnest269(pretrained=False, dilation=2)
-    tmodel = _randomise(tmodel.to_empty(device="cpu"), seed=269)
+        tmodel = getattr(ref, arch)(pretrained=False, **REFERENCE_OS_KWARGS[output_stride])
+    tmodel = _randomise(tmodel.to_empty(device="cpu"), seed=output_stride)
     with torch.no_grad():
         for name, m in tmodel.named_modules():
             if name.endswith(".bn3"):
                 m.weight.mul_(0.2)
-    x = np.random.default_rng(269).standard_normal((1, 3, 64, 48)).astype(np.float32)
+    x = np.random.default_rng(output_stride).standard_normal((1, 3, 64, 48)).astype(np.float32)
     expected = _reference_features(tmodel, x)
-    variables = _backbone_variables(_state_dict(tmodel), "resnest269")
+    variables = _backbone_variables(_state_dict(tmodel), arch)
     del tmodel
-    out = _apply(build_resnest("resnest269", 16), variables, x, train=False)
-    _assert_features_close(out, expected, "resnest269 OS16")
-    assert {k: v.shape for k, v in out.items()} == {
-        "stem": (1, 16, 12, 128),
-        "layer1": (1, 16, 12, 256),
-        "layer2": (1, 8, 6, 512),
-        "layer3": (1, 4, 3, 1024),
-        "layer4": (1, 4, 3, 2048),
-    }
+    out = _apply(build_resnest(arch, output_stride), variables, x, train=False)
+    _assert_features_close(out, expected, f"{arch} OS{output_stride}")
+    chans = resnest_feature_channels(arch)
+    for key, stride in STRIDES[output_stride].items():
+        assert out[key].shape == (1, -(-64 // stride), -(-48 // stride), chans[key]), key
     assert max(float(np.abs(v).max()) for v in expected.values()) < 100
 
 
