@@ -2,9 +2,13 @@
 
     python -m pnoc_jax.benchmark --backbone resnet101 --batch 16 --size 512 --dtype bfloat16
     python -m pnoc_jax.benchmark --strategy pnoc --backbone tiny --batch 16 --size 96
+    python -m pnoc_jax.benchmark --strategy pnoc --backbone resnest269 --compile_only
 
 Reports images/s, step time (median), peak memory and, on GPU/TPU, the model-FLOPs
-utilisation (XLA's FLOP count of the compiled step / step time / the chip's peak).
+utilisation (XLA's FLOP count of the compiled step / step time / the chip's peak). Each
+update's compiled memory (XLA's buffer assignment: arguments, outputs, temporaries) is
+reported too; `--compile_only` stops there, which says whether a batch fits a device without
+running it (compiled for the present backend: a CPU's assignment only approximates a GPU's).
 """
 
 import json
@@ -32,6 +36,9 @@ _CLASSES = flags.DEFINE_integer("classes", 20, "Number of classes.")
 _STRIDE = flags.DEFINE_integer("output_stride", 16, "Output stride.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
 _INFER_IMAGES = flags.DEFINE_integer("infer_images", 0, "Images for TTA timing (0: batch).")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "Compile the train updates and report FLOPs and memory; run nothing."
+)
 
 # Dense peak FLOP/s per chip: (bf16, f32). f32 matmuls/convs on these GPUs run as TF32.
 _PEAKS = {
@@ -68,6 +75,16 @@ def _time(fn, steps: int) -> list[float]:
     return times
 
 
+def _memory(compiled) -> dict:
+    """XLA's buffer assignment of a compiled update, in bytes (peak ~ arguments + temporaries,
+    the outputs reusing the donated state)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    fields = ("argument", "output", "temp", "alias")
+    return {f"{f}_bytes": int(getattr(stats, f"{f}_size_in_bytes", 0)) for f in fields}
+
+
 def benchmark_train(mesh) -> dict:
     dtype = jnp.dtype(_DTYPE.value)
     model = CAMClassifier(_BACKBONE.value, _CLASSES.value, _STRIDE.value, dtype=dtype)
@@ -78,6 +95,8 @@ def benchmark_train(mesh) -> dict:
     if strategies.needs_oc(_STRATEGY.value):
         oc_model = CAMClassifier(_BACKBONE.value, _CLASSES.value, _STRIDE.value, True, dtype)
         states["oc"] = create_state(oc_model, tx, rng.init_key(1), shape, mesh)
+    if _COMPILE_ONLY.value:
+        return compile_train(mesh, model, oc_model, states, shape)
     cfg = strategies.StrategyConfig(_STRATEGY.value, total_steps=1000, label_smoothing=0.1)
     updates = strategies.build_updates(cfg, model=model, oc_model=oc_model, mesh=mesh, seed=0)
     r = np.random.default_rng(0)
@@ -100,23 +119,54 @@ def benchmark_train(mesh) -> dict:
 
     with jax.set_mesh(mesh):
         step()  # compile + warm-up; records each update's input carry
-        flops = 0.0
+        flops, memory = 0.0, {}
         for u in updates:
             others = {k: v for k, v in states.items() if k != u.name}
             lowered = u.fn.lower(states[u.name], others, batch, carries[u.name], jnp.asarray(0))
-            cost = lowered.compile().cost_analysis()
+            compiled = lowered.compile()
+            cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost
             flops += float((cost or {}).get("flops", 0.0))
+            memory[f"update_{u.name}"] = _memory(compiled)
         times = _time(step, _STEPS.value)
     median = statistics.median(times)
     result = {
         "train_step_s": median,
         "train_images_per_s": _BATCH.value / median,
         "train_flops_per_step": flops,
+        **memory,
     }
     peak = peak_flops(jax.devices()[0], _DTYPE.value)
     if peak and flops:
         result["train_mfu"] = flops / median / (peak * jax.device_count())
+    return result
+
+
+def compile_train(mesh, model, oc_model, states: dict, shape: tuple[int, ...]) -> dict:
+    """FLOPs and compiled memory of each update, from abstract inputs (nothing runs)."""
+    cfg = strategies.StrategyConfig(_STRATEGY.value, total_steps=1000, label_smoothing=0.1)
+    updates = strategies.build_updates(cfg, model=model, oc_model=oc_model, mesh=mesh, seed=0)
+    batch = {
+        "image": jax.ShapeDtypeStruct((_BATCH.value, *shape[1:]), jnp.float32),
+        "labels": jax.ShapeDtypeStruct((_BATCH.value, _CLASSES.value), jnp.float32),
+    }
+    result, carry = {}, None
+    with jax.set_mesh(mesh):
+        for u in updates:
+            others = {k: v for k, v in states.items() if k != u.name}
+            traced = u.fn.trace(states[u.name], others, batch, carry, jnp.asarray(0))
+            carry = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), traced.out_info[2]
+            )
+            start = time.perf_counter()
+            compiled = traced.lower().compile()
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            result[f"update_{u.name}"] = {
+                "compile_s": time.perf_counter() - start,
+                "flops": float((cost or {}).get("flops", 0.0)),
+                **_memory(compiled),
+            }
     return result
 
 
@@ -155,7 +205,8 @@ def main(argv) -> None:
         "jax": jax.__version__,
     }
     result.update(benchmark_train(mesh))
-    result.update(benchmark_tta())
+    if not _COMPILE_ONLY.value:
+        result.update(benchmark_tta())
     result["peak_memory_bytes"] = peak_memory_bytes()
     print(json.dumps(result, indent=2))
 

@@ -220,7 +220,7 @@ def train_section(**overrides: Any) -> ml_collections.ConfigDict:
             "poly_power": 0.9,
             "lr_mult": (1.0, 2.0, 10.0, 20.0),  # backbone weight/bias, new-layer weight/bias
             "label_smoothing": 0.0,
-            "accumulate_steps": 1,
+            "accumulate_steps": 1,  # micro-batch gradients SUMMED per step, as the reference
             "dtype": "float32",
             "augment": "",  # comma set of colorjitter, randaugment
             "min_size": 320,  # random resize: longer side in [min_size, max_size]
@@ -274,6 +274,8 @@ def base_config() -> ml_collections.ConfigDict:
             "output_stride": 16,
             "frozen_bn": False,
             "pretrained": "",  # .npz from `python -m pnoc_jax.models.convert`
+            # Real-image datasets stop in validation without `pretrained` unless this is set.
+            "allow_random_init": False,
         }
     )
     config.oc = train_section(strategy="cam", augment="randaugment", label_smoothing=0.1)
@@ -287,7 +289,15 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     config.eval = ml_collections.ConfigDict(
-        {"split": "train", "thresholds": tuple(round(0.05 * i, 2) for i in range(1, 17))}
+        {
+            "split": "train",
+            "thresholds": tuple(round(0.05 * i, 2) for i in range(1, 17)),
+            # The priors' sweep is also reported with each thresholded map refined by the
+            # dense CRF (spec §6: t 10, gt_prob 0.7); 0 = the plain sweep only. The random
+            # walk's sweep uses the pseudo-labels' CRF (config.rw.crf_*), as the reference.
+            "crf_iterations": 10,
+            "crf_gt_prob": 0.7,
+        }
     )
     # Affinity labels from the CAMs of `split` (spec §8).
     config.affinity_labels = ml_collections.ConfigDict(

@@ -177,11 +177,6 @@ SECTION_CHECKS: dict[str, config_lib.Check] = {
 }
 
 
-def _reports(stage: str) -> Callable[[ml_collections.ConfigDict, str], list[str]]:
-    """The missing-outputs check of an evaluation stage: metrics.json, sweep.csv, sweep.png."""
-    return lambda config, workdir: artifacts.missing(artifacts.report_files(workdir, stage))
-
-
 def _missing_compare(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     folder = artifacts.stage_dir(workdir, "compare")
     names = ("results.md", "results.csv", "metrics.json")
@@ -200,16 +195,16 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           missing=cam_infer.missing),
     Stage("eval_cam",           cam_evaluate.run,      ("data", "eval"),    ("infer_cam",),
           checks=(cam_evaluate.validate,), headline=cam_evaluate.headline,
-          missing=_reports("eval_cam")),
+          missing=cam_evaluate.missing),
     Stage("affinity_labels",    make_labels.run,       ("data", "affinity_labels"), ("infer_cam",),
           headline=make_labels.headline, missing=make_labels.missing),
     Stage("train_affinity",     affinity_train.run,    (*_TRAIN, "affinity"), affinity_train.deps,
           missing=affinity_train.missing),
     Stage("random_walk",        walk.run,              ("data", "rw"),
           ("train_affinity", "infer_cam"), missing=walk.missing),
-    Stage("eval_pseudo_labels", affinity_evaluate.run, ("data", "eval"),    ("random_walk",),
+    Stage("eval_pseudo_labels", affinity_evaluate.run, ("data", "eval", "rw"), ("random_walk",),
           checks=(affinity_evaluate.validate,), headline=affinity_evaluate.headline,
-          missing=_reports("eval_pseudo_labels")),
+          missing=affinity_evaluate.missing),
     Stage("compare",            run_compare,
           (*_TRAIN, "oc", "train", "infer", "eval", "compare"),
           headline=lambda metrics: metrics["table"], missing=_missing_compare),

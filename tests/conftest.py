@@ -35,6 +35,7 @@ def make_tiny_config(data_dir: str):
     config.train.update(small, strategy="cam", init_backbone_from="")
     config.stages = ("train_cam", "infer_cam", "eval_cam")
     config.infer.scales = (1.0, 0.5)
+    config.eval.crf_iterations = 0  # the CRF sweep: tests/evaluation, tests/test_recipes.py
     config.runtime.update(ckpt_every=2, log_every=1, predict_batch_size=4)
     return config
 

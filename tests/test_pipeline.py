@@ -33,6 +33,8 @@ BAD_VALUES = {
     "infer.weights_from": "train_rw",
     "eval.split": "test",
     "eval.thresholds": (0.3, 0.2),
+    "eval.crf_iterations": -1,
+    "eval.crf_gt_prob": 1.0,
     "affinity_labels.split": "test",
     "affinity_labels.fg_threshold": 1.5,
     "affinity_labels.bg_threshold": -0.1,

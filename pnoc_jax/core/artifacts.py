@@ -55,10 +55,12 @@ def metrics_file(workdir: str, stage: str) -> str:
     return os.path.join(workdir, stage, "metrics.json")
 
 
-def report_files(workdir: str, stage: str) -> list[str]:
-    """What an evaluation stage writes: metrics.json, sweep.csv and sweep.png."""
+def report_files(workdir: str, stage: str, crf: bool = False) -> list[str]:
+    """What an evaluation stage writes: metrics.json, sweep.csv and sweep.png; with the CRF
+    variant of the sweep also sweep_crf.csv."""
     folder = stage_dir(workdir, stage)
-    return [os.path.join(folder, name) for name in ("metrics.json", "sweep.csv", "sweep.png")]
+    names = ("metrics.json", "sweep.csv", "sweep.png", *(("sweep_crf.csv",) if crf else ()))
+    return [os.path.join(folder, name) for name in names]
 
 
 def score_file(directory: str, image_id: str) -> str:

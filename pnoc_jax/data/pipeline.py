@@ -64,6 +64,33 @@ class _ProcessRows(Sequence):
         return self._stream[step * self._global + self._offset + row]
 
 
+class Subset(Sequence):
+    """The examples of `source` at `indices`, in that order (picklable, for grain workers)."""
+
+    def __init__(self, source: Sequence[dict], indices: Sequence[int]):
+        self._source = source
+        self._indices = np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> dict:
+        return self._source[int(self._indices[index])]
+
+
+def labelled_only(source: Sequence[dict]) -> Sequence[dict]:
+    """The examples of `source` with at least one class, as the reference's classification
+    datasets train on (`IGNORE_BG_IMAGES`: an image without a label is skipped, spec §2): an
+    image without a class has nothing to erase (OC-CSE, P-NOC) nor to localise.
+    Reads labels only (`ids_and_labels`) where the source offers it."""
+    if hasattr(source, "ids_and_labels"):
+        labels = [lab for _, lab in source.ids_and_labels()]
+    else:
+        labels = [source[i]["labels"] for i in range(len(source))]
+    keep = [i for i, lab in enumerate(labels) if np.asarray(lab).sum() > 0]
+    return source if len(keep) == len(source) else Subset(source, keep)
+
+
 def train_batches(
     source: Sequence[dict],
     transform: Transform,
