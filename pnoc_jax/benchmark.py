@@ -3,6 +3,12 @@
     python -m pnoc_jax.benchmark --backbone resnet101 --batch 16 --size 512 --dtype bfloat16
     python -m pnoc_jax.benchmark --strategy pnoc --backbone tiny --batch 16 --size 96
     python -m pnoc_jax.benchmark --strategy pnoc --backbone resnest269 --compile_only
+    python -m pnoc_jax.benchmark --saliency ccamh --backbone resnet101 --batch 32 --size 448
+    python -m pnoc_jax.benchmark --saliency detector --backbone resnet50 --batch 8 --size 512
+
+`--saliency ccamh` times the C²AM-H train step (`--size` is the crop), `--saliency detector` the
+saliency detector's (PoolNet; `--size` is the canvas, `--head_divisor` narrows its head); both
+skip the CAM network's step and TTA.
 
 Reports images/s, step time (median), peak memory and, on GPU/TPU, the model-FLOPs
 utilisation (XLA's FLOP count of the compiled step / step time / the chip's peak). Each
@@ -11,6 +17,7 @@ reported too; `--compile_only` stops there, which says whether a batch fits a de
 running it (compiled for the present backend: a CPU's assignment only approximates a GPU's).
 """
 
+import functools
 import json
 import resource
 import statistics
@@ -18,14 +25,20 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
 
 from pnoc_jax.cam import infer, strategies
 from pnoc_jax.core import distributed, optim, rng
+from pnoc_jax.core.loop import jit_update
 from pnoc_jax.core.train_state import create_state
 from pnoc_jax.inference import tta
+from pnoc_jax.models.ccam import CCAM
 from pnoc_jax.models.classifier import CAMClassifier
+from pnoc_jax.models.poolnet import PoolNet
+from pnoc_jax.saliency import train as saliency_train
+from pnoc_jax.saliency import train_detector
 
 _BACKBONE = flags.DEFINE_string("backbone", "resnet101", "Backbone name.")
 _STRATEGY = flags.DEFINE_enum("strategy", "cam", list(strategies.STRATEGIES), "Strategy.")
@@ -39,6 +52,11 @@ _INFER_IMAGES = flags.DEFINE_integer("infer_images", 0, "Images for TTA timing (
 _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only", False, "Compile the train updates and report FLOPs and memory; run nothing."
 )
+# saliency (issue 10)
+_SALIENCY = flags.DEFINE_enum(
+    "saliency", "", ["", "ccamh", "detector"], "Time a saliency train step instead."
+)
+_HEAD_DIVISOR = flags.DEFINE_integer("head_divisor", 1, "PoolNet head widths divided by this.")
 
 # Dense peak FLOP/s per chip: (bf16, f32). f32 matmuls/convs on these GPUs run as TF32.
 _PEAKS = {
@@ -191,6 +209,69 @@ def benchmark_tta() -> dict:
     return {"tta_images_per_s": n / median, "tta_batch_s": median, "tta_images_per_batch": n}
 
 
+# ---------------------------------------------------------------------------- saliency (issue 10)
+def _time_update(update, state, batch, mesh, name: str) -> dict:
+    """Median step time, images/s, XLA FLOPs and MFU of one jitted update."""
+    box = {"state": state}
+
+    def step():
+        box["state"], metrics, _ = update(box["state"], {}, batch, None, jnp.asarray(0))
+        return metrics["loss"]
+
+    with jax.set_mesh(mesh):
+        step()
+        lowered = update.lower(box["state"], {}, batch, None, jnp.asarray(0))
+        cost = lowered.compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        flops = float((cost or {}).get("flops", 0.0))
+        median = statistics.median(_time(step, _STEPS.value))
+    result = {
+        f"{name}_step_s": median,
+        f"{name}_images_per_s": _BATCH.value / median,
+        f"{name}_flops_per_step": flops,
+    }
+    peak = peak_flops(jax.devices()[0], _DTYPE.value)
+    if peak and flops:
+        result[f"{name}_mfu"] = flops / median / (peak * jax.device_count())
+    return result
+
+
+def benchmark_saliency(mesh) -> dict:
+    """The C²AM-H (hint loss included) or detector train step on random data."""
+    dtype = jnp.dtype(_DTYPE.value)
+    b, size = _BATCH.value, _SIZE.value
+    r = np.random.default_rng(0)
+    image = r.normal(size=(b, size, size, 3)).astype(np.float32)
+    if _SALIENCY.value == "ccamh":
+        model = CCAM(_BACKBONE.value, _STRIDE.value, dtype=dtype)
+        section = ml_collections.ConfigDict(
+            dict(lr=0.001, accumulate_steps=1, weight_decay=1e-4, momentum=0.0, poly_power=0.9,
+                 lr_mult=(1.0, 2.0, 10.0, 20.0))
+        )  # fmt: skip
+        tx, stats = saliency_train.make_optimizer(section, 1000)
+        fn = functools.partial(
+            saliency_train.ccam_update, model=model, alpha=0.25, hint_weight=1.0,
+            hint_threshold=0.4, label_smoothing=0.1, hints=True,
+        )  # fmt: skip
+        batch = {"image": image, "hint": r.uniform(0, 1, (b, size, size)).astype(np.float32)}
+    else:
+        model = PoolNet(_BACKBONE.value, dtype=dtype, head_divisor=_HEAD_DIVISOR.value)
+        section = ml_collections.ConfigDict(dict(lr=5e-5, accumulate_steps=1, weight_decay=5e-4))
+        tx, stats = train_detector.make_optimizer(section)
+        fn = functools.partial(train_detector.detector_update, model=model)
+        batch = {
+            "image": image,
+            "target": r.uniform(0, 1, (b, size, size)).astype(np.float32),
+            "valid": np.ones((b, size, size), np.float32),
+        }
+    state = create_state(model, tx, rng.init_key(0), (1, size, size, 3), mesh, None, stats)
+    update = jit_update(fn, mesh)
+    return _time_update(update, state, distributed.to_global(batch, mesh), mesh, _SALIENCY.value)
+
+
+# ---------------------------------------------------------------------------- (end of issue 10)
+
+
 def main(argv) -> None:
     del argv
     mesh = distributed.make_mesh()
@@ -204,6 +285,12 @@ def main(argv) -> None:
         "device_kind": jax.devices()[0].device_kind,
         "jax": jax.__version__,
     }
+    if _SALIENCY.value:  # saliency (issue 10)
+        result.update(saliency=_SALIENCY.value, head_divisor=_HEAD_DIVISOR.value)
+        result.update(benchmark_saliency(mesh))
+        result["peak_memory_bytes"] = peak_memory_bytes()
+        print(json.dumps(result, indent=2))
+        return
     result.update(benchmark_train(mesh))
     if not _COMPILE_ONLY.value:
         result.update(benchmark_tta())
