@@ -176,6 +176,7 @@ def validate_runtime(config: ml_collections.ConfigDict, topology: Topology) -> N
         check_number(config, f"runtime.{key}", low=1, integer=True)
     check_number(config, "runtime.num_workers", low=0, integer=True)
     check_number(config, "runtime.keep_stale", low=0, integer=True)
+    check_number(config, "runtime.input_workers", low=-1, integer=True)
 
 
 def check_training(config: ml_collections.ConfigDict, name: str, topology: Topology) -> None:
@@ -432,6 +433,9 @@ def base_config() -> ml_collections.ConfigDict:
             "log_every": 50,  # training steps between metric lines
             "ckpt_every": 500,  # training steps between checkpoints
             "num_workers": 0,  # CPU worker processes (CRF, random walk); 0 = one per CPU
+            # grain worker processes decoding and augmenting training batches; 0 = threads of
+            # the training process; -1 = every CPU but two, at most 32 (0 with <= 4 CPUs).
+            "input_workers": -1,
             "predict_batch_size": 4,  # images per forward pass at inference (x2 with flips)
             "keep_stale": 3,  # <stage>.stale-N folders kept per stage (made with old configs)
         }

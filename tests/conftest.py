@@ -5,8 +5,20 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The persistent compilation cache, as for runs: a second run of the suite (and every
+# `python -m pnoc_jax.main` subprocess of this one) reuses compiled programs.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pnoc_jax", "jax-tests"
+    ),
+)
 
 import pytest
+
+from pnoc_jax.core import compile_cache
+
+compile_cache.enable(None)
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,7 @@ BAD_VALUES = {
     "runtime.num_workers": -1,
     "runtime.predict_batch_size": 0,
     "runtime.keep_stale": -1,
+    "runtime.input_workers": -2,
     # saliency (issue 10)
     "affinity_labels.saliency": "infer_cam",
     "saliency.method": "ccamx",
@@ -245,7 +246,9 @@ def test_runtime_knobs_never_change_a_fingerprint(tiny_config, tmp_path):
     """Nor does where the dataset is built: moving data_dir reruns nothing."""
     config = _all_stages_config(tiny_config)
     before = {name: pipeline.stage_fingerprint(name, config) for name in pipeline.STAGES}
-    config.runtime.update(log_every=7, ckpt_every=9, num_workers=3, predict_batch_size=16)
+    config.runtime.update(
+        log_every=7, ckpt_every=9, num_workers=3, predict_batch_size=16, input_workers=2
+    )
     config.runtime.keep_stale = 1
     os.symlink(config.data.data_dir, tmp_path / "moved")
     config.data.data_dir = str(tmp_path / "moved")

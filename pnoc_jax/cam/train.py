@@ -169,6 +169,7 @@ def run(
         mesh=mesh,
         ckpt_every=config.runtime.ckpt_every,
         log_every=config.runtime.log_every,
+        input_workers=config.runtime.input_workers,
         on_step=on_step,
     )
 

@@ -13,6 +13,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 
 from pnoc_jax.core import rng
 from pnoc_jax.data import datasets
@@ -117,12 +118,31 @@ def train_batches(
     return grain.MapDataset.source(rows).batch(global_batch // processes, drop_remainder=True)
 
 
-def iterate_from(
-    batches: grain.MapDataset, start: int, num_threads: int = 4, prefetch: int = 8
-) -> Iterator[dict]:
-    """Iterates batches start, start+1, ... with background threads prefetching."""
-    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
-    return iter(batches[start:].to_iter_dataset(options))
+def default_input_workers() -> int:
+    """Worker processes for `input_workers=-1`: every CPU but two (the training loop and the
+    accelerator runtime), at most 32; none on a machine of 4 CPUs or fewer, where a process's
+    start-up costs more than it brings."""
+    cpus = os.cpu_count() or 1
+    return 0 if cpus <= 4 else min(cpus - 2, 32)
+
+
+def iterate_from(batches: grain.MapDataset, start: int, workers: int = 0) -> Iterator[dict]:
+    """Iterates batches start, start+1, ..., prefetched by `workers` grain worker processes
+    (decode and augmentation off the training process), or by threads of this process when
+    `workers` is 0; -1: `default_input_workers()`. Batches are a pure function of their index,
+    so the worker count never changes them."""
+    if workers < 0:
+        workers = default_input_workers()
+    if workers == 0:
+        options = grain.ReadOptions(num_threads=4, prefetch_buffer_size=8)
+        return iter(batches[start:].to_iter_dataset(options))
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags (a library or a test)
+        flags.FLAGS.mark_as_parsed()
+    dataset = batches[start:].to_iter_dataset(
+        grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
+    )
+    options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
+    return iter(dataset.mp_prefetch(options))
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -146,8 +166,8 @@ class TrainingInput:
     steps_per_epoch: int
     total_steps: int
 
-    def batches(self, start: int) -> Iterator[dict]:
-        return iterate_from(self.dataset, start)
+    def batches(self, start: int, workers: int = 0) -> Iterator[dict]:
+        return iterate_from(self.dataset, start, workers)
 
 
 def training_input(

@@ -185,7 +185,8 @@ def test_exploding_head_is_never_checkpointed(tiny_config, tmp_path):
 def test_a_preempted_stage_resubmitted_with_other_runtime_knobs_resumes(
     tiny_config, tmp_path, monkeypatch
 ):
-    """`config.runtime` is in no fingerprint: another ckpt_every / log_every resumes the run."""
+    """`config.runtime` is in no fingerprint: another ckpt_every / log_every / input_workers
+    (grain worker processes) resumes the run."""
     workdir = str(tmp_path)
 
     def sigterm_at_3(step):
@@ -200,7 +201,7 @@ def test_a_preempted_stage_resubmitted_with_other_runtime_knobs_resumes(
     with pytest.raises(Preempted):
         pipeline.run_stage("train_cam", tiny_config, workdir)
     monkeypatch.setitem(pipeline.STAGES, "train_cam", stage)
-    tiny_config.runtime.update(ckpt_every=5, log_every=2)
+    tiny_config.runtime.update(ckpt_every=5, log_every=2, input_workers=2)
     assert pipeline.run_stage("train_cam", tiny_config, workdir)
     assert not [d for d in os.listdir(workdir) if d.startswith("train_cam.stale")]
     steps = [row["step"] for row in writers.read_metrics(artifacts.stage_dir(workdir, "train_cam"))]
