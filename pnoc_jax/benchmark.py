@@ -2,6 +2,14 @@
 
     python -m pnoc_jax.benchmark --backbone resnet101 --batch 16 --size 512 --dtype bfloat16
     python -m pnoc_jax.benchmark --strategy pnoc --backbone tiny --batch 16 --size 96
+    python -m pnoc_jax.benchmark --strategy pnoc --backbone resnest269 --compile_only
+    python -m pnoc_jax.benchmark --saliency ccamh --backbone resnet101 --batch 32 --size 448
+    python -m pnoc_jax.benchmark --saliency detector --backbone resnet50 --batch 8 --size 512
+
+`--saliency ccamh` times the C²AM-H train step (`--size` is the crop), `--saliency detector` the
+saliency detector's (PoolNet; `--size` is the canvas, `--head_divisor` narrows its head); both
+skip the CAM network's step and TTA.
+
     python -m pnoc_jax.benchmark --task segmentation --backbone resnet101 --batch 16 --size 512 \
         --dtype bfloat16
 
@@ -11,9 +19,13 @@
 softmax and the CPU dense CRF are not included).
 
 Reports images/s, step time (median), peak memory and, on GPU/TPU, the model-FLOPs
-utilisation (XLA's FLOP count of the compiled step / step time / the chip's peak).
+utilisation (XLA's FLOP count of the compiled step / step time / the chip's peak). Each
+update's compiled memory (XLA's buffer assignment: arguments, outputs, temporaries) is
+reported too; `--compile_only` stops there, which says whether a batch fits a device without
+running it (compiled for the present backend: a CPU's assignment only approximates a GPU's).
 """
 
+import functools
 import json
 import resource
 import statistics
@@ -21,14 +33,20 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
 
 from pnoc_jax.cam import infer, strategies
 from pnoc_jax.core import distributed, optim, rng
+from pnoc_jax.core.loop import jit_update
 from pnoc_jax.core.train_state import create_state
 from pnoc_jax.inference import tta
+from pnoc_jax.models.ccam import CCAM
 from pnoc_jax.models.classifier import CAMClassifier
+from pnoc_jax.models.poolnet import PoolNet
+from pnoc_jax.saliency import train as saliency_train
+from pnoc_jax.saliency import train_detector
 
 _BACKBONE = flags.DEFINE_string("backbone", "resnet101", "Backbone name.")
 _STRATEGY = flags.DEFINE_enum("strategy", "cam", list(strategies.STRATEGIES), "Strategy.")
@@ -39,6 +57,15 @@ _CLASSES = flags.DEFINE_integer("classes", 20, "Number of classes.")
 _STRIDE = flags.DEFINE_integer("output_stride", 16, "Output stride.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
 _INFER_IMAGES = flags.DEFINE_integer("infer_images", 0, "Images for TTA timing (0: batch).")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "Compile the train updates and report FLOPs and memory; run nothing."
+)
+# saliency (issue 10)
+_SALIENCY = flags.DEFINE_enum(
+    "saliency", "", ["", "ccamh", "detector"], "Time a saliency train step instead."
+)
+_HEAD_DIVISOR = flags.DEFINE_integer("head_divisor", 1, "PoolNet head widths divided by this.")
+# segmentation (issue 11)
 _TASK = flags.DEFINE_enum("task", "cam", ["cam", "segmentation"], "What to time.")
 _SEG_MODEL = flags.DEFINE_enum(
     "segmentation_model", "deeplabv3plus", ["deeplabv3plus", "deeplabv2"], "Segmentation model."
@@ -79,6 +106,16 @@ def _time(fn, steps: int) -> list[float]:
     return times
 
 
+def _memory(compiled) -> dict:
+    """XLA's buffer assignment of a compiled update, in bytes (peak ~ arguments + temporaries,
+    the outputs reusing the donated state)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    fields = ("argument", "output", "temp", "alias")
+    return {f"{f}_bytes": int(getattr(stats, f"{f}_size_in_bytes", 0)) for f in fields}
+
+
 def benchmark_train(mesh) -> dict:
     dtype = jnp.dtype(_DTYPE.value)
     model = CAMClassifier(_BACKBONE.value, _CLASSES.value, _STRIDE.value, dtype=dtype)
@@ -89,6 +126,8 @@ def benchmark_train(mesh) -> dict:
     if strategies.needs_oc(_STRATEGY.value):
         oc_model = CAMClassifier(_BACKBONE.value, _CLASSES.value, _STRIDE.value, True, dtype)
         states["oc"] = create_state(oc_model, tx, rng.init_key(1), shape, mesh)
+    if _COMPILE_ONLY.value:
+        return compile_train(mesh, model, oc_model, states, shape)
     cfg = strategies.StrategyConfig(_STRATEGY.value, total_steps=1000, label_smoothing=0.1)
     updates = strategies.build_updates(cfg, model=model, oc_model=oc_model, mesh=mesh, seed=0)
     r = np.random.default_rng(0)
@@ -111,23 +150,54 @@ def benchmark_train(mesh) -> dict:
 
     with jax.set_mesh(mesh):
         step()  # compile + warm-up; records each update's input carry
-        flops = 0.0
+        flops, memory = 0.0, {}
         for u in updates:
             others = {k: v for k, v in states.items() if k != u.name}
             lowered = u.fn.lower(states[u.name], others, batch, carries[u.name], jnp.asarray(0))
-            cost = lowered.compile().cost_analysis()
+            compiled = lowered.compile()
+            cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost
             flops += float((cost or {}).get("flops", 0.0))
+            memory[f"update_{u.name}"] = _memory(compiled)
         times = _time(step, _STEPS.value)
     median = statistics.median(times)
     result = {
         "train_step_s": median,
         "train_images_per_s": _BATCH.value / median,
         "train_flops_per_step": flops,
+        **memory,
     }
     peak = peak_flops(jax.devices()[0], _DTYPE.value)
     if peak and flops:
         result["train_mfu"] = flops / median / (peak * jax.device_count())
+    return result
+
+
+def compile_train(mesh, model, oc_model, states: dict, shape: tuple[int, ...]) -> dict:
+    """FLOPs and compiled memory of each update, from abstract inputs (nothing runs)."""
+    cfg = strategies.StrategyConfig(_STRATEGY.value, total_steps=1000, label_smoothing=0.1)
+    updates = strategies.build_updates(cfg, model=model, oc_model=oc_model, mesh=mesh, seed=0)
+    batch = {
+        "image": jax.ShapeDtypeStruct((_BATCH.value, *shape[1:]), jnp.float32),
+        "labels": jax.ShapeDtypeStruct((_BATCH.value, _CLASSES.value), jnp.float32),
+    }
+    result, carry = {}, None
+    with jax.set_mesh(mesh):
+        for u in updates:
+            others = {k: v for k, v in states.items() if k != u.name}
+            traced = u.fn.trace(states[u.name], others, batch, carry, jnp.asarray(0))
+            carry = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), traced.out_info[2]
+            )
+            start = time.perf_counter()
+            compiled = traced.lower().compile()
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            result[f"update_{u.name}"] = {
+                "compile_s": time.perf_counter() - start,
+                "flops": float((cost or {}).get("flops", 0.0)),
+                **_memory(compiled),
+            }
     return result
 
 
@@ -152,9 +222,70 @@ def benchmark_tta() -> dict:
     return {"tta_images_per_s": n / median, "tta_batch_s": median, "tta_images_per_batch": n}
 
 
-# ---- segmentation (issue 11)
+# ---------------------------------------------------------------------------- saliency (issue 10)
+def _time_update(update, state, batch, mesh, name: str) -> dict:
+    """Median step time, images/s, XLA FLOPs and MFU of one jitted update."""
+    box = {"state": state}
+
+    def step():
+        box["state"], metrics, _ = update(box["state"], {}, batch, None, jnp.asarray(0))
+        return metrics["loss"]
+
+    with jax.set_mesh(mesh):
+        step()
+        lowered = update.lower(box["state"], {}, batch, None, jnp.asarray(0))
+        cost = lowered.compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        flops = float((cost or {}).get("flops", 0.0))
+        median = statistics.median(_time(step, _STEPS.value))
+    result = {
+        f"{name}_step_s": median,
+        f"{name}_images_per_s": _BATCH.value / median,
+        f"{name}_flops_per_step": flops,
+    }
+    peak = peak_flops(jax.devices()[0], _DTYPE.value)
+    if peak and flops:
+        result[f"{name}_mfu"] = flops / median / (peak * jax.device_count())
+    return result
 
 
+def benchmark_saliency(mesh) -> dict:
+    """The C²AM-H (hint loss included) or detector train step on random data."""
+    dtype = jnp.dtype(_DTYPE.value)
+    b, size = _BATCH.value, _SIZE.value
+    r = np.random.default_rng(0)
+    image = r.normal(size=(b, size, size, 3)).astype(np.float32)
+    if _SALIENCY.value == "ccamh":
+        model = CCAM(_BACKBONE.value, _STRIDE.value, dtype=dtype)
+        section = ml_collections.ConfigDict(
+            dict(lr=0.001, accumulate_steps=1, weight_decay=1e-4, momentum=0.0, poly_power=0.9,
+                 lr_mult=(1.0, 2.0, 10.0, 20.0))
+        )  # fmt: skip
+        tx, stats = saliency_train.make_optimizer(section, 1000)
+        fn = functools.partial(
+            saliency_train.ccam_update, model=model, alpha=0.25, hint_weight=1.0,
+            hint_threshold=0.4, label_smoothing=0.1, hints=True,
+        )  # fmt: skip
+        batch = {"image": image, "hint": r.uniform(0, 1, (b, size, size)).astype(np.float32)}
+    else:
+        model = PoolNet(_BACKBONE.value, dtype=dtype, head_divisor=_HEAD_DIVISOR.value)
+        section = ml_collections.ConfigDict(dict(lr=5e-5, accumulate_steps=1, weight_decay=5e-4))
+        tx, stats = train_detector.make_optimizer(section)
+        fn = functools.partial(train_detector.detector_update, model=model)
+        batch = {
+            "image": image,
+            "target": r.uniform(0, 1, (b, size, size)).astype(np.float32),
+            "valid": np.ones((b, size, size), np.float32),
+        }
+    state = create_state(model, tx, rng.init_key(0), (1, size, size, 3), mesh, None, stats)
+    update = jit_update(fn, mesh)
+    return _time_update(update, state, distributed.to_global(batch, mesh), mesh, _SALIENCY.value)
+
+
+# ---------------------------------------------------------------------------- (end of issue 10)
+
+
+# ------------------------------------------------------------------------ segmentation (issue 11)
 def _compiled_flops(jitted, *args) -> float:
     cost = jitted.lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -172,6 +303,7 @@ def _segmentation_spec():
 
 
 def benchmark_segmentation_train(mesh) -> dict:
+    """The DeepLab train step (CE with label smoothing, SGD) on random images and labels."""
     from pnoc_jax.segmentation import train as seg_train
 
     spec = _segmentation_spec()
@@ -181,36 +313,15 @@ def benchmark_segmentation_train(mesh) -> dict:
     state = create_state(model, tx, rng.init_key(0), shape, mesh, None, stats)
     update = seg_train.build_update(model, mesh, label_smoothing=0.1, seed=0)
     r = np.random.default_rng(0)
-    batch = distributed.to_global(
-        {
-            "image": r.normal(size=(_BATCH.value, *shape[1:])).astype(np.float32),
-            "mask": r.integers(0, spec.num_classes, (_BATCH.value, *shape[1:3])).astype(np.uint8),
-        },
-        mesh,
-    )
-    holder = {"state": state}
-
-    def step():
-        holder["state"], metrics, _ = update.fn(holder["state"], {}, batch, None, jnp.asarray(0))
-        return metrics["loss"]
-
-    with jax.set_mesh(mesh):
-        step()
-        flops = _compiled_flops(update.fn, holder["state"], {}, batch, None, jnp.asarray(0))
-        times = _time(step, _STEPS.value)
-    median = statistics.median(times)
-    result = {
-        "train_step_s": median,
-        "train_images_per_s": _BATCH.value / median,
-        "train_flops_per_step": flops,
+    batch = {
+        "image": r.normal(size=(_BATCH.value, *shape[1:])).astype(np.float32),
+        "mask": r.integers(0, spec.num_classes, (_BATCH.value, *shape[1:3])).astype(np.uint8),
     }
-    peak = peak_flops(jax.devices()[0], _DTYPE.value)
-    if peak and flops:
-        result["train_mfu"] = flops / median / (peak * jax.device_count())
-    return result
+    return _time_update(update.fn, state, distributed.to_global(batch, mesh), mesh, "train")
 
 
 def benchmark_segmentation_inference() -> dict:
+    """Scales 0.5/1/1.5/2 x flip on `--size`² images, as infer_segmentation runs them."""
     from pnoc_jax.inference import dense, predictor
     from pnoc_jax.segmentation import train as seg_train
 
@@ -247,7 +358,7 @@ def benchmark_segmentation_inference() -> dict:
     return result
 
 
-# ---- end segmentation
+# ---------------------------------------------------------------------------- (end of issue 11)
 
 
 def main(argv) -> None:
@@ -263,7 +374,13 @@ def main(argv) -> None:
         "device_kind": jax.devices()[0].device_kind,
         "jax": jax.__version__,
     }
-    if _TASK.value == "segmentation":
+    if _SALIENCY.value:  # saliency (issue 10)
+        result.update(saliency=_SALIENCY.value, head_divisor=_HEAD_DIVISOR.value)
+        result.update(benchmark_saliency(mesh))
+        result["peak_memory_bytes"] = peak_memory_bytes()
+        print(json.dumps(result, indent=2))
+        return
+    if _TASK.value == "segmentation":  # segmentation (issue 11)
         result.update(task="segmentation", model=_SEG_MODEL.value)
         del result["strategy"]
         result.update(benchmark_segmentation_train(mesh))
@@ -272,7 +389,8 @@ def main(argv) -> None:
         print(json.dumps(result, indent=2))
         return
     result.update(benchmark_train(mesh))
-    result.update(benchmark_tta())
+    if not _COMPILE_ONLY.value:
+        result.update(benchmark_tta())
     result["peak_memory_bytes"] = peak_memory_bytes()
     print(json.dumps(result, indent=2))
 

@@ -176,6 +176,7 @@ def validate_runtime(config: ml_collections.ConfigDict, topology: Topology) -> N
         check_number(config, f"runtime.{key}", low=1, integer=True)
     check_number(config, "runtime.num_workers", low=0, integer=True)
     check_number(config, "runtime.keep_stale", low=0, integer=True)
+    check_number(config, "runtime.input_workers", low=-1, integer=True)
 
 
 def check_training(config: ml_collections.ConfigDict, name: str, topology: Topology) -> None:
@@ -220,7 +221,7 @@ def train_section(**overrides: Any) -> ml_collections.ConfigDict:
             "poly_power": 0.9,
             "lr_mult": (1.0, 2.0, 10.0, 20.0),  # backbone weight/bias, new-layer weight/bias
             "label_smoothing": 0.0,
-            "accumulate_steps": 1,
+            "accumulate_steps": 1,  # micro-batch gradients SUMMED per step, as the reference
             "dtype": "float32",
             "augment": "",  # comma set of colorjitter, randaugment
             "min_size": 320,  # random resize: longer side in [min_size, max_size]
@@ -274,6 +275,8 @@ def base_config() -> ml_collections.ConfigDict:
             "output_stride": 16,
             "frozen_bn": False,
             "pretrained": "",  # .npz from `python -m pnoc_jax.models.convert`
+            # Real-image datasets stop in validation without `pretrained` unless this is set.
+            "allow_random_init": False,
         }
     )
     config.oc = train_section(strategy="cam", augment="randaugment", label_smoothing=0.1)
@@ -287,7 +290,15 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     config.eval = ml_collections.ConfigDict(
-        {"split": "train", "thresholds": tuple(round(0.05 * i, 2) for i in range(1, 17))}
+        {
+            "split": "train",
+            "thresholds": tuple(round(0.05 * i, 2) for i in range(1, 17)),
+            # The priors' sweep is also reported with each thresholded map refined by the
+            # dense CRF (spec §6: t 10, gt_prob 0.7); 0 = the plain sweep only. The random
+            # walk's sweep uses the pseudo-labels' CRF (config.rw.crf_*), as the reference.
+            "crf_iterations": 10,
+            "crf_gt_prob": 0.7,
+        }
     )
     # Affinity labels from the CAMs of `split` (spec §8).
     config.affinity_labels = ml_collections.ConfigDict(
@@ -296,6 +307,9 @@ def base_config() -> ml_collections.ConfigDict:
             "fg_threshold": 0.30,
             "bg_threshold": 0.05,
             "saliency_dir": "",  # <id>.png saliency (PNG/255); "" = conventional labels
+            # Or the stage whose saliency to use: "infer_saliency" (C²AM(-H) masks) or
+            # "infer_detector" (the detector's maps); "" = saliency_dir (issue 10).
+            "saliency": "",
             "saliency_threshold": 0.10,
             "crf_iterations": 10,
             "crf_gt_prob": 0.7,
@@ -333,6 +347,83 @@ def base_config() -> ml_collections.ConfigDict:
             "max_image_size": 500,  # canvas side for the edge network
         }
     )
+    # ------------------------------------------------------------ saliency (issue 10), spec §7
+    # C²AM / C²AM-H (stage train_saliency). Reference C²AM-H: lr 0.001, 10 epochs, 448 crops of
+    # 515 squares, B32 (paper; HEAD B64 x 2 summed), α 0.25, hint weight 1, δ_fg 0.4, LS 0.1.
+    config.saliency = ml_collections.ConfigDict(
+        {
+            "method": "ccamh",  # "ccam" (contrastive only) or "ccamh" (+ hints from infer_cam)
+            "split": "train",
+            "backbone": "",  # "" = config.model.backbone
+            "output_stride": 16,
+            # "pretrained" (saliency.pretrained, else config.model.pretrained for the same
+            # backbone), or "train_oc" / "train_cam": that classifier's backbone.
+            "backbone_weights": "pretrained",
+            "pretrained": "",
+            "batch_size": 32,
+            "accumulate_steps": 1,
+            "epochs": 10,
+            "steps": 0,  # > 0 overrides epochs
+            "lr": 0.001,
+            "momentum": 0.0,
+            "weight_decay": 1e-4,
+            "poly_power": 0.9,
+            "lr_mult": (1.0, 2.0, 10.0, 20.0),  # backbone weight/bias, disentangler weight/bias
+            "resize_size": 515,  # images (and hints) resized to this square, then
+            "crop_size": 448,  # a random crop of this side
+            "alpha": 0.25,  # rank weighting of sim_max_loss
+            "hint_weight": 1.0,
+            "hint_threshold": 0.4,  # δ_fg: hints >= δ_fg are pulled towards foreground
+            "label_smoothing": 0.1,  # hint target 1 - LS/2
+            "dtype": "float32",
+        }
+    )
+    # C²AM(-H) maps with TTA and their CRF masks (stage infer_saliency).
+    config.saliency_infer = ml_collections.ConfigDict(
+        {
+            "splits": ("train",),
+            "scales": (0.5, 1.0, 1.5, 2.0),
+            "max_image_size": 500,  # canvas side at scale 1; larger images are rejected
+            "mask_threshold": 0.2,
+            "crf_iterations": 10,
+            "crf_gt_prob": 0.7,
+        }
+    )
+    # The saliency detector (PoolNet) trained on the C²AM(-H) masks (stage train_detector).
+    # Reference: caffe ResNet-50, Adam 5e-5, wd 5e-4, batch 1 x 10 accumulated, 9 epochs, flip.
+    config.detector = ml_collections.ConfigDict(
+        {
+            "split": "train",
+            "backbone": "resnet50",
+            "backbone_weights": "pretrained",  # detector.pretrained, or "train_oc"/"train_cam"
+            "pretrained": "",  # ImageNet weights of `backbone` (.npz); "" = random
+            "head_divisor": 1,  # PoolNet's head widths (128...512) divided by this
+            "batch_size": 10,  # images padded onto one canvas (the reference's 10 accumulated)
+            "accumulate_steps": 1,
+            "epochs": 9,
+            "steps": 0,  # > 0 overrides epochs
+            "lr": 5e-5,
+            "weight_decay": 5e-4,
+            "max_image_size": 500,  # the canvas holds any image of this side (x input_scale)
+            "input_scale": 1.0,  # images are resized by this factor before the network
+            "dtype": "float32",
+        }
+    )
+    # Saliency maps of the detector (stage infer_detector).
+    config.detector_infer = ml_collections.ConfigDict(
+        {
+            "splits": ("train",),
+            "weights": "",  # "" = this workdir's train_detector, or a PoolNet weights file
+        }
+    )
+    # Table 6 on config.eval.split (stage eval_saliency): which saliency stages to evaluate.
+    config.saliency_eval = ml_collections.ConfigDict(
+        {"sources": ("infer_saliency", "infer_detector")}
+    )
+    # The saliency comparison (stage compare_saliency): the recipe and its variants per seed.
+    config.compare_saliency = ml_collections.ConfigDict({"seeds": (0, 1, 2)})
+    # ------------------------------------------------------------ (end of issue 10)
+
     # ---- segmentation (issue 11): DeepLab trained on the pseudo-labels (stages
     # train/infer/eval_segmentation) or, for the fully supervised bound, on the ground-truth
     # masks (the same stages named *_gt). Spec §10, HEAD runner.
@@ -389,6 +480,9 @@ def base_config() -> ml_collections.ConfigDict:
             "log_every": 50,  # training steps between metric lines
             "ckpt_every": 500,  # training steps between checkpoints
             "num_workers": 0,  # CPU worker processes (CRF, random walk); 0 = one per CPU
+            # grain worker processes decoding and augmenting training batches; 0 = threads of
+            # the training process; -1 = every CPU but two, at most 32 (0 with <= 4 CPUs).
+            "input_workers": -1,
             "predict_batch_size": 4,  # images per forward pass at inference (x2 with flips)
             "keep_stale": 3,  # <stage>.stale-N folders kept per stage (made with old configs)
         }
@@ -443,6 +537,37 @@ def synthetic_config(strategy: str = "pnoc", epochs: int = 5) -> ml_collections.
         backbone_weights="train_cam",
     )
     config.rw.update(splits=("val",), max_image_size=112, exp_times=4)
+    # ---------------------------------------------------------------- saliency (issue 10)
+    # C²AM-H with hints from the P-NOC CAMs of `train`, its masks, a narrow PoolNet on them
+    # (head widths / 8) and saliency-guided affinity labels from the detector's maps. Both
+    # networks start from the OC's backbone (the ImageNet stand-in); SGD momentum 0.9 and Adam
+    # lr 1e-3 (spec: 0 and 5e-5, for ImageNet-initialised networks trained 10 and 9 epochs).
+    config.saliency.update(
+        method="ccamh",
+        output_stride=8,
+        backbone_weights="train_oc",
+        batch_size=32,
+        epochs=3,
+        lr=0.01,
+        momentum=0.9,
+        resize_size=110,
+        crop_size=96,
+    )
+    config.saliency_infer.update(
+        splits=("train", "val"), scales=(0.5, 1.0, 1.5), max_image_size=112
+    )
+    config.detector.update(
+        backbone="tiny",
+        backbone_weights="train_oc",
+        head_divisor=8,
+        batch_size=8,
+        epochs=2,
+        lr=1e-3,
+        max_image_size=112,
+    )
+    config.detector_infer.splits = ("train", "val")
+    config.affinity_labels.saliency = "infer_detector"
+    # ---------------------------------------------------------------- (end of issue 10)
     config.compare.update(strategies=("cam", "puzzle", "poc", "pnoc"), seeds=(0, 1, 2))
     # ---- segmentation (issue 11): DeepLabV3+ on the train pseudo-labels, the best checkpoint
     # by mIoU on the val pseudo-labels, evaluated on the val ground truth; and the same recipe
@@ -470,6 +595,7 @@ def synthetic_config(strategy: str = "pnoc", epochs: int = 5) -> ml_collections.
     config.runtime.update(log_every=20, ckpt_every=200, predict_batch_size=8)
     config.stages = (
         "train_oc", "train_cam", "infer_cam", "eval_cam",
+        "train_saliency", "infer_saliency", "train_detector", "infer_detector", "eval_saliency",
         "affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels",
     )  # fmt: skip
     config.stages += (  # segmentation (issue 11)

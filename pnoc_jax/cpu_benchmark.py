@@ -1,4 +1,5 @@
-"""CPU benchmark of the dense CRF (vs pydensecrf2 when installed) and of the random walk.
+"""CPU benchmark of the dense CRF (vs pydensecrf2 when installed), of the CRF variant of a
+threshold sweep, and of the random walk.
 
 Run ``python -m pnoc_jax.cpu_benchmark``; prints one JSON object. Single-threaded: run as
 a script, the BLAS/OpenMP thread variables are pinned to 1 before NumPy is imported. Also provides
@@ -244,6 +245,45 @@ def bench_crf(h: int = 375, w: int = 500, k: int = 21, repeats: int = 3) -> dict
     return out
 
 
+def bench_crf_sweep(h: int = 375, w: int = 500, k: int = 3, repeats: int = 2) -> dict[str, Any]:
+    """The CRF variant of a 16-threshold sweep on one image (`evaluation.crf_tasks`): the 16
+    maps argmax([t, cams]) refined together by `crf_label_maps` (lattices once), one by one
+    (`crf_label_map`), and by pydensecrf2 one by one (the reference's loop), for the prior
+    (t 10, gt 0.7) and the random-walk (t 1, gt 0.9) settings. `k` planes incl. background."""
+    from pnoc_jax.evaluation.crf_tasks import threshold_label_maps
+    from pnoc_jax.postprocess.crf import crf_label_map, crf_label_maps
+
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+
+        have_ref = True
+    except ImportError:
+        have_ref = False
+    image = synthetic_photo(h, w, seed=5)
+    cams = synthetic_cams(h, w, k - 1, seed=6)
+    maps = threshold_label_maps(cams, np.round(np.arange(0.05, 0.81, 0.05), 2))
+    out: dict[str, Any] = {"image_hw": [h, w], "labels": k, "thresholds": len(maps)}
+    for t, gt in ((10, 0.7), (1, 0.9)):
+        cases = {
+            "batched": lambda t=t, gt=gt: crf_label_maps(image, maps, k, gt, t),
+            "one_by_one": lambda t=t, gt=gt: [crf_label_map(image, m, k, gt, t) for m in maps],
+        }
+        if have_ref:
+            cases["pydensecrf2"] = lambda t=t, gt=gt: [
+                _pydensecrf_labels(image, m, k, gt, t) for m in maps
+            ]
+        best: dict[str, list[float]] = {}
+        for _ in range(repeats):
+            for name, fn in cases.items():
+                _record(best, name, fn)
+        out[f"t{t}_gt{gt}"] = {
+            f"{name}_{unit}": round(v, 3)
+            for name, (wall, cpu) in best.items()
+            for unit, v in (("s", wall), ("cpu_s", cpu))
+        }
+    return out
+
+
 def bench_random_walk(h: int = 94, w: int = 125, k: int = 3, repeats: int = 3) -> dict[str, Any]:
     """Random walk (R=5, beta=10, exp_times=8) on a VOC-sized stride-4 problem."""
     from pnoc_jax.affinity.random_walk import random_walk
@@ -269,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-rw", action="store_true")
     parser.add_argument(
+        "--sweep-only", action="store_true", help="only the CRF sweep (bench_crf_sweep)"
+    )
+    parser.add_argument(
         "--child", nargs=3, metavar=("H,W,K", "CASE", "IMPL"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -279,10 +322,13 @@ def main(argv: list[str] | None = None) -> None:
         "machine": platform.processor() or platform.machine(),
         "threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_before": [round(v, 2) for v in os.getloadavg()],
-        "crf_k21": bench_crf(k=21, repeats=args.repeats),
-        "crf_k3": bench_crf(k=3, repeats=args.repeats),
     }
-    if not args.skip_rw:
+    if not args.sweep_only:
+        result["crf_k21"] = bench_crf(k=21, repeats=args.repeats)
+        result["crf_k3"] = bench_crf(k=3, repeats=args.repeats)
+    result["crf_sweep_voc"] = bench_crf_sweep(375, 500, repeats=min(args.repeats, 2))
+    result["crf_sweep_coco"] = bench_crf_sweep(480, 640, repeats=min(args.repeats, 2))
+    if not args.skip_rw and not args.sweep_only:
         result["random_walk"] = bench_random_walk(repeats=args.repeats)
     result["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     result["process_max_rss_mib"] = round(

@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.cam import strategies
-from pnoc_jax.core import distributed, progress
+from pnoc_jax.core import compile_cache, distributed, progress
 from pnoc_jax.core.errors import UserError
 from pnoc_jax.core.loop import NonFiniteLoss, Preempted
 
@@ -40,6 +40,12 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir",
+    None,
+    "JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
+    "~/.cache/pnoc_jax/jax); '' turns it off.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Problems of the machine rather than of the code: reported in one line.
@@ -215,6 +221,8 @@ def main(argv: list[str]) -> None:
     distributed.maybe_initialize(
         _DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
     )
+    cache = compile_cache.enable(_COMPILATION_CACHE.value)
+    logging.info("compilation cache: %s", cache or "off")
     try:
         config = _CONFIG.value
     except (ValueError, TypeError, OSError) as e:

@@ -40,9 +40,20 @@ from pnoc_jax.core.errors import UserError
 from pnoc_jax.data import datasets
 from pnoc_jax.evaluation import sweep
 from pnoc_jax.models import backbones
-from pnoc_jax.segmentation import evaluate as seg_evaluate  # segmentation (issue 11)
+
+# -------------------------------------------------------------------- saliency (issue 10)
+from pnoc_jax.saliency import evaluate as saliency_evaluate
+from pnoc_jax.saliency import infer as saliency_infer
+from pnoc_jax.saliency import infer_detector, train_detector
+from pnoc_jax.saliency import train as saliency_train
+
+# -------------------------------------------------------------------- (end of issue 10)
+# -------------------------------------------------------------------- segmentation (issue 11)
+from pnoc_jax.segmentation import evaluate as seg_evaluate
 from pnoc_jax.segmentation import infer as seg_infer
 from pnoc_jax.segmentation import train as seg_train
+
+# -------------------------------------------------------------------- (end of issue 11)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +172,180 @@ def validate_compare(config: ml_collections.ConfigDict, topology: config_lib.Top
     )
 
 
+# ---------------------------------------------------------------------------- saliency (issue 10)
+# The saliency comparison (stage `compare_saliency`, Table 6 and the Table 7 saliency rows): per
+# seed, the full recipe ("ccamh": priors, C²AM-H, detector, labels from the detector's maps, RW)
+# and three variants that reuse its finished stages through symlinks: plain C²AM, labels from
+# the C²AM-H masks, and conventional labels (no saliency).
+PRIOR_STAGES = ("train_oc", "train_cam", "infer_cam", "eval_cam")
+SALIENCY_STAGES = ("train_saliency", "infer_saliency", "train_detector", "infer_detector")
+LABEL_STAGES = ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
+
+
+@dataclasses.dataclass(frozen=True)
+class SaliencyVariant:
+    name: str
+    title: str  # the row of the table
+    overrides: dict  # dotted config keys -> values
+    stages: tuple[str, ...]  # run in the variant's folder
+    shared: tuple[str, ...] = ()  # finished stages of "ccamh" it links to
+
+
+SALIENCY_VARIANTS = (
+    SaliencyVariant(
+        "ccamh",
+        "C²AM-H -> detector",
+        {"saliency.method": "ccamh", "affinity_labels.saliency": "infer_detector"},
+        (*PRIOR_STAGES, *SALIENCY_STAGES, "eval_saliency", *LABEL_STAGES),
+    ),
+    SaliencyVariant(
+        "ccam",
+        "C²AM (no hints), CRF masks",
+        {"saliency.method": "ccam", "saliency_eval.sources": ("infer_saliency",)},
+        ("train_saliency", "infer_saliency", "eval_saliency"),
+        PRIOR_STAGES,
+    ),
+    SaliencyVariant(
+        "ccamh_masks",
+        "C²AM-H, CRF masks",
+        {"saliency.method": "ccamh", "affinity_labels.saliency": "infer_saliency"},
+        LABEL_STAGES,
+        (*PRIOR_STAGES, "train_saliency", "infer_saliency"),
+    ),
+    SaliencyVariant(
+        "conventional",
+        "none: conventional affinity labels",
+        {"affinity_labels.saliency": "", "affinity_labels.saliency_dir": ""},
+        LABEL_STAGES,
+        PRIOR_STAGES,
+    ),
+)
+
+
+def compare_saliency_sub_config(
+    config: ml_collections.ConfigDict, seed: int, variant: SaliencyVariant
+) -> ml_collections.ConfigDict:
+    sub = copy.deepcopy(config)
+    with sub.unlocked():
+        sub.seed = seed
+        sub.stages = variant.stages
+        for key, value in variant.overrides.items():
+            section, _, leaf = key.rpartition(".")
+            config_lib.get(sub, section)[leaf] = value
+    return sub
+
+
+def _link_shared(workdir: str, seed: int, variant: SaliencyVariant) -> None:
+    """Links the variant's shared stage folders to those of the seed's "ccamh" run."""
+    source_dir = artifacts.compare_saliency_dir(workdir, seed, "ccamh")
+    target_dir = artifacts.compare_saliency_dir(workdir, seed, variant.name)
+    os.makedirs(target_dir, exist_ok=True)
+    for stage in variant.shared:
+        link = artifacts.stage_dir(target_dir, stage)
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(artifacts.stage_dir(source_dir, stage)), link)
+
+
+def _mean_std(values: list[float]) -> str:
+    v = 100 * np.asarray(values, np.float64)
+    return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}"
+
+
+def compare_saliency_table(results: list[dict]) -> tuple[str, dict]:
+    """Markdown table and its numbers from one dict per seed {variant: {stage: metrics}}."""
+    rows = [
+        ("C²AM (no hints), CRF masks", "ccam", "infer_saliency", None),
+        ("C²AM-H, CRF masks", "ccamh", "infer_saliency", "ccamh_masks"),
+        ("C²AM-H -> detector", "ccamh", "infer_detector", "ccamh"),
+        ("none: conventional affinity labels", None, None, "conventional"),
+    ]
+    header = (
+        "| saliency | saliency mIoU | GT oracle | priors + saliency as background | "
+        "priors alone | RW pseudo-labels |"
+    )
+    md = [header, "|---|---|---|---|---|---|"]
+    numbers: dict = {}
+    priors = [r["ccamh"]["eval_saliency"]["priors_miou"] for r in results]
+    for title, run, source, labels in rows:
+        cells, entry = [], {}
+        for key in ("saliency_miou", "oracle_miou", "priors_with_saliency_miou"):
+            if run is None:
+                cells.append("-")
+                continue
+            values = [r[run]["eval_saliency"]["sources"][source][key] for r in results]
+            cells.append(_mean_std(values))
+            entry[key] = values
+        cells.append(_mean_std(priors))
+        entry["priors_miou"] = priors
+        if labels is None:
+            cells.append("-")
+        else:
+            values = [r[labels]["eval_pseudo_labels"]["pseudo_label_miou"] for r in results]
+            cells.append(_mean_std(values))
+            entry["pseudo_label_miou"] = values
+        md.append(f"| {title} | " + " | ".join(cells) + " |")
+        numbers[title] = {
+            k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+            for k, v in entry.items()
+        }
+    return "\n".join(md) + "\n", numbers
+
+
+def run_compare_saliency(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """For every seed, the recipe and its variants (`SALIENCY_VARIANTS`) as ordinary stage runs
+    in `compare_saliency/seed<k>/<variant>/` (resumable); writes `compare_saliency/results.md`
+    and `metrics.json` (mean ± std over seeds)."""
+    results = []
+    for seed in config.compare_saliency.seeds:
+        per_seed: dict[str, dict] = {}
+        for variant in SALIENCY_VARIANTS:
+            sub_dir = artifacts.compare_saliency_dir(workdir, seed, variant.name)
+            if distributed.is_chief():
+                _link_shared(workdir, seed, variant)
+            distributed.barrier(f"compare_saliency-{seed}-{variant.name}")
+            sub = compare_saliency_sub_config(config, seed, variant)
+            logging.info("compare_saliency: seed %d, %s -> %s", seed, variant.name, sub_dir)
+            for name in sub.stages:
+                run_stage(name, sub, sub_dir)
+            per_seed[variant.name] = {
+                name: fileio.read_json(artifacts.metrics_file(sub_dir, name))
+                for name in ("eval_saliency", "eval_pseudo_labels")
+                if os.path.exists(artifacts.metrics_file(sub_dir, name))
+            }
+        results.append(per_seed)
+    if not distributed.is_chief():
+        return
+    md, numbers = compare_saliency_table(results)
+    folder = artifacts.stage_dir(workdir, "compare_saliency")
+    fileio.write_text(os.path.join(folder, "results.md"), md)
+    fileio.write_json(
+        artifacts.metrics_file(workdir, "compare_saliency"),
+        {"table": md, "seeds": len(results), "rows": numbers},
+    )
+
+
+def validate_compare_saliency(
+    config: ml_collections.ConfigDict, topology: config_lib.Topology
+) -> None:
+    """Checks of `config.compare_saliency`."""
+    del topology
+    seeds = tuple(config.compare_saliency.seeds)
+    config_lib.check(
+        bool(seeds) and len(set(seeds)) == len(seeds) and all(isinstance(s, int) for s in seeds),
+        "compare_saliency.seeds",
+        seeds,
+        "distinct integer seeds",
+    )
+
+
+def _missing_compare_saliency(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    folder = artifacts.stage_dir(workdir, "compare_saliency")
+    return artifacts.missing(os.path.join(folder, n) for n in ("results.md", "metrics.json"))
+
+
+# ---------------------------------------------------------------------------- (end of issue 10)
+
+
 # ---------------------------------------------------------------------------- the stage graph
 
 # The checks of each config section, run for every section a selected stage reads.
@@ -177,15 +362,17 @@ SECTION_CHECKS: dict[str, config_lib.Check] = {
     "affinity": affinity_train.validate,
     "rw": walk.validate,
     "compare": validate_compare,
+    # saliency (issue 10)
+    "saliency": saliency_train.validate,
+    "saliency_infer": saliency_infer.validate,
+    "detector": train_detector.validate,
+    "detector_infer": infer_detector.validate,
+    "saliency_eval": saliency_evaluate.validate,
+    "compare_saliency": validate_compare_saliency,
     # segmentation (issue 11)
     "segmentation": seg_train.validate,
     "segmentation_infer": seg_infer.validate,
 }
-
-
-def _reports(stage: str) -> Callable[[ml_collections.ConfigDict, str], list[str]]:
-    """The missing-outputs check of an evaluation stage: metrics.json, sweep.csv, sweep.png."""
-    return lambda config, workdir: artifacts.missing(artifacts.report_files(workdir, stage))
 
 
 def _missing_compare(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
@@ -206,16 +393,34 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           missing=cam_infer.missing),
     Stage("eval_cam",           cam_evaluate.run,      ("data", "eval"),    ("infer_cam",),
           checks=(cam_evaluate.validate,), headline=cam_evaluate.headline,
-          missing=_reports("eval_cam")),
-    Stage("affinity_labels",    make_labels.run,       ("data", "affinity_labels"), ("infer_cam",),
-          headline=make_labels.headline, missing=make_labels.missing),
+          missing=cam_evaluate.missing),
+    # saliency (issue 10): C²AM(-H), its maps and masks, the detector, Table 6
+    Stage("train_saliency",     saliency_train.run,    (*_TRAIN, "saliency"), saliency_train.deps,
+          missing=saliency_train.missing),
+    Stage("infer_saliency",     saliency_infer.run,    ("data", "saliency_infer"),
+          ("train_saliency",), missing=saliency_infer.missing),
+    Stage("train_detector",     train_detector.run,    ("seed", "data", "detector"),
+          train_detector.deps, missing=train_detector.missing),
+    Stage("infer_detector",     infer_detector.run,    ("data", "detector", "detector_infer"),
+          infer_detector.deps, missing=infer_detector.missing),
+    Stage("eval_saliency",      saliency_evaluate.run, ("data", "eval", "saliency_eval"),
+          saliency_evaluate.deps, headline=saliency_evaluate.headline,
+          missing=saliency_evaluate.missing),
+    Stage("compare_saliency",   run_compare_saliency,
+          (*_TRAIN, "oc", "train", "infer", "eval", "saliency", "saliency_infer", "detector",
+           "detector_infer", "saliency_eval", "affinity_labels", "affinity", "rw",
+           "compare_saliency"),
+          headline=lambda metrics: metrics["table"], missing=_missing_compare_saliency),
+    # (end of issue 10)
+    Stage("affinity_labels",    make_labels.run,       ("data", "affinity_labels"),
+          make_labels.deps, headline=make_labels.headline, missing=make_labels.missing),
     Stage("train_affinity",     affinity_train.run,    (*_TRAIN, "affinity"), affinity_train.deps,
           missing=affinity_train.missing),
     Stage("random_walk",        walk.run,              ("data", "rw"),
           ("train_affinity", "infer_cam"), missing=walk.missing),
-    Stage("eval_pseudo_labels", affinity_evaluate.run, ("data", "eval"),    ("random_walk",),
+    Stage("eval_pseudo_labels", affinity_evaluate.run, ("data", "eval", "rw"), ("random_walk",),
           checks=(affinity_evaluate.validate,), headline=affinity_evaluate.headline,
-          missing=_reports("eval_pseudo_labels")),
+          missing=affinity_evaluate.missing),
     Stage("compare",            run_compare,
           (*_TRAIN, "oc", "train", "infer", "eval", "compare"),
           headline=lambda metrics: metrics["table"], missing=_missing_compare),
@@ -452,6 +657,8 @@ def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
         line = headline(metrics).replace("\n", " ") if headline else ""
         if name == "compare":
             line = "strategy table in results.md"
+        if name == "compare_saliency":  # saliency (issue 10)
+            line = "saliency table in results.md"
         rows.append(f"| {name} | {line} | {artifacts.stage_dir(workdir, name)} |")
     # ---- segmentation (issue 11): how much of full supervision weak supervision reaches.
     weak, full = seg_train.STAGES["pseudo"][2], seg_train.STAGES["ground_truth"][2]

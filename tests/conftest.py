@@ -5,8 +5,20 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The persistent compilation cache, as for runs: a second run of the suite (and every
+# `python -m pnoc_jax.main` subprocess of this one) reuses compiled programs.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pnoc_jax", "jax-tests"
+    ),
+)
 
 import pytest
+
+from pnoc_jax.core import compile_cache
+
+compile_cache.enable(None)
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +47,7 @@ def make_tiny_config(data_dir: str):
     config.train.update(small, strategy="cam", init_backbone_from="")
     config.stages = ("train_cam", "infer_cam", "eval_cam")
     config.infer.scales = (1.0, 0.5)
+    config.eval.crf_iterations = 0  # the CRF sweep: tests/evaluation, tests/test_recipes.py
     config.runtime.update(ckpt_every=2, log_every=1, predict_batch_size=4)
     return config
 

@@ -33,6 +33,8 @@ BAD_VALUES = {
     "infer.weights_from": "train_rw",
     "eval.split": "test",
     "eval.thresholds": (0.3, 0.2),
+    "eval.crf_iterations": -1,
+    "eval.crf_gt_prob": 1.0,
     "affinity_labels.split": "test",
     "affinity_labels.fg_threshold": 1.5,
     "affinity_labels.bg_threshold": -0.1,
@@ -69,6 +71,55 @@ BAD_VALUES = {
     "runtime.num_workers": -1,
     "runtime.predict_batch_size": 0,
     "runtime.keep_stale": -1,
+    "runtime.input_workers": -2,
+    # saliency (issue 10)
+    "affinity_labels.saliency": "infer_cam",
+    "saliency.method": "ccamx",
+    "saliency.split": "test",
+    "saliency.backbone": "vgg",
+    "saliency.output_stride": 32,
+    "saliency.backbone_weights": "imagenet",
+    "saliency.pretrained": "/no/such/file.npz",
+    "saliency.batch_size": 12,
+    "saliency.accumulate_steps": 0,
+    "saliency.epochs": -1,
+    "saliency.steps": -1,
+    "saliency.lr": 0.0,
+    "saliency.momentum": 1.0,
+    "saliency.weight_decay": -1.0,
+    "saliency.poly_power": -1.0,
+    "saliency.lr_mult": (1.0, 2.0),
+    "saliency.resize_size": 0,
+    "saliency.crop_size": 8,
+    "saliency.alpha": -0.25,
+    "saliency.hint_weight": -1.0,
+    "saliency.hint_threshold": 1.5,
+    "saliency.label_smoothing": 1.0,
+    "saliency.dtype": "float16",
+    "saliency_infer.splits": ("tset",),
+    "saliency_infer.scales": (1.0, 0.0),
+    "saliency_infer.max_image_size": 0,
+    "saliency_infer.mask_threshold": -0.2,
+    "saliency_infer.crf_iterations": -1,
+    "saliency_infer.crf_gt_prob": 1.0,
+    "detector.split": "test",
+    "detector.backbone": "vgg",
+    "detector.backbone_weights": "imagenet",
+    "detector.pretrained": "/no/such/file.npz",
+    "detector.head_divisor": 3,
+    "detector.batch_size": 12,
+    "detector.accumulate_steps": 0,
+    "detector.epochs": -1,
+    "detector.steps": -1,
+    "detector.lr": 0.0,
+    "detector.weight_decay": -1.0,
+    "detector.max_image_size": 0,
+    "detector.input_scale": 0.0,
+    "detector.dtype": "float16",
+    "detector_infer.splits": ("tset",),
+    "detector_infer.weights": "/no/such/file.npz",
+    "saliency_eval.sources": ("infer_saliency", "infer_cam"),
+    "compare_saliency.seeds": (1, 1),
     # segmentation (issue 11)
     "segmentation.model": "deeplabv4",
     "segmentation.backbone": "vgg16",
@@ -209,13 +260,16 @@ def test_fingerprints_follow_sections_and_propagate_downstream(tiny_config):
     config.eval.thresholds = (0.1, 0.2)
     after = fingerprints()
     changed = {name for name in before if before[name] != after[name]}
-    assert changed == {"eval_cam", "eval_pseudo_labels", "compare"}
+    assert changed == {"eval_cam", "eval_pseudo_labels", "compare", "eval_saliency"}
     config.train.lr = 0.07
     again = fingerprints()
     changed = {name for name in after if after[name] != again[name]}
     assert changed == {
         "train_cam", "infer_cam", "eval_cam", "affinity_labels", "train_affinity",
         "random_walk", "eval_pseudo_labels", "compare",
+        # saliency (issue 10): C²AM-H's hints are the CAMs
+        "train_saliency", "infer_saliency", "train_detector", "infer_detector", "eval_saliency",
+        # segmentation (issue 11)
         "train_segmentation", "infer_segmentation", "eval_segmentation",
     }  # fmt: skip
     # The fully supervised bound reads no weakly supervised stage: only its backbone's.
@@ -234,7 +288,9 @@ def test_runtime_knobs_never_change_a_fingerprint(tiny_config, tmp_path):
     """Nor does where the dataset is built: moving data_dir reruns nothing."""
     config = _all_stages_config(tiny_config)
     before = {name: pipeline.stage_fingerprint(name, config) for name in pipeline.STAGES}
-    config.runtime.update(log_every=7, ckpt_every=9, num_workers=3, predict_batch_size=16)
+    config.runtime.update(
+        log_every=7, ckpt_every=9, num_workers=3, predict_batch_size=16, input_workers=2
+    )
     config.runtime.keep_stale = 1
     os.symlink(config.data.data_dir, tmp_path / "moved")
     config.data.data_dir = str(tmp_path / "moved")

@@ -1,9 +1,10 @@
 """Stage `eval_pseudo_labels`: the random walk and its pseudo-labels against the ground truth.
 
 On `config.eval.split` (the split the priors are evaluated on): the threshold sweep of the RW
-scores, as the priors' (spec §9, runner 3 step 4), and the mIoU of the pseudo-label PNGs.
-Writes `eval_pseudo_labels/{metrics.json, sweep.csv, sweep.png}`; the priors' mIoU on the same
-split is copied beside them for comparison.
+scores, as the priors' (spec §9, runner 3 step 4), plain and with the pseudo-labels' CRF
+(`config.rw.crf_iterations`, `crf_gt_prob`: t 1, gt 0.9, what the reference reports), and the
+mIoU of the pseudo-label PNGs. Writes `eval_pseudo_labels/{metrics.json, sweep.csv, sweep.png}`
+(+ `sweep_crf.csv`); the priors' mIoU on the same split is copied beside them for comparison.
 """
 
 import os
@@ -19,7 +20,10 @@ from pnoc_jax.evaluation import sweep
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     split = config.eval.split
     pseudo_labels = artifacts.pseudo_label_dir(workdir, split)
-    summary = sweep.evaluate_split(config, artifacts.rw_dir(workdir, split), "rw", pseudo_labels)
+    crf = (config.rw.crf_iterations, config.rw.crf_gt_prob)
+    summary = sweep.evaluate_split(
+        config, artifacts.rw_dir(workdir, split), "rw", pseudo_labels, crf=crf
+    )
     summary["pseudo_label_miou"] = summary.pop("labels_miou")
     summary["pseudo_label_per_class_iou"] = summary.pop("labels_per_class_iou")
     prior_path = artifacts.metrics_file(workdir, "eval_cam")
@@ -36,6 +40,12 @@ def headline(metrics: dict) -> str:
     prior = f", prior {100 * metrics['prior_miou']:.2f}" if "prior_miou" in metrics else ""
     pseudo = f"pseudo-label mIoU {100 * metrics['pseudo_label_miou']:.2f}"
     return f"{sweep.headline('RW', metrics)}; {pseudo}{prior}"
+
+
+def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The report files (with sweep_crf.csv when the RW CRF is on) that do not exist."""
+    crf = config.rw.crf_iterations > 0
+    return artifacts.missing(artifacts.report_files(workdir, "eval_pseudo_labels", crf))
 
 
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:

@@ -2,9 +2,11 @@
 
 Writes `affinity_labels/<split>/<id>.png` (palette PNG: 0 background, 1..C class, 255 uncertain)
 for every labelled image of `config.affinity_labels.split`, with conventional labels (CAM + CRF)
-or, when `saliency_dir` is set, saliency-based ones; and `affinity_labels/metrics.json`: their
-precision and coverage against the ground truth. Per-image work runs in `core.pool`; images
-whose PNG exists are counted, not redone. Each process labels its own shard of the split.
+or saliency-based ones: with the saliency PNGs of the stage `saliency` names (infer_saliency's
+C²AM(-H) masks, infer_detector's maps) or of the folder `saliency_dir`; and
+`affinity_labels/metrics.json`: their precision and coverage against the ground truth.
+Per-image work runs in `core.pool`; images whose PNG exists are counted, not redone. Each
+process labels its own shard of the split.
 """
 
 import os
@@ -20,12 +22,43 @@ from pnoc_jax.core import artifacts, distributed, fileio, pool, progress, scores
 from pnoc_jax.data import pipeline
 
 
+# ---------------------------------------------------------------------------- saliency (issue 10)
+def saliency_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
+    """The folder of `<id>.png` saliency maps the labels use: those the stage named by
+    `saliency` made for the split, or the user's `saliency_dir`; "" = conventional labels."""
+    if cfg.saliency:
+        return artifacts.saliency_png_dir(workdir, cfg.saliency, cfg.split)
+    return os.path.expanduser(cfg.saliency_dir) if cfg.saliency_dir else ""
+
+
+def check_saliency_maps(config: ml_collections.ConfigDict, directory: str) -> None:
+    """Every labelled image of the split has its saliency PNG, before any label is written."""
+    split = config.affinity_labels.split
+    ids = [i for i, labelled in pipeline.split_index(config, split) if labelled]
+    absent = [i for i in ids if not os.path.exists(os.path.join(directory, f"{i}.png"))]
+    if absent:
+        raise fileio.SaliencyMapError(
+            f"affinity_labels: {len(absent)} of the {len(ids)} saliency maps of split {split!r} "
+            f"are missing in {directory} (e.g. {', '.join(f'{i}.png' for i in absent[:3])}); "
+            "every labelled image needs <id>.png"
+        )
+
+
+def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The CAMs, and the stage whose saliency the labels use (`affinity_labels.saliency`)."""
+    saliency = config.affinity_labels.saliency
+    return ("infer_cam", *((saliency,) if saliency else ()))
+
+
+# ---------------------------------------------------------------------------- (end of issue 10)
+
+
 def label_tasks(
     source: Sequence[dict], cfg: ml_collections.ConfigDict, workdir: str
 ) -> Iterator[tasks.LabelTask]:
     """One task per labelled image of `source` (images without classes have no label)."""
     params = config_lib.from_section(tasks.LabelParams, cfg)
-    saliency_dir = os.path.expanduser(cfg.saliency_dir) if cfg.saliency_dir else ""
+    sal_dir = saliency_dir(cfg, workdir)
     cam_dir = artifacts.cam_dir(workdir, cfg.split)
     for index in progress.iterate(range(len(source)), f"affinity_labels {cfg.split}"):
         example = source[index]
@@ -37,7 +70,7 @@ def label_tasks(
             gt=example["mask"],
             cam_path=scores.locate(cam_dir, image_id),
             out_path=artifacts.affinity_label_file(workdir, cfg.split, image_id),
-            saliency_path=os.path.join(saliency_dir, f"{image_id}.png") if saliency_dir else "",
+            saliency_path=os.path.join(sal_dir, f"{image_id}.png") if sal_dir else "",
             params=params,
         )
 
@@ -58,6 +91,8 @@ def label_metrics(counts: np.ndarray, split: str) -> dict:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     cfg = config.affinity_labels
+    if saliency_dir(cfg, workdir):
+        check_saliency_maps(config, saliency_dir(cfg, workdir))
     source = pipeline.open_split(config, cfg.split)
     counts, computed, total = np.zeros(5, np.int64), 0, 0
     todo = label_tasks(source, cfg, workdir)
@@ -107,10 +142,26 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     config_lib.check_number(
         config, f"{key}.crf_gt_prob", low=0, high=1, low_open=True, high_open=True
     )
-    saliency_dir = config.affinity_labels.saliency_dir
+    cfg = config.affinity_labels
     config_lib.check(
-        not saliency_dir or os.path.isdir(os.path.expanduser(saliency_dir)),
+        not cfg.saliency_dir or os.path.isdir(os.path.expanduser(cfg.saliency_dir)),
         f"{key}.saliency_dir",
-        saliency_dir,
+        cfg.saliency_dir,
         "a folder of <id>.png saliency maps, or ''",
     )
+    config_lib.check_choice(config, f"{key}.saliency", ("", *artifacts.SALIENCY_STAGES))
+    config_lib.check(
+        not (cfg.saliency and cfg.saliency_dir),
+        f"{key}.saliency",
+        cfg.saliency,
+        f"'' when config.{key}.saliency_dir is set (one source of saliency)",
+    )
+    if cfg.saliency:
+        section = "saliency_infer" if cfg.saliency == "infer_saliency" else "detector_infer"
+        made = tuple(config[section].splits)
+        config_lib.check(
+            cfg.split in made,
+            f"{key}.split",
+            cfg.split,
+            f"a split whose saliency {cfg.saliency} makes (config.{section}.splits={made})",
+        )

@@ -65,7 +65,7 @@ def affinity_label(task: LabelTask) -> tuple[np.ndarray, bool]:
     record = scores.read(task.cam_path, ("hr_cam",))
     p = task.params
     if task.saliency_path:
-        saliency = fileio.read_png(task.saliency_path).astype(np.float32) / 255.0
+        saliency = fileio.read_saliency(task.saliency_path, task.image.shape[:2])
         label = aff_labels.affinity_labels_saliency(
             task.image,
             record["hr_cam"],

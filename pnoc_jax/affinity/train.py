@@ -38,11 +38,9 @@ def build_model(config: ml_collections.ConfigDict) -> AffinityNet:
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
-    """SGD, lr·poly(0.9) on every edge parameter; backbone frozen (spec §9: momentum 0).
-
-    Deviation: `core.optim` decays only kernels/scales, so GN offsets and the output bias get
-    no weight decay (the reference decays them too).
-    """
+    """SGD, lr·poly(0.9) and weight decay on every edge parameter (kernels, GroupNorm scales
+    and offsets, the output bias: the reference's one parameter group, spec §9); backbone
+    frozen. Spec: momentum 0."""
     return optim.make_optimizer(
         optim.OptimizerConfig(
             lr=cfg.lr,
@@ -51,6 +49,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
             momentum=cfg.momentum,
             poly_power=cfg.poly_power,
             lr_mult=(1.0, 1.0, 1.0, 1.0),
+            decay_all=True,
             frozen=("backbone",),
         )
     )
@@ -176,6 +175,7 @@ def run(
         mesh=mesh,
         ckpt_every=config.runtime.ckpt_every,
         log_every=config.runtime.log_every,
+        input_workers=config.runtime.input_workers,
         on_step=on_step,
     )
 
@@ -197,6 +197,9 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     config_lib.check_choice(config, f"{key}.backbone", ("", *backbones.backbone_names()))
     config_lib.check_choice(config, f"{key}.output_stride", backbones.OUTPUT_STRIDES)
     config_lib.check_choice(config, f"{key}.backbone_weights", ("pretrained", "train_cam"))
+    natural = datasets.get_info(config.data.name).needs_pretrained
+    if cfg.backbone_weights == "pretrained" and natural:
+        backbones.check_pretrained(config, cfg.backbone or config.model.backbone, "train_affinity")
     if cfg.backbone_weights == "train_cam":
         config_lib.check(
             cfg.backbone in ("", config.model.backbone),

@@ -1,6 +1,7 @@
-"""Stage `eval_cam`: background-threshold sweep of the CAMs against the ground truth (spec §6).
+"""Stage `eval_cam`: background-threshold sweep of the CAMs against the ground truth (spec §6),
+plain and, with `config.eval.crf_iterations` > 0, with the CRF (the reference reports both).
 
-Writes `<workdir>/eval_cam/{metrics.json, sweep.csv, sweep.png}`.
+Writes `<workdir>/eval_cam/{metrics.json, sweep.csv, sweep.png}` (+ `sweep_crf.csv`).
 """
 
 import ml_collections
@@ -13,7 +14,8 @@ from pnoc_jax.evaluation import sweep
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     split = config.eval.split
-    summary = sweep.evaluate_split(config, artifacts.cam_dir(workdir, split), "hr_cam")
+    crf = (config.eval.crf_iterations, config.eval.crf_gt_prob)
+    summary = sweep.evaluate_split(config, artifacts.cam_dir(workdir, split), "hr_cam", crf=crf)
     if distributed.is_chief():
         sweep.write_report(artifacts.stage_dir(workdir, "eval_cam"), summary)
     logging.info(
@@ -28,6 +30,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def headline(metrics: dict) -> str:
     return sweep.headline("prior", metrics)
+
+
+def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The report files (with sweep_crf.csv when the CRF variant is on) that do not exist."""
+    crf = config.eval.crf_iterations > 0
+    return artifacts.missing(artifacts.report_files(workdir, "eval_cam", crf))
 
 
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:

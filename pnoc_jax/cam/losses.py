@@ -68,7 +68,8 @@ def reconstruction_loss(cams: jax.Array, merged_cams: jax.Array, labels: jax.Arr
 def sample_erased_class(key: jax.Array, labels: jax.Array) -> jax.Array:
     """One class per sample, uniformly among its positives (labels > 0.5). [B, C] -> [B] int32.
 
-    A sample without positives gets class 0 and must be masked out by the caller.
+    A sample without positives gets a class drawn uniformly over all C; the training stages
+    never pass one (`data.pipeline.labelled_only` skips them, as the reference does).
     """
     logits = jnp.where(labels > 0.5, 0.0, -jnp.inf)
     logits = jnp.where(jnp.any(labels > 0.5, axis=-1, keepdims=True), logits, 0.0)

@@ -18,6 +18,7 @@ from pnoc_jax.core import artifacts, distributed, optim, rng, weights
 from pnoc_jax.core.loop import run_training
 from pnoc_jax.core.train_state import TrainState, create_state
 from pnoc_jax.data import datasets, pipeline, transforms
+from pnoc_jax.models import backbones
 from pnoc_jax.models.classifier import CAMClassifier
 
 
@@ -58,6 +59,9 @@ def optimizer_config(
     frozen: tuple[str, ...] = (),
     lr_mult: float = 1.0,
 ) -> optim.OptimizerConfig:
+    """SGD of a classifier-training section. Accumulated gradients are SUMMED, as the reference
+    CAM scripts do (they do not divide the loss by the accumulation steps, spec §2), so the
+    section's lr and weight decay are the reference's own, for f and for noc."""
     return optim.OptimizerConfig(
         lr=section.lr * lr_mult,
         total_steps=steps // section.accumulate_steps,
@@ -67,6 +71,7 @@ def optimizer_config(
         poly_power=section.poly_power,
         lr_mult=tuple(section.lr_mult),
         accumulate_steps=section.accumulate_steps,
+        accumulation="sum",
         frozen=frozen,
     )
 
@@ -114,8 +119,17 @@ def run(
         max_size=section.max_size,
         augment=section.augment,
     )
+    split = pipeline.open_split(config, section.split, whole=True)
+    source = pipeline.labelled_only(split)  # images without a class are skipped (reference)
+    if len(source) < len(split):
+        logging.info(
+            "%s: %d of %d images have no class and are skipped",
+            stage,
+            len(split) - len(source),
+            len(split),
+        )
     plan = pipeline.training_input(
-        pipeline.open_split(config, section.split, whole=True),
+        source,
         transform,
         batch_size=section.batch_size,
         epochs=section.epochs,
@@ -155,6 +169,7 @@ def run(
         mesh=mesh,
         ckpt_every=config.runtime.ckpt_every,
         log_every=config.runtime.log_every,
+        input_workers=config.runtime.input_workers,
         on_step=on_step,
     )
 
@@ -227,8 +242,14 @@ def _validate_section(
         )
 
 
+def _check_pretrained(config: ml_collections.ConfigDict, who: str) -> None:
+    if datasets.get_info(config.data.name).needs_pretrained:
+        backbones.check_pretrained(config, config.model.backbone, who)
+
+
 def validate_oc(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
     _validate_section(config, "oc", topology)
+    _check_pretrained(config, "train_oc")
     config_lib.check_choice(config, "oc.init_backbone_from", ("",))
     config_lib.check(
         not strategies.needs_oc(config.oc.strategy),
@@ -241,3 +262,5 @@ def validate_oc(config: ml_collections.ConfigDict, topology: config_lib.Topology
 def validate_train(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
     _validate_section(config, "train", topology)
     config_lib.check_choice(config, "train.init_backbone_from", ("", "train_oc"))
+    if config.train.init_backbone_from != "train_oc":
+        _check_pretrained(config, "train_cam")

@@ -55,10 +55,12 @@ def metrics_file(workdir: str, stage: str) -> str:
     return os.path.join(workdir, stage, "metrics.json")
 
 
-def report_files(workdir: str, stage: str) -> list[str]:
-    """What an evaluation stage writes: metrics.json, sweep.csv and sweep.png."""
+def report_files(workdir: str, stage: str, crf: bool = False) -> list[str]:
+    """What an evaluation stage writes: metrics.json, sweep.csv and sweep.png; with the CRF
+    variant of the sweep also sweep_crf.csv."""
     folder = stage_dir(workdir, stage)
-    return [os.path.join(folder, name) for name in ("metrics.json", "sweep.csv", "sweep.png")]
+    names = ("metrics.json", "sweep.csv", "sweep.png", *(("sweep_crf.csv",) if crf else ()))
+    return [os.path.join(folder, name) for name in names]
 
 
 def score_file(directory: str, image_id: str) -> str:
@@ -115,6 +117,48 @@ def compare_seed_dir(workdir: str, seed: int) -> str:
 def compare_run_dir(workdir: str, seed: int, strategy: str) -> str:
     """The workdir of one (seed, strategy) run of the strategy comparison."""
     return os.path.join(compare_seed_dir(workdir, seed), strategy)
+
+
+# ---------------------------------------------------------------------------- saliency (issue 10)
+# train_saliency: `weights/f.npz` (C²AM) and `orientation.json`; infer_saliency: per split the
+# maps (`<split>/<id>.npz`, keys [0, 1], cam, hr_cam) and the CRF masks (`<split>_masks/<id>.png`,
+# greyscale 0/255); train_detector: `weights/detector.npz`; infer_detector: `<split>/<id>.png`
+# (greyscale 255·σ); eval_saliency: `metrics.json`.
+SALIENCY_STAGES = ("infer_saliency", "infer_detector")  # the stages that make saliency PNGs
+
+
+def orientation_file(workdir: str) -> str:
+    """The foreground/background orientation decided for the trained C²AM (train_saliency)."""
+    return os.path.join(workdir, "train_saliency", "orientation.json")
+
+
+def saliency_map_dir(workdir: str, split: str) -> str:
+    """C²AM(-H) maps of `split` (stage infer_saliency): `<id>.npz` (keys [0, 1], cam, hr_cam)."""
+    return os.path.join(workdir, "infer_saliency", split)
+
+
+def saliency_map_file(workdir: str, split: str, image_id: str) -> str:
+    return score_file(saliency_map_dir(workdir, split), image_id)
+
+
+def saliency_png_dir(workdir: str, stage: str, split: str) -> str:
+    """The saliency PNGs (greyscale, saliency = value / 255) a saliency stage made for `split`:
+    infer_saliency's CRF masks (0/255) or infer_detector's maps (255·σ)."""
+    if stage == "infer_saliency":
+        return os.path.join(workdir, stage, f"{split}_masks")
+    if stage == "infer_detector":
+        return os.path.join(workdir, stage, split)
+    raise ValueError(f"stage {stage!r} makes no saliency PNGs; expected one of {SALIENCY_STAGES}")
+
+
+def saliency_png_file(workdir: str, stage: str, split: str, image_id: str) -> str:
+    return os.path.join(saliency_png_dir(workdir, stage, split), f"{image_id}.png")
+
+
+def compare_saliency_dir(workdir: str, seed: int, variant: str) -> str:
+    """The workdir of one (seed, variant) run of the saliency comparison (stage
+    compare_saliency); variants share their finished upstream stages through symlinks."""
+    return os.path.join(workdir, "compare_saliency", f"seed{seed}", variant)
 
 
 # ---------------------------------------------------------------- segmentation (issue 11)

@@ -156,3 +156,40 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, tuple | set):
         return list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ---------------------------------------------------------------------------- saliency (issue 10)
+class SaliencyMapError(UserError, ValueError):
+    """A saliency PNG that is missing, unreadable or of another size than its image."""
+
+
+def write_saliency(path: str, saliency: np.ndarray) -> None:
+    """Atomically writes a uint8[H, W] saliency map (255 = salient) as a greyscale PNG."""
+    saliency = np.asarray(saliency)
+    if saliency.ndim != 2 or saliency.dtype != np.uint8:
+        raise ValueError(
+            f"a saliency PNG needs a uint8[H, W] map, got {saliency.dtype}{saliency.shape}"
+        )
+    write_bytes(path, encode_png(saliency))
+
+
+def read_saliency(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """A saliency PNG as float64[H, W] in [0, 1] (value / 255), checked against the image size.
+
+    float64 as the reference reads them, so a value equal to a threshold (51 / 255 = 0.2) ties
+    with it exactly.
+
+    Errors (`SaliencyMapError`) name the file: missing, not a greyscale PNG, or not H x W.
+    """
+    try:
+        saliency = read_png(path)
+    except FileNotFoundError:
+        raise SaliencyMapError(f"{path}: saliency map missing") from None
+    except ValueError as e:
+        raise SaliencyMapError(f"saliency map {e}") from None
+    if saliency.shape != tuple(shape):
+        raise SaliencyMapError(
+            f"{path}: saliency map of size {saliency.shape[0]}x{saliency.shape[1]} for an image "
+            f"of size {shape[0]}x{shape[1]}; saliency maps must have their image's size"
+        )
+    return saliency.astype(np.float64) / 255.0

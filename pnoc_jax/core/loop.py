@@ -285,8 +285,8 @@ class InputPlan(Protocol):
 
     total_steps: int
 
-    def batches(self, start: int) -> Iterator[dict[str, np.ndarray]]:
-        """This process's host batches from step `start` on."""
+    def batches(self, start: int, workers: int) -> Iterator[dict[str, np.ndarray]]:
+        """This process's host batches from step `start` on, prepared by `workers` processes."""
 
 
 def run_training(
@@ -299,9 +299,11 @@ def run_training(
     mesh: Any,
     ckpt_every: int,
     log_every: int,
+    input_workers: int = 0,
     on_step: Callable[[int], Any] | None = None,
 ) -> dict[str, TrainState]:
     """Trains `states` to `plan.total_steps`, resuming from the stage's latest checkpoint.
+    `input_workers`: processes preparing batches (`plan.batches`; 0: threads, -1: automatic).
 
     Batch s must be a pure function of s, so resuming at step s replays exactly what an
     uninterrupted run would see. At the end the variables of every updated state are exported to
@@ -317,7 +319,9 @@ def run_training(
         if start:
             logging.info("%s: resuming from step %d", stage, start)
             states = ckpt.restore(start, states)
-        global_batches = (distributed.to_global(b, mesh) for b in plan.batches(start))
+        global_batches = (
+            distributed.to_global(b, mesh) for b in plan.batches(start, input_workers)
+        )
         with jax.set_mesh(mesh):
             states = train_loop(
                 states=states,

@@ -29,6 +29,12 @@ class OptimizerConfig:
     poly_power: float = 0.9
     lr_mult: tuple[float, float, float, float] = (1.0, 2.0, 10.0, 20.0)  # in GROUPS order
     accumulate_steps: int = 1
+    # How an optimizer step combines the `accumulate_steps` micro-batch gradients: "sum" (the
+    # reference's CAM and C²AM-H scripts, which do not divide the loss) or "mean" (DeepLab's).
+    accumulation: str = "mean"
+    # Weight decay on every parameter, biases and norm offsets too (an optimizer built without
+    # parameter groups, e.g. the reference's affinity network); default: weights only.
+    decay_all: bool = False
     # Path fragments (joined with "/") whose parameters are frozen, e.g. "bn" for FixedBatchNorm.
     frozen: Sequence[str] = ()
 
@@ -92,12 +98,17 @@ class StepStats:
 
 def make_optimizer(cfg: OptimizerConfig) -> tuple[optax.GradientTransformation, StepStats]:
     """Returns (transformation, its StepStats, whose `schedule` is the base schedule of the
-    optimizer steps). Weight decay is added to the gradient (torch SGD).
+    optimizer steps). Weight decay is added to the gradient (torch SGD), once per optimizer step.
 
-    With `accumulate_steps` > 1 the gradients of consecutive micro-batches are AVERAGED
-    (optax.MultiSteps); the reference code sums them, which equals averaging at
-    `accumulate_steps` times the learning rate (spec §2, "Batch & gradient accumulation").
+    With `accumulate_steps` = k > 1 an optimizer step takes the SUM (`accumulation="sum"`) or
+    the MEAN ("mean") of the k micro-batch gradients (optax.MultiSteps), then adds the decay:
+    w <- w - lr·mult·(Σ_i g_i + wd·w) ("sum", the reference's CAM scripts: the loss is not
+    divided, spec §2 "Batch & gradient accumulation") or w <- w - lr·mult·(Σ_i g_i / k + wd·w)
+    ("mean", the reference's DeepLab, which divides the loss). Emulating "sum" by "mean" at k
+    times the learning rate would also multiply the decay by k.
     """
+    if cfg.accumulation not in ("sum", "mean"):
+        raise ValueError(f"accumulation must be 'sum' or 'mean', got {cfg.accumulation!r}")
     schedule = poly_schedule(cfg.lr, cfg.total_steps, cfg.poly_power)
 
     def group(mult: float, decay: bool) -> optax.GradientTransformation:
@@ -109,11 +120,13 @@ def make_optimizer(cfg: OptimizerConfig) -> tuple[optax.GradientTransformation, 
         return optax.chain(*parts)
 
     transforms = {
-        name: group(mult, decay=name.endswith("weight"))
+        name: group(mult, decay=cfg.decay_all or name.endswith("weight"))
         for name, mult in zip(GROUPS, cfg.lr_mult, strict=True)
     }
     transforms["frozen"] = optax.set_to_zero()
     tx = optax.multi_transform(transforms, lambda params: param_labels(params, cfg.frozen))
     if cfg.accumulate_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate_steps, use_grad_mean=True)
+        tx = optax.MultiSteps(
+            tx, every_k_schedule=cfg.accumulate_steps, use_grad_mean=cfg.accumulation == "mean"
+        )
     return tx, StepStats(schedule, cfg.accumulate_steps, tuple(cfg.frozen))

@@ -5,13 +5,16 @@ Datasets are TFDS builders written as ArrayRecord (`file_format="array_record"`)
 
 * ``"synthetic"`` -> ``pnoc_synthetic`` (embedded, generated; `builders/synthetic.py`)
 * ``"voc2012"``   -> ``pnoc_voc2012`` (reads a VOCdevkit from ``manual_dir``; `builders/voc2012.py`)
+* ``"coco2014"``  -> ``pnoc_coco2014`` (reads COCO 2014 from ``manual_dir``; `builders/coco2014.py`)
 
 On disk: a generated dataset lives in ``<data_dir>/<tfds name>/<version>/``. A dataset read from
-``manual_dir`` is bound to its source: each distinct source (fingerprint of the resolved VOC2012
-folder, its split lists and the sizes of the listed files: `source_fingerprint`) is built into
-its own ``<data_dir>/<name>-<fingerprint>/<tfds name>/<version>/`` with a ``source.json``
-record, so another or a repaired VOCdevkit never reuses a build of other files. `identity`
-names the data independently of ``data_dir``, for stage fingerprints.
+``manual_dir`` is bound to its source: each distinct source (a fingerprint of what the build
+reads, computed by the builder module's `plan_source`: for VOC the resolved VOC2012 folder, its
+split lists and the sizes of the listed files; for COCO the annotation files' contents and the
+image folders' file sizes) is built into its own
+``<data_dir>/<name>-<fingerprint>/<tfds name>/<version>/`` with a ``source.json`` record, so
+another or a repaired copy never reuses a build of other files. `identity` names the data
+independently of ``data_dir``, for stage fingerprints.
 
 Every element returned by `load_split` is ``{"id": str, "image": uint8[H, W, 3] RGB,
 "mask": uint8[H, W] (0 bg, 1..C, 255 ignore), "labels": float32[C] multi-hot}``.
@@ -37,6 +40,7 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import fileio
+from pnoc_jax.data.builders import coco2014 as _coco2014
 from pnoc_jax.data.builders import synthetic as _synthetic
 from pnoc_jax.data.builders import voc2012 as _voc2012
 
@@ -53,6 +57,9 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     splits: tuple[str, ...]
     ignore_index: int = 255
+    # Natural images: training from random weights is a mistake unless asked for
+    # (`config.model.allow_random_init`); the synthetic data have no ImageNet-like weights.
+    needs_pretrained: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -65,6 +72,7 @@ _INFOS = {
         name="synthetic",
         class_names=tuple(_synthetic.CLASS_NAMES),
         splits=tuple(_synthetic.SPLIT_SIZES),
+        needs_pretrained=False,
     ),
     # `train_aug` exists only when the VOCdevkit holds SegmentationClassAug and a train_aug list.
     "voc2012": DatasetInfo(
@@ -72,15 +80,23 @@ _INFOS = {
         class_names=tuple(_voc2012.CLASS_NAMES),
         splits=("train", "val", "train_aug"),
     ),
+    # `train` = train2014 (82,783 images), `val` = val2014 (40,504), where the download has them.
+    "coco2014": DatasetInfo(
+        name="coco2014",
+        class_names=tuple(_coco2014.CLASS_NAMES),
+        splits=("train", "val"),
+    ),
 }
 _BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "synthetic": _synthetic.PnocSynthetic,
     "voc2012": _voc2012.PnocVoc2012,
+    "coco2014": _coco2014.PnocCoco2014,
 }
 
 
 def get_info(name: str) -> DatasetInfo:
-    """Metadata of dataset `name` ("synthetic" | "voc2012"); ValueError for unknown names."""
+    """Metadata of dataset `name` ("synthetic" | "voc2012" | "coco2014"); ValueError for unknown
+    names."""
     if name not in _INFOS:
         raise ValueError(f"Unknown dataset {name!r}; known datasets: {sorted(_INFOS)}.")
     return _INFOS[name]
@@ -88,8 +104,8 @@ def get_info(name: str) -> DatasetInfo:
 
 def validate_data(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
     """Checks of `config.data`: a known dataset, a usable crop size, an existing manual_dir;
-    for voc2012 a manual_dir holding a VOC2012 folder, or with none, exactly one build under
-    data_dir (cheap: no file of the source is read)."""
+    for a manual-source dataset a manual_dir in its layout (VOC2012 folder, COCO folder), or
+    with none, exactly one build under data_dir (cheap: no file of the source is read)."""
     del topology
     config_lib.check_choice(config, "data.name", tuple(_INFOS))
     config_lib.check_number(config, "data.image_size", low=16, integer=True)
@@ -106,7 +122,7 @@ def validate_data(config: ml_collections.ConfigDict, topology: config_lib.Topolo
         return
     try:
         if manual:
-            _voc2012.find_voc_root(_expand(manual))
+            _SOURCES[config.data.name].find_root(_expand(manual))
         else:
             find_build(config.data.name, config.data.data_dir)
     except (FileNotFoundError, ValueError) as e:
@@ -150,9 +166,12 @@ def _build_lock(data_dir: str, name: str) -> Iterator[None]:
 
 # ------------------------------------------------------------------ builds bound to a source
 
-# Datasets read from a user's copy (`manual_dir`). Each distinct source is built into its own
-# TFDS data_dir, `<data_dir>/<name>-<source fingerprint>/`, which records it in SOURCE_FILE.
-_MANUAL = ("voc2012",)
+# Datasets read from a user's copy (`manual_dir`), by the builder module that knows its layout:
+# `find_root(manual_dir)`, `plan_source(manual_dir)` (a plan with `fingerprint()` and `record()`)
+# and `MANUAL_DIR_HINT`. Each distinct source is built into its own TFDS data_dir,
+# `<data_dir>/<name>-<source fingerprint>/`, which records it in SOURCE_FILE.
+_SOURCES = {"voc2012": _voc2012, "coco2014": _coco2014}
+_MANUAL = tuple(_SOURCES)
 SOURCE_FILE = "source.json"
 
 
@@ -167,13 +186,15 @@ def _expand(path: str | os.PathLike) -> str:
 def source_fingerprint(name: str, manual_dir: str) -> str:
     """16 hex digits identifying the raw data of `name` at `manual_dir`, computed afresh.
 
-    For voc2012: the resolved VOC2012 folder, the contents of its split lists and the size of
-    every listed image and mask (os.stat only, no decoding; `builders/voc2012.SourcePlan`).
+    For voc2012: the resolved VOC2012 folder, the contents of its split lists, where its labels
+    come from and the size of every listed image, mask and annotation (os.stat only, no
+    decoding; `builders/voc2012.SourcePlan`). For coco2014: the resolved folder, the SHA-256 of
+    each annotation file and the size of every image file (`builders/coco2014.SourcePlan`).
     Independent of `data_dir`. Raises FileNotFoundError naming what is missing.
     """
     if name not in _MANUAL:
         raise ValueError(f"Dataset {name!r} is generated; it has no manual source.")
-    return _voc2012.plan_source(_expand(manual_dir)).fingerprint()
+    return _SOURCES[name].plan_source(_expand(manual_dir)).fingerprint()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +206,7 @@ class Build:
     record: dict  # the SOURCE_FILE contents (name, version, source, manual_dir, root, splits)
 
     def describe(self) -> str:
-        """One line for listings: the folder, the VOC2012 folder it came from, and when."""
+        """One line for listings: the folder, the source folder it came from, and when."""
         root, built = self.record.get("root", "?"), self.record.get("built", "?")
         return f"{self.path} (from {root}, built {built})"
 
@@ -233,8 +254,8 @@ def _legacy_note(name: str, data_dir: str) -> str:
         return ""
     return (
         f" {legacy} is a build made before builds recorded their source; it is never used, "
-        "since nothing says which VOCdevkit it came from. Set config.data.manual_dir to that "
-        f"VOCdevkit (it is rebuilt under {_expand(data_dir)}/{name}-<fingerprint>/), then "
+        "since nothing says which copy of the data it came from. Set config.data.manual_dir to "
+        f"that copy (it is rebuilt under {_expand(data_dir)}/{name}-<fingerprint>/), then "
         f"delete {legacy}."
     )
 
@@ -253,13 +274,13 @@ def find_build(name: str, data_dir: str, source: str | None = None) -> Build:
         which = f" from source {source}" if source else ""
         raise ValueError(
             f"Dataset {name!r} has no finished build{which} under data_dir={data_dir!r}; set "
-            "config.data.manual_dir (manual_dir=) to the folder holding VOCdevkit/, to VOCdevkit/ "
-            f"or to VOC2012/ to build it.{_legacy_note(name, data_dir)}"
+            f"config.data.manual_dir (manual_dir=) to {_SOURCES[name].MANUAL_DIR_HINT} to build "
+            f"it.{_legacy_note(name, data_dir)}"
         )
     listing = "".join(f"\n  {b.describe()}" for b in builds)
     raise ValueError(
         f"Dataset {name!r} has {len(builds)} builds under data_dir={data_dir!r} and no "
-        f"manual_dir says which to use:{listing}\nSet config.data.manual_dir to the VOCdevkit "
+        f"manual_dir says which to use:{listing}\nSet config.data.manual_dir to the copy "
         "you mean (its build is reused), or delete the builds you no longer need."
     )
 
@@ -278,9 +299,9 @@ def prepare(
     there; returns the build's identity (see `identity`).
 
     Generated datasets ("synthetic") live in `<data_dir>/<tfds name>/<version>/`. A dataset read
-    from `manual_dir` ("voc2012", see `builders/voc2012.py` for the accepted layouts) is built
-    into `build_path(name, data_dir, fingerprint)`, so another or a repaired VOCdevkit gets its
-    own build and never reuses one made from other files; builds of other sources are left
+    from `manual_dir` ("voc2012", "coco2014"; see their builder modules for the accepted layouts)
+    is built into `build_path(name, data_dir, fingerprint)`, so another or a repaired copy gets
+    its own build and never reuses one made from other files; builds of other sources are left
     alone. With no `manual_dir`, the only finished build under `data_dir` is used (`find_build`).
     `source`, when given, is the fingerprint the caller already holds (`identity`); building
     stops with RuntimeError if the files no longer match it.
@@ -304,8 +325,10 @@ def prepare(
     with _build_lock(data_dir, f"{name}-{fp}"):
         if _finished(name, path, fp) is not None:  # another process finished it meanwhile
             return _identity_of(name, fp)
-        plan = _voc2012.plan_source(manual_dir)
+        plan = _SOURCES[name].plan_source(manual_dir)
         _check_unchanged(name, manual_dir, fp, plan.fingerprint(), "since this run read it")
+        labels = plan.record()["labels"]
+        logging.info("building %s from %s; image labels from %s", name, plan.root, labels)
         if legacy_build(name, data_dir):
             logging.warning("%s", _legacy_note(name, data_dir).strip())
         if os.path.exists(path):
@@ -323,13 +346,17 @@ def prepare(
             {
                 **_identity_of(name, fp),
                 "manual_dir": manual_dir,
-                "root": str(plan.root.resolve()),
-                "splits": {s: len(p.ids) for s, p in plan.splits.items()},
-                "lists": {s: str(p.list_file.resolve()) for s, p in plan.splits.items()},
+                **plan.record(),
+                "examples": {s: int(i.num_examples) for s, i in _built_splits(name, path)},
                 "built": time.strftime("%Y-%m-%d %H:%M:%S"),
             },
         )
     return _identity_of(name, fp)
+
+
+def _built_splits(name: str, path: str):
+    """(split, SplitInfo) of the TFDS build at `path`."""
+    return _make_builder(name, path).info.splits.items()
 
 
 def _check_unchanged(
@@ -380,10 +407,10 @@ def identity(config: ml_collections.ConfigDict) -> dict[str, str]:
     """What the configured dataset is, independent of where it is stored (JSON-able).
 
     ``{"name", "version"}`` for generated datasets; ``{"name", "version", "source"}`` for
-    voc2012, `source` being `source_fingerprint(manual_dir)` (or, with an empty manual_dir, the
-    fingerprint recorded by the only build under data_dir). Same files -> same identity
-    whatever `data_dir` is and whichever accepted manual_dir form names them; another list or
-    a file of another size -> another identity (moving the VOCdevkit also changes it: its
+    voc2012 and coco2014, `source` being `source_fingerprint(manual_dir)` (or, with an empty
+    manual_dir, the fingerprint recorded by the only build under data_dir). Same files -> same
+    identity whatever `data_dir` is and whichever accepted manual_dir form names them; another
+    list or a file of another size -> another identity (moving the VOCdevkit also changes it: its
     resolved path is part of the source). Computed once per process and cached (one os.stat per
     listed file, ~0.13 s for VOC + SBD on a local disk); `clear_identity_cache` forgets it.
     `data.pipeline.open_split` reads exactly the build this names, and refuses to build it from

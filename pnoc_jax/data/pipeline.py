@@ -13,6 +13,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 
 from pnoc_jax.core import rng
 from pnoc_jax.data import datasets
@@ -64,6 +65,33 @@ class _ProcessRows(Sequence):
         return self._stream[step * self._global + self._offset + row]
 
 
+class Subset(Sequence):
+    """The examples of `source` at `indices`, in that order (picklable, for grain workers)."""
+
+    def __init__(self, source: Sequence[dict], indices: Sequence[int]):
+        self._source = source
+        self._indices = np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> dict:
+        return self._source[int(self._indices[index])]
+
+
+def labelled_only(source: Sequence[dict]) -> Sequence[dict]:
+    """The examples of `source` with at least one class, as the reference's classification
+    datasets train on (`IGNORE_BG_IMAGES`: an image without a label is skipped, spec §2): an
+    image without a class has nothing to erase (OC-CSE, P-NOC) nor to localise.
+    Reads labels only (`ids_and_labels`) where the source offers it."""
+    if hasattr(source, "ids_and_labels"):
+        labels = [lab for _, lab in source.ids_and_labels()]
+    else:
+        labels = [source[i]["labels"] for i in range(len(source))]
+    keep = [i for i, lab in enumerate(labels) if np.asarray(lab).sum() > 0]
+    return source if len(keep) == len(source) else Subset(source, keep)
+
+
 def train_batches(
     source: Sequence[dict],
     transform: Transform,
@@ -90,12 +118,31 @@ def train_batches(
     return grain.MapDataset.source(rows).batch(global_batch // processes, drop_remainder=True)
 
 
-def iterate_from(
-    batches: grain.MapDataset, start: int, num_threads: int = 4, prefetch: int = 8
-) -> Iterator[dict]:
-    """Iterates batches start, start+1, ... with background threads prefetching."""
-    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
-    return iter(batches[start:].to_iter_dataset(options))
+def default_input_workers() -> int:
+    """Worker processes for `input_workers=-1`: every CPU but two (the training loop and the
+    accelerator runtime), at most 32; none on a machine of 4 CPUs or fewer, where a process's
+    start-up costs more than it brings."""
+    cpus = os.cpu_count() or 1
+    return 0 if cpus <= 4 else min(cpus - 2, 32)
+
+
+def iterate_from(batches: grain.MapDataset, start: int, workers: int = 0) -> Iterator[dict]:
+    """Iterates batches start, start+1, ..., prefetched by `workers` grain worker processes
+    (decode and augmentation off the training process), or by threads of this process when
+    `workers` is 0; -1: `default_input_workers()`. Batches are a pure function of their index,
+    so the worker count never changes them."""
+    if workers < 0:
+        workers = default_input_workers()
+    if workers == 0:
+        options = grain.ReadOptions(num_threads=4, prefetch_buffer_size=8)
+        return iter(batches[start:].to_iter_dataset(options))
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags (a library or a test)
+        flags.FLAGS.mark_as_parsed()
+    dataset = batches[start:].to_iter_dataset(
+        grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
+    )
+    options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
+    return iter(dataset.mp_prefetch(options))
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -119,8 +166,8 @@ class TrainingInput:
     steps_per_epoch: int
     total_steps: int
 
-    def batches(self, start: int) -> Iterator[dict]:
-        return iterate_from(self.dataset, start)
+    def batches(self, start: int, workers: int = 0) -> Iterator[dict]:
+        return iterate_from(self.dataset, start, workers)
 
 
 def training_input(

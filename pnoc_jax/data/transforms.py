@@ -235,3 +235,87 @@ def make_affinity_transform(
     if not 0 < min_size <= max_size:
         raise ValueError(f"Need 0 < min_size <= max_size, got {min_size}, {max_size}.")
     return AffinityTransform(crop_size, min_size, max_size)
+
+
+# ---------------------------------------------------------------------------- saliency (issue 10)
+@dataclasses.dataclass(frozen=True)
+class SaliencyTransform:
+    """Picklable ``(example, rng) -> {"image", "hint"}`` for C²AM / C²AM-H training (spec §7).
+
+    The image and its hint map (float [H, W]; zeros when the example has none) are resized to a
+    `resize_size` square (PIL bilinear, both), flipped together, the image normalised, and a
+    random `crop_size` window taken (padding 0 for both where the square is smaller). Output:
+    image float32[S, S, 3], hint float32[S, S].
+    """
+
+    resize_size: int
+    crop_size: int
+
+    def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        image = np.asarray(example["image"], dtype=np.uint8)
+        hint = example.get("hint")
+        if hint is None:
+            hint = np.zeros(image.shape[:2], np.float32)
+        size = (self.resize_size, self.resize_size)
+        image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+        hint = np.asarray(
+            Image.fromarray(np.asarray(hint, np.float32)).resize(size, Image.Resampling.BILINEAR)
+        )
+        image, hint = random_hflip(image, hint, rng)
+        image, hint = random_crop_or_pad(
+            normalize(image), hint, rng, self.crop_size, image_fill=0.0, mask_fill=0.0
+        )
+        return {"image": image, "hint": np.ascontiguousarray(hint, np.float32)}
+
+
+def scale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """PIL bicubic resize of uint8[H, W, 3] to (round(W·s), round(H·s)); unchanged at s = 1."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+
+
+def scale_map(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """PIL bilinear resize of a float [h, w] map to [height, width] (unchanged if equal)."""
+    values = np.asarray(values, np.float32)
+    if values.shape == (height, width):
+        return values
+    return np.asarray(
+        Image.fromarray(values).resize((width, height), Image.Resampling.BILINEAR), np.float32
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorTransform:
+    """Picklable ``(example, rng) -> {"image", "target", "valid"}`` for the saliency detector.
+
+    PoolNet is trained at the images' own resolution (times `input_scale`), with a random
+    horizontal flip and no other augmentation (spec §7). To batch images of different sizes,
+    each is normalised and pasted at the top-left of a `canvas` square (padding 0, the mean
+    colour); `valid` marks the image's pixels, where the loss counts. The target (saliency in
+    [0, 1], float [H, W]) follows the image (bilinear when scaled). Output: image
+    float32[C, C, 3], target float32[C, C], valid float32[C, C].
+    """
+
+    canvas: int
+    input_scale: float = 1.0
+
+    def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        image = scale_image(np.asarray(example["image"], dtype=np.uint8), self.input_scale)
+        h, w = image.shape[:2]
+        if max(h, w) > self.canvas:
+            raise ValueError(
+                f"image {example.get('id', '?')} is {h}x{w} after scaling by {self.input_scale}, "
+                f"larger than the detector's canvas ({self.canvas})"
+            )
+        target = scale_map(example["saliency"], h, w)
+        image, target = random_hflip(image, target, rng)
+        out_image = np.zeros((self.canvas, self.canvas, 3), np.float32)
+        out_image[:h, :w] = normalize(image)
+        out_target = np.zeros((self.canvas, self.canvas), np.float32)
+        out_target[:h, :w] = target
+        valid = np.zeros((self.canvas, self.canvas), np.float32)
+        valid[:h, :w] = 1.0
+        return {"image": out_image, "target": out_target, "valid": valid}

@@ -8,6 +8,10 @@ Each tap (stem after max-pool, layer1..layer4) -> 1x1 conv to 32 (no bias) -> Gr
 bilinear upsample (half-pixel, PyTorch ``align_corners=False``) by tap stride / 4 -> ReLU; all
 are cropped to layer1's size, concatenated (160) and mapped by a 1x1 conv with bias to one
 boundary logit per stride-4 cell.
+
+Initialisation as the reference (PE `AffinityNet` calls no init of its own, so PyTorch's
+defaults apply): conv kernels U(±1/√fan_in) (`kaiming_uniform_(a=√5)`), the output bias
+U(±1/√fan_in), GroupNorm scale 1 and offset 0.
 """
 
 from __future__ import annotations
@@ -22,6 +26,19 @@ from pnoc_jax.models.backbones import FEATURE_NAMES, build_backbone, feature_str
 
 EDGE_CHANNELS = 32
 EDGE_STRIDE = 4  # stride of the edge map (layer1)
+
+# PyTorch's default Conv2d kernel init, kaiming_uniform_(a=√5): U(±1/√fan_in).
+TORCH_CONV_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def torch_conv_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default Conv2d bias init: U(±1/√fan_in), fan_in of the kernel."""
+    bound = 1.0 / fan_in**0.5
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
 
 
 def upsample_bilinear(x: jax.Array, factor: int) -> jax.Array:
@@ -54,11 +71,25 @@ class AffinityNet(nn.Module):
         maps = []
         for i, name in enumerate(FEATURE_NAMES, start=1):
             y = jax.lax.stop_gradient(feats[name])
-            y = nn.Conv(EDGE_CHANNELS, (1, 1), use_bias=False, dtype=self.dtype, name=f"edge{i}")(y)
+            y = nn.Conv(
+                EDGE_CHANNELS,
+                (1, 1),
+                use_bias=False,
+                kernel_init=TORCH_CONV_INIT,
+                dtype=self.dtype,
+                name=f"edge{i}",
+            )(y)
             y = nn.GroupNorm(num_groups=4, epsilon=1e-5, dtype=self.dtype, name=f"gn{i}")(y)
             y = upsample_bilinear(y, strides[name] // EDGE_STRIDE)
             maps.append(nn.relu(y)[:, :h, :w])
-        edge = nn.Conv(1, (1, 1), use_bias=True, dtype=self.dtype, name="edge_out")(
-            jnp.concatenate(maps, axis=-1)
-        )
+        fused = jnp.concatenate(maps, axis=-1)
+        edge = nn.Conv(
+            1,
+            (1, 1),
+            use_bias=True,
+            kernel_init=TORCH_CONV_INIT,
+            bias_init=torch_conv_bias_init(fused.shape[-1]),
+            dtype=self.dtype,
+            name="edge_out",
+        )(fused)
         return edge[..., 0].astype(jnp.float32)

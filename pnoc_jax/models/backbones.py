@@ -20,6 +20,37 @@ from pnoc_jax.models import resnest, resnet
 FEATURE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 OUTPUT_STRIDES = (8, 16, 32)
 
+# The ImageNet weights the reference loads (spec §2): torchvision's original (V1) ResNets and
+# the ResNeSt authors' release; the hex in each name is the start of the file's SHA-256, which
+# `python -m pnoc_jax.models.convert` checks.
+IMAGENET_WEIGHTS = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-5c106cde.pth",
+    "resnet34": "https://download.pytorch.org/models/resnet34-333f7ec4.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-19c8e357.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-5d3b4d8f.pth",
+    "resnet152": "https://download.pytorch.org/models/resnet152-b121ed2d.pth",
+    **{
+        f"resnest{depth}": "https://github.com/zhanghang1989/ResNeSt/releases/download/"
+        f"weights_step1/resnest{depth}-{digest}.pth"
+        for depth, digest in (
+            (50, "528c19ca"), (101, "22405ba7"), (200, "75117900"), (269, "0cc87c48")
+        )
+    },
+}  # fmt: skip
+
+
+def weights_help(arch: str) -> str:
+    """Where the ImageNet weights of `arch` come from and the command that converts them."""
+    url = IMAGENET_WEIGHTS.get(arch)
+    if url is None:
+        return f"no ImageNet weights are published for {arch!r}"
+    name = url.rsplit("/", 1)[1]
+    return (
+        f"download {url} and convert it: python -m pnoc_jax.models.convert --torch_checkpoint "
+        f"{name} --arch {arch} --out {arch}.npz (needs torch; checks the file's SHA-256), then "
+        f"pass --config.model.pretrained={arch}.npz"
+    )
+
 
 def backbone_names() -> tuple[str, ...]:
     """Names accepted by `build_backbone`: torchvision ResNets and ResNeSts."""
@@ -63,7 +94,8 @@ def load_backbone(
     `backbone` part is used); every shape is checked against the architecture.
     """
     module = build_backbone(arch, output_stride, frozen_bn)
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)), False)
+    x = jnp.zeros((1, 64, 64, 3))
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
     fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     loaded = weights.load(npz_path)
     subset = {col: tree["backbone"] for col, tree in loaded.items() if "backbone" in tree}
@@ -99,3 +131,17 @@ def validate_model(config: ml_collections.ConfigDict, topology: config_lib.Topol
     config_lib.check_choice(config, "model.backbone", backbone_names())
     config_lib.check_choice(config, "model.output_stride", OUTPUT_STRIDES)
     config_lib.check_file(config, "model.pretrained", "ImageNet weights (.npz)")
+
+
+def check_pretrained(config: ml_collections.ConfigDict, arch: str, who: str) -> None:
+    """ConfigError unless `config.model.pretrained` is set or random initialisation is allowed
+    (`config.model.allow_random_init`): `who` (a stage) would start `arch` from random weights.
+    The message says where the weights come from and how to convert them."""
+    config_lib.check(
+        bool(config.model.pretrained) or config.model.allow_random_init,
+        "model.pretrained",
+        config.model.pretrained,
+        f"ImageNet weights of {arch} for {who} (the paper's numbers need them): "
+        f"{weights_help(arch)}; or set --config.model.allow_random_init=True to train from "
+        "random weights on purpose",
+    )

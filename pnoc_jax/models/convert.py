@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from pnoc_jax.core import weights
-from pnoc_jax.models.resnest import resnest_config, resnest_plan
+from pnoc_jax.models.resnest import RESNEST_CONFIGS, resnest_config, resnest_plan
 from pnoc_jax.models.resnet import stage_plan
 
 _BN_MAP = {
@@ -240,14 +240,113 @@ RESNEST_ARCHS = ("resnest50", "resnest101", "resnest200", "resnest269")
 ARCHS = (*(f"resnet{d}" for d in DEPTH_STAGES), *RESNEST_ARCHS)
 
 
+_BLOCK_KEY = re.compile(r"layer([1-4])\.(\d+)\.")
+
+
+def identify(state_dict: Mapping[str, Any]) -> str | None:
+    """The architecture (a name of :data:`ARCHS`, or "resnest_tiny") whose key layout the
+    checkpoint has, from its key names alone: the deep stem and split-attention keys of a
+    ResNeSt, torchvision's bottleneck ``conv3`` or basic blocks, and the blocks per stage.
+    None when no known layout matches."""
+    sizes = _blocks_per_stage(state_dict)
+    if "conv1.0.weight" in state_dict and "layer1.0.conv2.fc1.weight" in state_dict:
+        for name, cfg in RESNEST_CONFIGS.items():
+            if tuple(cfg["stage_sizes"]) == sizes:
+                return name
+        return None
+    if "conv1.weight" in state_dict:
+        block = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
+        for depth, (stages, kind) in DEPTH_STAGES.items():
+            if stages == sizes and kind == block:
+                return f"resnet{depth}"
+    return None
+
+
 def torch_to_flax(state_dict: Mapping[str, Any], arch: str) -> dict[str, Any]:
-    """Convert a torch ``state_dict`` of the architecture ``arch`` (one of :data:`ARCHS`)."""
-    if arch in RESNEST_ARCHS:
-        return torch_resnest_to_flax(state_dict, arch)
-    if arch not in ARCHS:
+    """Convert a torch ``state_dict`` of the architecture ``arch`` (one of :data:`ARCHS`).
+
+    A checkpoint of another known architecture is refused with a ValueError naming it (and the
+    ``--arch`` that converts it); otherwise a missing or unexpected key is a KeyError naming it.
+    """
+    if arch not in ARCHS and arch not in RESNEST_CONFIGS:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
-    stages, block = DEPTH_STAGES[int(arch.removeprefix("resnet"))]
-    return torch_resnet_to_flax(state_dict, stages, block)
+    found = identify(state_dict)
+    if found is not None and found != arch:
+        raise ValueError(
+            f"the checkpoint is a {found} (its keys: {_layout(state_dict)}), not a {arch}; "
+            f"convert it with --arch {found}, or use the {arch} weights"
+        )
+    try:
+        if arch in RESNEST_CONFIGS:
+            return torch_resnest_to_flax(state_dict, arch)
+        stages, block = DEPTH_STAGES[int(arch.removeprefix("resnet"))]
+        return torch_resnet_to_flax(state_dict, stages, block)
+    except KeyError as e:
+        raise KeyError(
+            f"{e.args[0]} (converting to {arch}; the checkpoint's keys match no known "
+            f"architecture: {_layout(state_dict)})"
+        ) from None
+
+
+def _blocks_per_stage(state_dict: Mapping[str, Any]) -> tuple[int, ...]:
+    blocks = [0, 0, 0, 0]
+    for key in state_dict:
+        match = _BLOCK_KEY.match(key)
+        if match:
+            layer = int(match.group(1)) - 1
+            blocks[layer] = max(blocks[layer], int(match.group(2)) + 1)
+    return tuple(blocks)
+
+
+def _layout(state_dict: Mapping[str, Any]) -> str:
+    """A one-line description of a checkpoint's keys: stem, block kind, blocks per stage."""
+    blocks = _blocks_per_stage(state_dict)
+    stem = "deep stem" if "conv1.0.weight" in state_dict else "7x7 stem"
+    if "layer1.0.conv2.fc1.weight" in state_dict:
+        kind = "split-attention blocks"
+    elif "layer1.0.conv3.weight" in state_dict:
+        kind = "bottleneck blocks"
+    else:
+        kind = "basic blocks"
+    return f"{stem}, {kind}, {'/'.join(map(str, blocks))} blocks per stage"
+
+
+def _shapes(tree: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_shapes(value, f"{prefix}{key}/"))
+        else:
+            out[prefix + key] = tuple(getattr(value, "shape", None) or np.shape(value))
+    return out
+
+
+def check_shapes(tree: Mapping[str, Any], arch: str) -> None:
+    """Every converted array against the shapes of the backbone ``arch`` (ValueError naming the
+    first mismatches: a checkpoint with the right names but other widths, e.g. a wide ResNet)."""
+    import jax
+    import jax.numpy as jnp
+
+    from pnoc_jax.models.backbones import build_backbone
+
+    model = build_backbone(arch, output_stride=16)
+    x = jnp.zeros((1, 64, 64, 3))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    wrong = []
+    for col in ("params", "batch_stats"):
+        exp = _shapes(shapes[col])
+        got = _shapes(tree[col]["backbone"])
+        wrong += [
+            f"{col}/backbone/{k}: {got[k]} (expected {shape})"
+            for k, shape in exp.items()
+            if k in got and got[k] != shape
+        ]
+    if wrong:
+        more = f" and {len(wrong) - 5} more" if len(wrong) > 5 else ""
+        raise ValueError(
+            f"the checkpoint's shapes do not fit {arch}: {'; '.join(wrong[:5])}{more} "
+            "(same parameter names, other widths: a checkpoint of another architecture)"
+        )
 
 
 _HUB_FILENAME = re.compile(r".+-([0-9a-f]{8,64})\.pth")
@@ -308,7 +407,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         for k, v in state.items()
         if isinstance(v, torch.Tensor)
     }
-    tree = torch_to_flax(state, name)
+    try:
+        tree = torch_to_flax(state, name)
+        check_shapes(tree, name)
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"error: {args.torch_checkpoint}: {e.args[0]}") from None
     weights.save(tree, args.out)
     n = weights.count_parameters(tree)
     print(f"wrote {args.out}: {name}, {n:,} backbone params")

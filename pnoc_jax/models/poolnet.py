@@ -152,6 +152,16 @@ class PoolNet(nn.Module):
     backbone: str = "resnet50"
     frozen_bn: bool = True
     dtype: Any = jnp.float32
+    # Every head width (128...512 channels) divided by this; 1 is PoolNet. The synthetic recipe
+    # uses 8 (16...64 channels): the head then costs a 64th of its full-width FLOPs.
+    head_divisor: int = 1
+
+    def _width(self, channels: int) -> int:
+        if self.head_divisor < 1 or channels % self.head_divisor:
+            raise ValueError(
+                f"head_divisor={self.head_divisor} must divide PoolNet's head widths (128...512)"
+            )
+        return channels // self.head_divisor
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -162,29 +172,32 @@ class PoolNet(nn.Module):
         taps = [feats[name] for name in TAPS]
 
         # Global guidance module: pyramid pooling on layer4, then one guidance map per level.
-        p = _head_conv(GGM_CHANNELS, 1, dt, "ppms_pre")(taps[-1])
+        ggm = self._width(GGM_CHANNELS)
+        p = _head_conv(ggm, 1, dt, "ppms_pre")(taps[-1])
         pyramid = [p]
         for k, s in enumerate(GGM_POOL_SIZES):
-            y = nn.relu(_head_conv(GGM_CHANNELS, 1, dt, f"ppms_{k}")(adaptive_avg_pool(p, s)))
+            y = nn.relu(_head_conv(ggm, 1, dt, f"ppms_{k}")(adaptive_avg_pool(p, s)))
             pyramid.append(resize_bilinear(y, p.shape[1:3], align_corners=True))
-        g = nn.relu(_head_conv(GGM_CHANNELS, 3, dt, "ppm_cat")(jnp.concatenate(pyramid, -1)))
+        g = nn.relu(_head_conv(ggm, 3, dt, "ppm_cat")(jnp.concatenate(pyramid, -1)))
         infos = []
         for k, channels in enumerate(INFO_CHANNELS):
             target = taps[len(INFO_CHANNELS) - 1 - k]  # layer3, layer2, layer1, conv1
             y = resize_bilinear(g, target.shape[1:3], align_corners=True)
-            infos.append(nn.relu(_head_conv(channels, 3, dt, f"infos_{k}")(y)))
+            infos.append(nn.relu(_head_conv(self._width(channels), 3, dt, f"infos_{k}")(y)))
 
         converted = [
-            nn.relu(_head_conv(channels, 1, dt, f"convert_{i}")(tap))
+            nn.relu(_head_conv(self._width(channels), 1, dt, f"convert_{i}")(tap))
             for i, (tap, channels) in enumerate(zip(taps, CONVERT_CHANNELS, strict=True))
         ][::-1]  # layer4, layer3, layer2, layer1, conv1
 
         merge = converted[0]
         for k, (features, resize, fuse) in enumerate(FAM_LEVELS):
-            merge = FeatureAggregation(features, resize, fuse, dt, name=f"deep_pool_{k}")(
-                merge, converted[k + 1], infos[k]
-            )
-        merge = FeatureAggregation(*FAM_LAST, dt, name=f"deep_pool_{len(FAM_LEVELS)}")(merge)
+            fam = FeatureAggregation(self._width(features), resize, fuse, dt, name=f"deep_pool_{k}")
+            merge = fam(merge, converted[k + 1], infos[k])
+        features, resize, fuse = FAM_LAST
+        last = len(FAM_LEVELS)
+        fam = FeatureAggregation(self._width(features), resize, fuse, dt, name=f"deep_pool_{last}")
+        merge = fam(merge)
         score = _head_conv(1, 1, dt, "score", bias=True)(merge)
         score = resize_bilinear(score, x.shape[1:3], align_corners=True)
         return score[..., 0].astype(jnp.float32)

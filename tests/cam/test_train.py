@@ -185,7 +185,8 @@ def test_exploding_head_is_never_checkpointed(tiny_config, tmp_path):
 def test_a_preempted_stage_resubmitted_with_other_runtime_knobs_resumes(
     tiny_config, tmp_path, monkeypatch
 ):
-    """`config.runtime` is in no fingerprint: another ckpt_every / log_every resumes the run."""
+    """`config.runtime` is in no fingerprint: another ckpt_every / log_every / input_workers
+    (grain worker processes) resumes the run."""
     workdir = str(tmp_path)
 
     def sigterm_at_3(step):
@@ -200,9 +201,37 @@ def test_a_preempted_stage_resubmitted_with_other_runtime_knobs_resumes(
     with pytest.raises(Preempted):
         pipeline.run_stage("train_cam", tiny_config, workdir)
     monkeypatch.setitem(pipeline.STAGES, "train_cam", stage)
-    tiny_config.runtime.update(ckpt_every=5, log_every=2)
+    tiny_config.runtime.update(ckpt_every=5, log_every=2, input_workers=2)
     assert pipeline.run_stage("train_cam", tiny_config, workdir)
     assert not [d for d in os.listdir(workdir) if d.startswith("train_cam.stale")]
     steps = [row["step"] for row in writers.read_metrics(artifacts.stage_dir(workdir, "train_cam"))]
     # Steps 1-3 before the preemption; then every 2nd, and step 5 (a checkpoint step logs too).
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_f_and_noc_optimizers_sum_accumulated_gradients_with_weight_decay(tiny_config):
+    """f's and noc's optimizers of a B16 x 2 section: one optimizer step over two micro-batches
+    equals the reference's w - lr·mult·(g1 + g2 + wd·w) (torch SGD, loss not divided), with the
+    section's own lr (no doubling) and the decay counted once."""
+    section = tiny_config.train
+    section.update(accumulate_steps=2, weight_decay=0.05, lr=0.1, noc_lr_mult=1.0)
+    section.lr_mult = (1.0, 2.0, 10.0, 20.0)
+    params = {
+        "backbone": {"conv": {"kernel": jnp.full((3,), 0.5)}, "bn": {"bias": jnp.full((3,), 0.5)}},
+        "classifier": {"kernel": jnp.full((3,), 0.5)},
+    }
+    g1 = jax.tree.map(lambda p: jnp.full_like(p, 0.25), params)
+    g2 = jax.tree.map(lambda p: jnp.full_like(p, -0.75), params)
+    for frozen in ((), ("bn",)):  # f; noc (BN frozen)
+        cfg = cam_train.optimizer_config(section, 20, frozen, lr_mult=section.noc_lr_mult)
+        assert (cfg.lr, cfg.total_steps, cfg.accumulation) == (0.1, 10, "sum")
+        tx, _ = optim.make_optimizer(cfg)
+        state = tx.init(params)
+        updates, state = tx.update(g1, state, params)
+        assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))
+        updates, _ = tx.update(g2, state, params)
+        # (g1 + g2) = -0.5; weights decay: -0.5 + 0.05 * 0.5 = -0.475.
+        np.testing.assert_allclose(updates["backbone"]["conv"]["kernel"], 0.1 * 0.475, rtol=1e-6)
+        np.testing.assert_allclose(updates["classifier"]["kernel"], 10 * 0.1 * 0.475, rtol=1e-6)
+        bias = 0.0 if frozen else 2 * 0.1 * 0.5  # BN offset: x2, no decay; frozen for noc
+        np.testing.assert_allclose(updates["backbone"]["bn"]["bias"], bias, rtol=1e-6)

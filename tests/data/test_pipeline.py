@@ -36,3 +36,14 @@ def test_process_rows_make_the_single_process_batches():
 
 def test_steps_per_epoch_drop_the_last_partial_batch():
     assert pipeline.steps_per_epoch(37, 8) == 4
+
+
+def test_worker_processes_prepare_the_same_batches_as_threads():
+    """`runtime.input_workers` never changes what is trained on, resumed mid-stream included."""
+    batches = pipeline.train_batches(_source(37), _noisy, 8, seed=5)
+    threads = pipeline.iterate_from(batches, 3, workers=0)
+    workers = pipeline.iterate_from(batches, 3, workers=2)
+    for step in range(3, 9):
+        expected, got = next(threads), next(workers)
+        np.testing.assert_array_equal(got["image"], batches[step]["image"])
+        np.testing.assert_array_equal(got["image"], expected["image"])

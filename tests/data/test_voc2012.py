@@ -153,7 +153,7 @@ def test_half_built_dataset_is_rebuilt(tmp_path):
             "voc2012", str(data_dir), datasets.source_fingerprint("voc2012", manual)
         )
     )
-    version_dir = build / "pnoc_voc2012" / "1.0.0"
+    version_dir = build / "pnoc_voc2012" / str(datasets._BUILDERS["voc2012"].VERSION)
     version_dir.mkdir(parents=True)
     (version_dir / "pnoc_voc2012-train.array_record-00000-of-00001").write_bytes(b"partial")
     assert len(datasets.load_split("voc2012", "train", str(data_dir), manual)) == 3

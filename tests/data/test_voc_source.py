@@ -268,6 +268,7 @@ def test_pnoc_voc_train_split_train_validates_on_a_plain_voc_download(tmp_path):
 
     config = _pnoc_voc("train_split=train")
     config.data.update(manual_dir=str(voc.parent), data_dir=str(tmp_path / "tfds"))
+    config.model.allow_random_init = True  # (tests/test_recipes.py: stopping without weights)
     pipeline.validate(config, TOPOLOGY)
     assert _splits_read(config) <= available
     assert config.oc.split == config.train.split == config.affinity_labels.split == "train"

@@ -80,3 +80,48 @@ def expected_labels(ex_id: str) -> np.ndarray:
     for cls, _ in SPECS[ex_id][2]:
         labels[cls - 1] = 1
     return labels
+
+
+# id -> extra <object>s of its XML beyond the mask's: (name, (xmin, ymin, xmax, ymax) as text,
+# difficult). The labels from XML are the mask's classes plus the listed names whose box is
+# not empty after truncation and clipping (`XML_ONLY`).
+XML_EXTRA = {
+    "2007_000032": [("bottle", ("3.9", "4", "9.2", "12"), "1")],  # difficult: still a label
+    "2007_000039": [("cat", ("10", "5", "10.7", "30"), "0")],  # 10 -> 10: zero width, skipped
+    "2008_000002": [("sofa", ("30", "2", "80", "20"), "0")],  # clipped to x 30..35: kept
+    "2008_000003": [("dog", ("60", "50", "70", "60"), "0")],  # all outside: clips to a point
+}
+XML_ONLY = {"2007_000032": ["bottle"], "2008_000002": ["sofa"]}
+
+
+def _object_xml(name: str, box: tuple[str, str, str, str], difficult: str = "0") -> str:
+    x0, y0, x1, y1 = box
+    return (
+        f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+        f"<difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+        f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+    )
+
+
+def write_annotations(voc: Path) -> None:
+    """Annotations/<id>.xml for every id: the mask's objects (boxes 1-based, as VOC) + XML_EXTRA."""
+    folder = voc / "Annotations"
+    folder.mkdir(exist_ok=True)
+    for ex_id, (h, w, objects) in SPECS.items():
+        parts = [
+            _object_xml(CLASS_NAMES[cls - 1], (str(x0 + 1), str(y0 + 1), str(x1), str(y1)))
+            for cls, (y0, x0, y1, x1) in objects
+        ]
+        parts += [_object_xml(n, box, d) for n, box, d in XML_EXTRA.get(ex_id, [])]
+        (folder / f"{ex_id}.xml").write_text(
+            f"<annotation><folder>VOC2012</folder><filename>{ex_id}.jpg</filename><size>"
+            f"<width>{w}</width><height>{h}</height><depth>3</depth></size><segmented>1"
+            f"</segmented>{''.join(parts)}</annotation>\n"
+        )
+
+
+def expected_xml_labels(ex_id: str) -> np.ndarray:
+    labels = expected_labels(ex_id)
+    for name in XML_ONLY.get(ex_id, []):
+        labels[CLASS_NAMES.index(name)] = 1
+    return labels

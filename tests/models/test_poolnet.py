@@ -90,6 +90,22 @@ def test_poolnet_matches_torch_on_tiny_backbone(tiny_pair) -> None:
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
+def test_narrow_head_matches_torch() -> None:
+    """`head_divisor` 8 (the synthetic recipe's detector): every head width / 8, same graph."""
+    resnet = TorchResNet(TINY["layers"], TINY["widths"], TINY["stem_width"], TINY["block"], 16)
+    tmodel = randomise(torch_poolnet.PoolNet(resnet, divisor=8), seed=5).eval()
+    variables = jax.tree.map(jnp.asarray, torch_poolnet.poolnet_to_flax(tmodel, TINY["layers"]))
+    assert variables["params"]["deep_pool_0"]["conv_sum_c"]["kernel"].shape == (3, 3, 64, 64)
+    x = _randn(6, (2, 3, 121, 130))
+    with torch.no_grad():
+        ref = tmodel(torch.from_numpy(x))[:, 0].numpy()
+    got = jax.jit(PoolNet("tiny", head_divisor=8).apply)(variables, jnp.asarray(_nchw_to_nhwc(x)))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="head_divisor=3"):
+        narrow = PoolNet("tiny", head_divisor=3)
+        jax.eval_shape(lambda: narrow.init(jax.random.key(0), jnp.zeros((1, 121, 130, 3))))
+
+
 def test_bfloat16_computes_in_bfloat16_and_returns_float32(tiny_pair) -> None:
     """Traced only: every convolution runs on bf16 operands, the logits come back float32."""
     variables = tiny_pair[1]

@@ -169,6 +169,37 @@ def test_resnest50_matches_reference(ref, output_stride: int) -> None:
         assert out[key].shape[1:3] == (64 // stride, 64 // stride), key
 
 
+@pytest.mark.parametrize(
+    ("arch", "output_stride"), [("resnest101", 8), ("resnest200", 32), ("resnest269", 16)]
+)
+def test_deep_resnests_match_reference(ref, arch: str, output_stride: int) -> None:
+    """Every shipped depth at full depth, one 64x48 image each; ResNeSt-269 (the paper's) at
+    output stride 16, 101 at 8 and 200 at 32 (resnest50 has all three above). The
+    residual-branch BN scales (bn3) are drawn 5x smaller: with the package's init and BN scales
+    ~U(0.5, 1.5), ResNeSt-269's 89 residual additions grow layer3 to ~1e7 (64x64) and the
+    split-attention softmax then flips on float32 rounding; scaled, every stage stays O(10).
+    Cost (user + sys CPU): ~20 s for 269, ~30 s for 101 and 200 together, mostly XLA compiling."""
+    import torch
+
+    with torch.device("meta"):
+        tmodel = getattr(ref, arch)(pretrained=False, **REFERENCE_OS_KWARGS[output_stride])
+    tmodel = _randomise(tmodel.to_empty(device="cpu"), seed=output_stride)
+    with torch.no_grad():
+        for name, m in tmodel.named_modules():
+            if name.endswith(".bn3"):
+                m.weight.mul_(0.2)
+    x = np.random.default_rng(output_stride).standard_normal((1, 3, 64, 48)).astype(np.float32)
+    expected = _reference_features(tmodel, x)
+    variables = _backbone_variables(_state_dict(tmodel), arch)
+    del tmodel
+    out = _apply(build_resnest(arch, output_stride), variables, x, train=False)
+    _assert_features_close(out, expected, f"{arch} OS{output_stride}")
+    chans = resnest_feature_channels(arch)
+    for key, stride in STRIDES[output_stride].items():
+        assert out[key].shape == (1, -(-64 // stride), -(-48 // stride), chans[key]), key
+    assert max(float(np.abs(v).max()) for v in expected.values()) < 100
+
+
 def test_odd_input_size_matches_reference(ref) -> None:
     """65x47 at OS16: partial ceil_mode windows in the shortcut pools, avd padding at borders."""
     tmodel = _randomise(ref.resnest50(pretrained=False, dilation=2), seed=5)
@@ -332,10 +363,86 @@ def test_cli_resnest_and_hub_hash(ref, tmp_path) -> None:
     shutil.copy(plain, bad)
     with pytest.raises(SystemExit, match=rf"{bad.name}.*{digest}.*{bad_hash}"):
         main(["--torch_checkpoint", str(bad), "--arch", "resnest50", "--out", str(out)])
-    with pytest.raises(KeyError, match=r"'conv1\.weight'"):  # not a torchvision ResNet
+    with pytest.raises(SystemExit, match=r"is a resnest50 .*--arch resnest50"):
         main(["--torch_checkpoint", str(plain), "--arch", "resnet50", "--out", str(out)])
     with pytest.raises(SystemExit):  # --depth N is an alias of --arch resnetN, not both
         main(["--torch_checkpoint", str(plain), "--arch", "resnet50", "--depth", "50"])
+
+
+def test_load_backbone_from_a_converted_file_matches_reference(ref, tmp_path) -> None:
+    """The notebook entry point: .npz from the converter -> (module, variables) -> features."""
+    from pnoc_jax.models.backbones import load_backbone
+
+    tmodel = ref.resnet.ResNet(ref.resnet.Bottleneck, [1, 1, 1, 1], dilation=2, **TINY_KWARGS)
+    _randomise(tmodel, seed=21)
+    path = str(tmp_path / "tiny.npz")
+    weights.save(torch_resnest_to_flax(_state_dict(tmodel), "resnest_tiny"), path)
+    module, variables = load_backbone("resnest_tiny", path, output_stride=16)
+    x = np.random.default_rng(21).standard_normal((2, 3, 40, 40)).astype(np.float32)
+    out = _apply(module, variables, x, train=False)
+    _assert_features_close(out, _reference_features(tmodel, x), "load_backbone")
+
+
+# ---------------------------------------------------------------------------------------------
+# The converter's error paths (the CLI, on small checkpoints of stride-0 tensors)
+
+
+def _save_zeros(path, shapes: dict) -> str:
+    """A .pth whose tensors are stride-0 expansions of one zero (a few KB whatever the shapes)."""
+    import torch
+
+    torch.save({k: torch.zeros(()).expand(shape) for k, shape in shapes.items()}, path)
+    return str(path)
+
+
+def _shapes_of(builder) -> dict:
+    import torch
+
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in builder().state_dict().items()}
+
+
+def _convert_cli(path: str, arch: str, out) -> None:
+    main(["--torch_checkpoint", path, "--arch", arch, "--out", str(out)])
+
+
+def test_converter_names_the_architecture_of_another_checkpoint(ref, tmp_path) -> None:
+    """A ResNeSt of another depth, a torchvision ResNet, and the reverse: the message says what
+    the checkpoint is and which --arch converts it; nothing is written."""
+    from tests.models.test_convert import TorchBottleneck, TorchResNet
+
+    rs50 = _save_zeros(tmp_path / "rs50.pth", _shapes_of(lambda: ref.resnest50(pretrained=False)))
+    tv50 = _save_zeros(
+        tmp_path / "r50.pth", _shapes_of(lambda: TorchResNet(TorchBottleneck, [3, 4, 6, 3]))
+    )
+    out = tmp_path / "out.npz"
+    with pytest.raises(SystemExit, match=r"rs50\.pth: the checkpoint is a resnest50 .*3/4/6/3"):
+        _convert_cli(rs50, "resnest269", out)
+    with pytest.raises(SystemExit, match=r"is a resnet50 \(its keys: 7x7 stem, bottleneck"):
+        _convert_cli(tv50, "resnest50", out)
+    with pytest.raises(SystemExit, match=r"is a resnest50 .*--arch resnest50"):
+        _convert_cli(rs50, "resnet101", out)
+    assert not out.exists()
+
+
+def test_converter_names_missing_unexpected_and_misshapen_keys(ref, tmp_path) -> None:
+    shapes = _shapes_of(lambda: ref.resnest50(pretrained=False))
+    out = tmp_path / "out.npz"
+    missing = {k: v for k, v in shapes.items() if k != "layer3.2.conv2.fc1.bias"}
+    with pytest.raises(SystemExit, match=r"missing key in torch state_dict: 'layer3\.2\.conv2"):
+        _convert_cli(_save_zeros(tmp_path / "missing.pth", missing), "resnest50", out)
+    extra = {**shapes, "layer1.0.se.fc.weight": (4, 4), "layer2.0.extra.weight": (2,)}
+    with pytest.raises(SystemExit, match=r"unexpected keys .*'layer1\.0\.se\.fc\.weight', "):
+        _convert_cli(_save_zeros(tmp_path / "extra.pth", extra), "resnest50", out)
+    # A truncated checkpoint (layer3 lost its last block) matches no architecture.
+    cut = {k: v for k, v in shapes.items() if not k.startswith("layer3.5.")}
+    with pytest.raises(SystemExit, match=r"'layer3\.5\.conv1\.weight'.*3/4/5/3 blocks per stage"):
+        _convert_cli(_save_zeros(tmp_path / "cut.pth", cut), "resnest50", out)
+    # Same names, other widths (as a wide ResNet is to a ResNet): refused by shape, named.
+    wide = {**shapes, "layer2.1.conv1.weight": (256, 512, 1, 1)}
+    with pytest.raises(SystemExit, match=r"layer2_1/conv1/kernel: \(1, 1, 512, 256\) \(expected"):
+        _convert_cli(_save_zeros(tmp_path / "wide.pth", wide), "resnest50", out)
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------

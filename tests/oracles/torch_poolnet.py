@@ -55,26 +55,33 @@ class DeepPool(nn.Module):
 
 
 class PoolNet(nn.Module):
-    def __init__(self, resnet: ResNet):
+    """`divisor` divides every head width (the flax model's `head_divisor`)."""
+
+    def __init__(self, resnet: ResNet, divisor: int = 1):
         super().__init__()
         self.resnet = resnet
+        d = divisor
         tap_channels = [
             resnet.channels[k] for k in ("conv1", "layer1", "layer2", "layer3", "layer4")
         ]
         self.convert = nn.ModuleList(
-            [nn.Conv2d(cin, cout, 1, bias=False) for cin, cout in zip(tap_channels, CONVERT)]
+            [nn.Conv2d(cin, cout // d, 1, bias=False) for cin, cout in zip(tap_channels, CONVERT)]
         )
-        self.ppms_pre = nn.Conv2d(tap_channels[-1], 512, 1, bias=False)
+        self.ppms_pre = nn.Conv2d(tap_channels[-1], 512 // d, 1, bias=False)
         self.ppms = nn.ModuleList(
             [
-                nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(512, 512, 1, bias=False))
+                nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(512 // d, 512 // d, 1, bias=False))
                 for s in (1, 3, 5)
             ]
         )
-        self.ppm_cat = nn.Conv2d(2048, 512, 3, 1, 1, bias=False)
-        self.infos = nn.ModuleList([nn.Conv2d(512, c, 3, 1, 1, bias=False) for c in INFOS])
-        self.deep_pool = nn.ModuleList([DeepPool(*cfg) for cfg in DEEP_POOL])
-        self.score = nn.Conv2d(128, 1, 1)
+        self.ppm_cat = nn.Conv2d(2048 // d, 512 // d, 3, 1, 1, bias=False)
+        self.infos = nn.ModuleList(
+            [nn.Conv2d(512 // d, c // d, 3, 1, 1, bias=False) for c in INFOS]
+        )
+        self.deep_pool = nn.ModuleList(
+            [DeepPool(k // d, k_out // d, x2, fuse) for k, k_out, x2, fuse in DEEP_POOL]
+        )
+        self.score = nn.Conv2d(128 // d, 1, 1)
 
     def forward(self, x):
         feats = self.resnet(x)

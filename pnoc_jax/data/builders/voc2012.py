@@ -18,7 +18,13 @@ Inside the VOC2012 folder ``ROOT`` it uses:
   ``/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png``. Masks for train_aug come
   from ``SegmentationClassAug/{id}.png``, falling back to ``SegmentationClass/{id}.png``.
 
-Labels are the classes 1..20 present in the mask (0 and 255 ignored) as a 20-dim multi-hot.
+Image labels (20-dim multi-hot) come from ``ROOT/Annotations/{id}.xml`` when that folder exists,
+as the reference's (spec §11): the ``<name>`` of every ``<object>``, difficult and truncated ones
+included, except objects whose box is empty once its corners are truncated to integers and
+clipped to the image (`read_xml_labels`). Every listed id then needs its XML. Without an
+``Annotations/`` folder they are the classes 1..20 present in the mask (0 and 255 ignored);
+`SourcePlan.labels_from` says which, and the build's ``source.json`` records it. The two differ
+for images with an object the mask does not show (e.g. too small to segment).
 Every JPEG is decoded at build time; a missing file or folder raises FileNotFoundError and an
 undecodable image, an invalid mask or an image/mask size mismatch raises ValueError, each naming
 the exact path(s), so a build either completes or leaves nothing behind (TFDS writes to a
@@ -41,6 +47,7 @@ import os
 import stat
 from pathlib import Path
 from typing import ClassVar
+from xml.etree import ElementTree
 
 import cv2
 import numpy as np
@@ -74,6 +81,14 @@ CLASS_NAMES = (
     "tvmonitor",
 )
 NUM_CLASSES = len(CLASS_NAMES)
+# Where a build's image labels came from (`SourcePlan.labels_from`), as `source.json` says it.
+LABEL_SOURCES = {
+    "xml": "Annotations/<id>.xml (every object with a non-empty box)",
+    "masks": "the classes present in the segmentation masks (no Annotations/ folder)",
+}
+
+
+MANUAL_DIR_HINT = "the folder holding VOCdevkit/, VOCdevkit/ itself, or its VOC2012/ folder"
 
 
 def find_voc_root(manual_dir: str | os.PathLike) -> Path:
@@ -89,6 +104,9 @@ def find_voc_root(manual_dir: str | os.PathLike) -> Path:
         f"No VOC2012 folder found under manual_dir={str(base)!r}: tried {tried}. Point "
         "manual_dir at the folder holding VOCdevkit/, at VOCdevkit/ itself, or at VOC2012/."
     )
+
+
+find_root = find_voc_root  # the name `datasets` calls for every manual-source dataset
 
 
 def _require_dir(path: Path) -> Path:
@@ -176,6 +194,57 @@ def _rgb_to_index(rgb: np.ndarray, path: Path) -> np.ndarray:
     return np.array([lut[int(u)] for u in uniq], np.uint8)[inv].reshape(rgb.shape[:2])
 
 
+def _xml_int(node, tag: str, path: Path) -> int:
+    """An integer field of a VOC XML node: the text before any '.' (the reference's reading)."""
+    field = node.find(tag) if node is not None else None
+    if field is None or field.text is None:
+        raise ValueError(f"VOC annotation {str(path)!r}: <{tag}> missing")
+    try:
+        return int(field.text.strip().split(".")[0])
+    except ValueError:
+        raise ValueError(f"VOC annotation {str(path)!r}: <{tag}> is {field.text!r}") from None
+
+
+def read_xml_labels(path: Path) -> np.ndarray:
+    """float32[20] multi-hot of the objects of a VOC ``Annotations/<id>.xml`` (spec §11).
+
+    Every ``<object>`` counts (difficult and truncated too) unless its box is empty: corners
+    truncated to integers and clipped to [0, width - 1] x [0, height - 1] (``<size>``), then
+    skipped when xmax == xmin or ymax == ymin. Raises ValueError naming the file for an
+    unreadable XML, a missing field or a class name outside VOC's 20.
+    """
+    try:
+        root = ElementTree.parse(_require_file(path)).getroot()
+    except ElementTree.ParseError as e:
+        raise ValueError(f"VOC annotation {str(path)!r} is not valid XML: {e}") from None
+    size = root.find("size")
+    width, height = _xml_int(size, "width", path), _xml_int(size, "height", path)
+    labels = np.zeros(NUM_CLASSES, np.float32)
+    for obj in root.findall("object"):
+        name_node = obj.find("name")
+        name = (name_node.text or "").strip() if name_node is not None else ""
+        if name not in CLASS_NAMES:
+            raise ValueError(
+                f"VOC annotation {str(path)!r} names an object {name!r}, not one of the 20 "
+                f"classes {list(CLASS_NAMES)}"
+            )
+        box = obj.find("bndbox")
+        x0, x1 = (min(max(_xml_int(box, t, path), 0), width - 1) for t in ("xmin", "xmax"))
+        y0, y1 = (min(max(_xml_int(box, t, path), 0), height - 1) for t in ("ymin", "ymax"))
+        if x1 != x0 and y1 != y0:
+            labels[CLASS_NAMES.index(name)] = 1.0
+    return labels
+
+
+def mask_labels(mask: np.ndarray) -> np.ndarray:
+    """float32[20] multi-hot of the classes 1..20 present in an index mask."""
+    present = np.unique(mask)
+    present = present[(present >= 1) & (present <= NUM_CLASSES)].astype(np.int64)
+    labels = np.zeros(NUM_CLASSES, np.float32)
+    labels[present - 1] = 1.0
+    return labels
+
+
 def read_jpeg(path: Path) -> tuple[bytes, tuple[int, int]]:
     """Original JPEG bytes and (H, W), after checking the file decodes; ValueError if not."""
     data = _require_file(path).read_bytes()
@@ -205,21 +274,39 @@ class SourcePlan:
     root: Path
     splits: dict[str, SplitPlan]
     sizes: dict[str, int]
+    labels_from: str = "masks"  # "xml": Annotations/<id>.xml; "masks": the classes in the mask
 
-    def pairs(self, split: str) -> list[tuple[Path, Path]]:
-        """(image, mask) paths of `split`, in list order."""
+    def examples(self, split: str) -> list[tuple[str, Path, Path, Path | None]]:
+        """(id, image, mask, annotation XML or None) of `split`, in list order."""
         plan = self.splits[split]
+        xml = self.labels_from == "xml"
         return [
-            (self.root / "JPEGImages" / f"{i}.jpg", self.root / m)
+            (
+                i,
+                self.root / "JPEGImages" / f"{i}.jpg",
+                self.root / m,
+                self.root / "Annotations" / f"{i}.xml" if xml else None,
+            )
             for i, m in zip(plan.ids, plan.masks, strict=True)
         ]
 
+    def record(self) -> dict:
+        """What `source.json` says about this source besides its identity."""
+        return {
+            "root": str(self.root.resolve()),
+            "splits": {s: len(p.ids) for s, p in self.splits.items()},
+            "lists": {s: str(p.list_file.resolve()) for s, p in self.splits.items()},
+            "labels": LABEL_SOURCES[self.labels_from],
+        }
+
     def fingerprint(self) -> str:
         """16 hex digits of SHA-256 over the resolved root, each split's list file (path and
-        contents) and the size of every listed image and mask. Same source -> same value
-        wherever it is built; another list or a file of another size -> another value."""
+        contents), where the labels come from and the size of every listed image, mask and
+        annotation. Same source -> same value wherever it is built; another list or a file of
+        another size -> another value."""
         h = hashlib.sha256()
         h.update(f"root\t{self.root.resolve()}\n".encode())
+        h.update(f"labels\t{self.labels_from}\n".encode())
         for name in sorted(self.splits):
             split = self.splits[name]
             h.update(f"split\t{name}\t{split.list_file.resolve()}\t{split.list_sha256}\n".encode())
@@ -281,15 +368,28 @@ def plan_source(manual_dir: str | os.PathLike) -> SourcePlan:
     aug_list = find_train_aug(root, manual)
     if aug_list is not None:
         splits["train_aug"] = split_plan(aug_list, aug=True)
-    return SourcePlan(root, splits, {k: v for k, v in sizes.items() if v is not None})
+    labels_from = "xml" if (root / "Annotations").is_dir() else "masks"
+    if labels_from == "xml":
+        for split in splits.values():
+            for i in split.ids:
+                if size(f"Annotations/{i}.xml") is None:
+                    raise FileNotFoundError(
+                        f"Expected VOC annotation not found: {prefix + f'Annotations/{i}.xml'!r} "
+                        f"(image labels come from {prefix + 'Annotations'!r} when it exists; "
+                        "every listed image needs its XML)"
+                    )
+    return SourcePlan(root, splits, {k: v for k, v in sizes.items() if v is not None}, labels_from)
 
 
 class PnocVoc2012(SegmentationBuilder):
     """PASCAL VOC 2012 segmentation (+ optional SBD train_aug) from a local VOCdevkit."""
 
     name = "pnoc_voc2012"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Image labels from Annotations/<id>.xml when the folder exists (spec §11).",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Point manual_dir at a folder containing VOCdevkit/VOC2012/ (or at the VOC2012 folder "
         "itself) with JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/{train,val}.txt; "
@@ -298,18 +398,18 @@ class PnocVoc2012(SegmentationBuilder):
 
     NUM_CLASSES = NUM_CLASSES
     IMAGE_FORMAT = "jpeg"
-    DESCRIPTION = "PASCAL VOC 2012 segmentation with image-level labels from the masks."
+    DESCRIPTION = (
+        "PASCAL VOC 2012 segmentation with image-level labels from Annotations/<id>.xml (or, "
+        "without Annotations/, from the masks)."
+    )
     HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
 
     def _split_generators(self, dl_manager):
         plan = plan_source(os.fspath(dl_manager.manual_dir))
-        return {
-            split: self._generate_examples(list(p.ids), plan.pairs(split))
-            for split, p in plan.splits.items()
-        }
+        return {split: self._generate_examples(plan.examples(split)) for split in plan.splits}
 
-    def _generate_examples(self, ids: list[str], pairs: list[tuple[Path, Path]]):
-        for ex_id, (image_path, mask_path) in zip(ids, pairs, strict=True):
+    def _generate_examples(self, examples: list[tuple[str, Path, Path, Path | None]]):
+        for ex_id, image_path, mask_path, xml_path in examples:
             data, (h, w) = read_jpeg(image_path)
             mask = read_mask(mask_path)
             if mask.shape != (h, w):
@@ -317,10 +417,7 @@ class PnocVoc2012(SegmentationBuilder):
                     f"Mask {str(mask_path)!r} has size {mask.shape} but image "
                     f"{str(image_path)!r} has size {(h, w)}."
                 )
-            present = np.unique(mask)
-            present = present[(present >= 1) & (present <= NUM_CLASSES)].astype(np.int64)
-            labels = np.zeros(NUM_CLASSES, np.float32)
-            labels[present - 1] = 1.0
+            labels = mask_labels(mask) if xml_path is None else read_xml_labels(xml_path)
             yield (
                 ex_id,
                 {

@@ -1,0 +1,254 @@
+"""Stage `train_detector`: a saliency detector (PoolNet) trained on the C²AM(-H) masks (spec §7).
+
+Data: the images of `config.detector.split` with their `infer_saliency` masks (PNG / 255) as
+targets, at their own resolution times `input_scale`, randomly flipped. The reference trains at
+batch 1 with 10 accumulated images; here a batch of `batch_size` images is padded onto one
+`canvas` square (`data.transforms.DetectorTransform`) and the loss counts only the images'
+pixels:
+
+    loss = Σ_b Σ_{valid pixels} BCEWithLogits(logit, target) / B
+
+which is the reference's per-image pixel sum averaged over the accumulated images, so batch 10
+equals its `iter_size` 10 (and `accumulate_steps` A averages A such batches). Adam (torch
+semantics: L2 weight decay added to the gradient) at a constant learning rate (the reference's
+decay at epoch 15 is never reached in its 9 epochs); BatchNorm frozen (`net.eval()`).
+Exports `weights/detector.npz`.
+
+Deviation: padding is seen by the network (its pyramid pooling averages over the whole canvas),
+so maps of small images differ from an unpadded run; infer_detector uses the same canvas, so
+training and inference agree.
+"""
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+from jax.sharding import Mesh
+
+from pnoc_jax import config_lib
+from pnoc_jax.core import artifacts, distributed, fileio, optim, rng
+from pnoc_jax.core.loop import Update, jit_update, run_training
+from pnoc_jax.core.train_state import TrainState, create_state
+from pnoc_jax.data import pipeline, transforms
+from pnoc_jax.inference import tta
+from pnoc_jax.models import backbones, poolnet
+from pnoc_jax.models.poolnet import PoolNet
+from pnoc_jax.saliency import losses
+from pnoc_jax.saliency import train as saliency_train
+
+STATE = "detector"
+FROZEN = ("bn",)  # BatchNorm statistics and affine parameters never move (`net.eval()`)
+MIN_CANVAS = 16 * max(poolnet.FAM_POOL_SIZES)  # PoolNet's 8x8 pools need stride-16 maps >= 8
+
+
+def build_model(config: ml_collections.ConfigDict, dtype: str = "float32") -> PoolNet:
+    cfg = config.detector
+    return PoolNet(
+        cfg.backbone, frozen_bn=True, dtype=jnp.dtype(dtype), head_divisor=cfg.head_divisor
+    )
+
+
+def canvas(config: ml_collections.ConfigDict) -> int:
+    """The square every image is padded onto, in training and inference."""
+    cfg = config.detector
+    return max(tta.canvas_size(cfg.max_image_size, cfg.input_scale), MIN_CANVAS)
+
+
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
+    side = canvas(config)
+    return (1, side, side, 3)
+
+
+def weights_path(workdir: str) -> str:
+    return artifacts.weights_file(workdir, "train_detector", STATE)
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+    """What a detector weights file must hold, for errors."""
+    cfg = config.detector
+    return (
+        f"a PoolNet with a {cfg.backbone} backbone and head widths / {cfg.head_divisor} "
+        "(config.detector.backbone, head_divisor)"
+    )
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict):
+    """Adam at a constant lr, L2 weight decay added to the gradients (torch's `Adam`), BN frozen;
+    `accumulate_steps` > 1 averages gradients (`optax.MultiSteps`)."""
+    schedule = optax.constant_schedule(cfg.lr)
+    adam = optax.chain(
+        optax.add_decayed_weights(cfg.weight_decay),
+        optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+        optax.scale_by_learning_rate(schedule),
+    )
+
+    def labels(params):
+        groups = optim.param_labels(params, FROZEN)
+        return jax.tree.map(lambda g: "frozen" if g == "frozen" else "train", groups)
+
+    tx = optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
+    if cfg.accumulate_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate_steps, use_grad_mean=True)
+    return tx, optim.StepStats(schedule, cfg.accumulate_steps, FROZEN)
+
+
+class TargetSource(Sequence):
+    """Examples of a split with their saliency target attached (`saliency`, float32 [H, W] in
+    [0, 1], the PNG in `mask_dir` / 255). A missing or mis-sized PNG is an error naming it.
+    Picklable (grain workers)."""
+
+    def __init__(self, source: Sequence[dict], mask_dir: str):
+        self._source = source
+        self._mask_dir = mask_dir
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict:
+        example = dict(self._source[index])
+        path = os.path.join(self._mask_dir, f"{example['id']}.png")
+        example["saliency"] = fileio.read_saliency(path, example["image"].shape[:2])
+        return example
+
+
+def detector_update(
+    state: TrainState,
+    others: dict[str, TrainState],
+    batch: dict,
+    carry: None,
+    step: jax.Array,
+    *,
+    model: PoolNet,
+) -> tuple[TrainState, dict, None]:
+    """One Adam step on {image [B,C,C,3], target [B,C,C], valid [B,C,C]} (module docstring).
+
+    Metrics: `loss` (pixel sums per image), `loss_per_pixel` (mean BCE over valid pixels),
+    `lr`, `grad_norm`.
+    """
+    del others, step
+
+    def loss_fn(params):
+        logits = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"])
+        bce = losses.bce_with_logits(logits, batch["target"]) * batch["valid"]
+        total = jnp.sum(bce)
+        loss = total / batch["image"].shape[0]
+        return loss, {
+            "loss": loss,
+            "loss_per_pixel": total / jnp.maximum(jnp.sum(batch["valid"]), 1),
+        }
+
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    state, stats = state.apply_gradients_with_stats(grads=grads)
+    return state, {**metrics, **stats}, carry
+
+
+def build_update(model: PoolNet, mesh: Mesh) -> Update:
+    return Update(STATE, jit_update(functools.partial(detector_update, model=model), mesh))
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    on_step: Callable[[int], Any] | None = None,
+) -> None:
+    """Trains the detector; checkpoints, metrics and weights under `<workdir>/train_detector/`."""
+    cfg = config.detector
+    mesh = distributed.make_mesh()
+    mask_dir = artifacts.saliency_png_dir(workdir, "infer_saliency", cfg.split)
+    source = TargetSource(pipeline.open_split(config, cfg.split), mask_dir)
+    plan = pipeline.training_input(
+        source,
+        transforms.DetectorTransform(canvas(config), cfg.input_scale),
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        steps=cfg.steps,
+        seed=config.seed,
+        keys=("image", "target", "valid"),
+    )
+    logging.info(
+        "train_detector: %d examples on this process, %d steps/epoch, %d steps, canvas %d",
+        plan.num_examples,
+        plan.steps_per_epoch,
+        plan.total_steps,
+        canvas(config),
+    )
+    model = build_model(config, cfg.dtype)
+    tx, step_stats = make_optimizer(cfg)
+    shape = input_shape(config)
+    path = saliency_train.backbone_file(cfg, workdir)
+    if path:
+        what = f"a {cfg.backbone} backbone (config.detector.backbone_weights)"
+        init = saliency_train.checked_initializer(path, model, shape, what)
+    else:
+        logging.warning("train_detector: no config.detector.pretrained; RANDOM backbone")
+        init = None
+    key = rng.init_key(config.seed)
+    states = {STATE: create_state(model, tx, key, shape, mesh, init, step_stats)}
+    run_training(
+        workdir=workdir,
+        stage="train_detector",
+        states=states,
+        updates=[build_update(model, mesh)],
+        plan=plan,
+        mesh=mesh,
+        ckpt_every=config.runtime.ckpt_every,
+        log_every=config.runtime.log_every,
+        input_workers=config.runtime.input_workers,
+        on_step=on_step,
+    )
+
+
+def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    del config
+    return artifacts.missing([weights_path(workdir)])
+
+
+def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The masks it learns from, and the classifier whose backbone it starts from."""
+    init = config.detector.backbone_weights
+    return ("infer_saliency", *((init,) if init in ("train_oc", "train_cam") else ()))
+
+
+def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
+    """Checks of `config.detector`."""
+    cfg, key, number = config.detector, "detector", config_lib.check_number
+    config_lib.check(
+        cfg.split in tuple(config.saliency_infer.splits),
+        f"{key}.split",
+        cfg.split,
+        f"a split whose masks infer_saliency makes (config.saliency_infer.splits="
+        f"{tuple(config.saliency_infer.splits)})",
+    )
+    config_lib.check_choice(config, f"{key}.backbone", backbones.backbone_names())
+    saliency_train.check_backbone_weights(config, key, cfg.backbone)
+    number(config, f"{key}.head_divisor", low=1, integer=True)
+    config_lib.check(
+        512 % cfg.head_divisor == 0 and 128 % cfg.head_divisor == 0,
+        f"{key}.head_divisor",
+        cfg.head_divisor,
+        "a divisor of PoolNet's head widths 128, 256 and 512 (1, 2, 4, ..., 128)",
+    )
+    number(config, f"{key}.batch_size", low=1, integer=True)
+    config_lib.check(
+        cfg.batch_size % topology.device_count == 0,
+        f"{key}.batch_size",
+        cfg.batch_size,
+        f"a multiple of the device count ({topology.device_count})",
+    )
+    number(config, f"{key}.accumulate_steps", low=1, integer=True)
+    number(config, f"{key}.epochs", low=0, integer=True)
+    number(config, f"{key}.steps", low=0, integer=True)
+    config_lib.check(
+        cfg.epochs > 0 or cfg.steps > 0, f"{key}.epochs", cfg.epochs, f"> 0 (or {key}.steps > 0)"
+    )
+    number(config, f"{key}.lr", low=0, low_open=True)
+    number(config, f"{key}.weight_decay", low=0)
+    number(config, f"{key}.max_image_size", low=1, integer=True)
+    number(config, f"{key}.input_scale", low=0, low_open=True)
+    config_lib.check_choice(config, f"{key}.dtype", ("float32", "bfloat16"))

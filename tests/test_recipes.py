@@ -1,0 +1,112 @@
+"""The paper's recipes: ResNeSt-269 by default, no silent random initialisation, and
+`configs/pnoc_coco.py` end to end on the COCO fixture with a tiny backbone."""
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pnoc_jax import config_lib, pipeline
+from pnoc_jax.core import artifacts, fileio
+from pnoc_jax.data import datasets
+from pnoc_jax.models import backbones
+from tests.data.coco_fixture import write_coco
+from tests.data.voc_devkit import write_voc
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPOLOGY = config_lib.Topology(8)
+
+
+def _recipe(name: str, arg: str | None = None):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_identities():
+    datasets.clear_identity_cache()
+    yield
+    datasets.clear_identity_cache()
+
+
+def test_recipes_default_to_resnest269_and_keep_the_backbone_argument():
+    for name in ("pnoc_voc", "pnoc_coco"):
+        assert _recipe(name).model.backbone == "resnest269"
+        assert _recipe(name, "backbone=resnet101").model.backbone == "resnet101"
+    coco = _recipe("pnoc_coco")
+    assert coco.data.name == "coco2014" and coco.data.image_size == 640
+    assert (coco.train.min_size, coco.train.max_size) == (400, 800)
+    assert coco.oc.lr == coco.train.lr == 0.05 and coco.train.accumulate_steps == 2
+    assert coco.eval.split == "val" and datasets.get_info("coco2014").num_classes == 80
+    voc = _recipe("pnoc_voc")
+    assert voc.train.lr == 0.1 and voc.train.accumulate_steps == 2  # summed: no doubling
+
+
+@pytest.mark.parametrize("name", ["pnoc_voc", "pnoc_coco"])
+def test_real_data_without_weights_stops_in_validation(tmp_path, name):
+    if name == "pnoc_voc":
+        manual = write_voc(tmp_path / "data").parent
+        config = _recipe(name, "train_split=train")
+    else:
+        manual = write_coco(tmp_path / "coco")
+        config = _recipe(name)
+    config.data.update(manual_dir=str(manual), data_dir=str(tmp_path / "tfds"))
+    url = backbones.IMAGENET_WEIGHTS["resnest269"]
+    with pytest.raises(config_lib.ConfigError, match=re.escape(url)) as err:
+        pipeline.validate(config, TOPOLOGY)
+    message = str(err.value)
+    assert message.startswith("config.model.pretrained=''")
+    assert "python -m pnoc_jax.models.convert --torch_checkpoint resnest269-0cc87c48.pth" in message
+    assert "allow_random_init=True" in message
+    config.model.allow_random_init = True
+    pipeline.validate(config, TOPOLOGY)
+    config.model.allow_random_init = False
+    weights_file = tmp_path / "resnest269.npz"
+    weights_file.write_bytes(b"")
+    config.model.pretrained = str(weights_file)
+    pipeline.validate(config, TOPOLOGY)
+    # The affinity net's frozen backbone needs weights too (it never trains them).
+    config.model.pretrained = ""
+    config.stages = ("train_affinity",)
+    with pytest.raises(config_lib.ConfigError, match="for train_affinity"):
+        pipeline.validate(config, TOPOLOGY)
+
+
+def test_pnoc_coco_runs_on_the_fixture_with_a_tiny_backbone(tmp_path):
+    """Every stage of the COCO recipe on its data, shrunk: CAMs, priors (+ CRF sweep), affinity
+    labels, the boundary net, the random walk and the pseudo-labels. The strategy is vanilla
+    CAM (`:strategy=cam`): P-NOC's two updates are what the synthetic-data tests train, and
+    compiling them here would double this test's ~90 s of CPU for nothing COCO-specific."""
+    manual = write_coco(tmp_path / "coco2014")
+    config = _recipe("pnoc_coco", "backbone=tiny,strategy=cam")
+    config.data.update(manual_dir=str(manual), data_dir=str(tmp_path / "tfds"), image_size=32)
+    config.model.update(output_stride=8, allow_random_init=True)
+    small = dict(batch_size=8, epochs=0, steps=2, min_size=32, max_size=48)
+    config.train.update(small, accumulate_steps=2)
+    config.infer.update(scales=(1.0,), max_image_size=64)
+    config.eval.crf_iterations = 1
+    config.affinity.update(
+        batch_size=8, epochs=0, steps=2, crop_size=32, min_size=32, max_size=48, radius=3
+    )
+    config.rw.update(max_image_size=64, exp_times=2, radius=3)
+    config.runtime.update(log_every=1, ckpt_every=100, predict_batch_size=4, num_workers=1)
+    pipeline.validate(config, TOPOLOGY)
+    workdir = str(tmp_path / "run")
+    pipeline.run_stages(config, workdir)
+    for stage in config.stages:
+        assert pipeline.is_finished(workdir, stage, config), stage
+    prior = fileio.read_json(artifacts.metrics_file(workdir, "eval_cam"))
+    assert prior["split"] == "val" and "crf" in prior
+    assert len(prior["per_class_iou"]) == 81  # background + 80 classes
+    assert os.path.exists(os.path.join(artifacts.stage_dir(workdir, "eval_cam"), "sweep_crf.csv"))
+    rw = fileio.read_json(artifacts.metrics_file(workdir, "eval_pseudo_labels"))
+    assert rw["crf"]["iterations"] == 1 and 0 <= rw["pseudo_label_miou"] <= 1
+    labels = os.listdir(artifacts.pseudo_label_dir(workdir, "val"))
+    assert len(labels) == 4 and all(re.fullmatch(r"\d{12}\.png", f) for f in labels)
+    pseudo = fileio.read_png(os.path.join(artifacts.pseudo_label_dir(workdir, "val"), labels[0]))
+    assert pseudo.dtype == np.uint8 and pseudo.max() <= 80
