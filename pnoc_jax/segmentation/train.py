@@ -163,11 +163,11 @@ class LabelledSplit(Sequence):
 
 
 def labelled_split(
-    config: ml_collections.ConfigDict, workdir: str, labels: str, split: str
+    config: ml_collections.ConfigDict, workdir: str, labels: str, split: str, whole: bool = False
 ) -> LabelledSplit:
-    """This process's share of `split` with the labels a stage trains on."""
+    """This process's share of `split` (all of it if `whole`) with the labels a stage trains on."""
     label_dir = artifacts.pseudo_label_dir(workdir, split) if labels == "pseudo" else ""
-    return LabelledSplit(pipeline.open_split(config, split), label_dir)
+    return LabelledSplit(pipeline.open_split(config, split, whole=whole), label_dir)
 
 
 # ---------------------------------------------------------------------------- the update
@@ -333,7 +333,7 @@ def run(
         cfg.crop_size, cfg.min_size, cfg.max_size, cfg.augment
     )
     plan = pipeline.training_input(
-        labelled_split(config, workdir, labels, cfg.split),
+        labelled_split(config, workdir, labels, cfg.split, whole=True),
         transform,
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,

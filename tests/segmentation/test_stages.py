@@ -23,6 +23,7 @@ from pnoc_jax.inference import tta
 from pnoc_jax.segmentation import evaluate as seg_evaluate
 from pnoc_jax.segmentation import infer as seg_infer
 from pnoc_jax.segmentation import train as seg_train
+from tests.collectives import collectives, unexpected
 
 NUM_IMAGES = 10
 
@@ -240,9 +241,10 @@ def _one_step(spec: seg_train.ModelSpec, devices, batch):
     state = create_state(model, tx, rng.init_key(0), (1, 32, 32, 3), mesh, None, stats)
     update = seg_train.build_update(model, mesh, label_smoothing=0.1, seed=0)
     with jax.set_mesh(mesh):
-        state, metrics, _ = update.fn(
-            state, {}, distributed.to_global(batch, mesh), None, jnp.asarray(3)
-        )
+        args = (state, {}, distributed.to_global(batch, mesh), None, jnp.asarray(3))
+        # Only gradients and BN statistics are all-reduced: no image or label moves.
+        assert not unexpected(update.fn, *args), collectives(update.fn, *args)
+        state, metrics, _ = update.fn(*args)
     return jax.device_get((state.params, state.batch_stats)), float(metrics["loss"])
 
 
