@@ -37,7 +37,6 @@ from pnoc_jax.cam import strategies
 # (spec §11, §14). Nothing reads this dict today.
 PENDING_STAGE_SETTINGS = {
     "saliency (C²AM-H)": {"lr": 0.0005, "hint_fg_threshold": 0.3},  # δ_fg
-    "segmentation (DeepLabV3+)": {"lr": 0.004},
 }
 # ---- end of the pending block
 
@@ -73,4 +72,14 @@ def get_config(arg: str | None = None):
     if not strategies.reads_oc(config.train):
         config.stages = config.stages[1:]
     config.stages += ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
+    # ---------------------------------------------------------------- segmentation (issue 11)
+    # DeepLabV3+ as on VOC (spec §10) with lr 0.004, on the train pseudo-labels, the checkpoint
+    # kept by the val pseudo-labels' mIoU, evaluated on val; and its fully supervised bound.
+    config.segmentation.update(split="train", val_split="val", lr=0.004)
+    config.segmentation_infer.update(splits=("val",), max_image_size=640)
+    config.stages += (
+        "train_segmentation", "infer_segmentation", "eval_segmentation",
+        "train_segmentation_gt", "infer_segmentation_gt", "eval_segmentation_gt",
+    )  # fmt: skip
+    # ---------------------------------------------------------------- (end of issue 11)
     return config

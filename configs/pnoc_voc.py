@@ -1,4 +1,5 @@
-r"""P-NOC on Pascal VOC 2012 (spec §1 runners 1 and 3): priors, then RW pseudo-labels.
+r"""P-NOC on Pascal VOC 2012 (spec §1 runners 1-4): priors, saliency, RW pseudo-labels, then
+the segmentation model trained on them (and its fully supervised bound).
 
     python -m pnoc_jax.main --config configs/pnoc_voc.py --workdir runs/voc \
         --config.data.manual_dir=/data/VOCdevkit --config.model.pretrained=resnest269.npz
@@ -38,6 +39,18 @@ gt .9). Deviations that remain: README, "Deviations from the reference code".
             8 images per step padded onto a 512 canvas (the reference: batch 1 x iter_size 10;
             8 divides 1, 2, 4 or 8 devices; Adam makes the step size independent of the count).
   Labels    saliency > 0.1 (CRF) as the salient region, CAM fg threshold 0.4 (HEAD; PE 0.3).
+
+Segmentation (issue 11; argument `segmentation=deeplabv3plus|deeplabv2`, spec §10):
+  DeepLabV3+  (HEAD runner) the CAM network's backbone from ImageNet, OS16, ASPP 6/12/18 GN,
+              trained on the train_aug RW pseudo-labels: SGD m.9 Nesterov lr .007 wd 4e-5,
+              poly .9, head 10x/20x, B32, 15 epochs, LS .1, colorjitter, resize 320-640, crop
+              512; checkpoint kept: best mIoU on the val pseudo-labels. Test: scales
+              .5/1/1.5/2 x flip, dense CRF (DeepLab's, t 10); eval on val ground truth.
+  DeepLabV2   (the paper's V2 rows, deeplab-pytorch) ResNet-101 MSC at OS8, ASPP-V2 6/12/18/24,
+              frozen BN, SGD m.9 lr 2.5e-4 wd 5e-4, poly .9, head 10x/20x, B10, 10k steps,
+              crop 321, random scale .5-1.5 (longer side 250-750), no LS, no colour jitter;
+              its ImageNet ResNet-101: --config.segmentation.pretrained=resnet101.npz.
+  *_gt        the same recipe on the ground-truth masks: the fully supervised upper bound.
 """
 
 from pnoc_jax import config_lib
@@ -52,6 +65,7 @@ def get_config(arg: str | None = None):
         ls=0.1,
         train_split="train_aug",
         saliency="detector",
+        segmentation="deeplabv3plus",
     )
     if args.train_split not in ("train_aug", "train"):
         raise ValueError(
@@ -128,4 +142,24 @@ def get_config(arg: str | None = None):
         config.affinity_labels.update(saliency=source, fg_threshold=0.40, saliency_threshold=0.10)
     # ---------------------------------------------------------------- (end of issue 10)
     config.stages += ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
+    # ---------------------------------------------------------------- segmentation (issue 11)
+    if args.segmentation not in ("deeplabv3plus", "deeplabv2"):
+        raise ValueError(
+            f"configs/pnoc_voc.py:segmentation={args.segmentation!r}: expected deeplabv3plus "
+            "(the paper's main rows) or deeplabv2 (its V2 rows)"
+        )
+    config.segmentation.update(split=train_split, val_split="val", backbone_weights="pretrained")
+    if args.segmentation == "deeplabv2":
+        config.segmentation.update(
+            model="deeplabv2", backbone="resnet101", output_stride=8, atrous_rates=(),
+            frozen_bn=True, batch_size=10, epochs=0, steps=10000, lr=2.5e-4, momentum=0.9,
+            nesterov=False, weight_decay=5e-4, poly_power=0.9, lr_mult=(1.0, 2.0, 10.0, 20.0),
+            label_smoothing=0.0, augment="", crop_size=321, min_size=250, max_size=750,
+        )  # fmt: skip
+    config.segmentation_infer.update(splits=("val",), max_image_size=500, crf_iterations=10)
+    config.stages += (
+        "train_segmentation", "infer_segmentation", "eval_segmentation",
+        "train_segmentation_gt", "infer_segmentation_gt", "eval_segmentation_gt",
+    )  # fmt: skip
+    # ---------------------------------------------------------------- (end of issue 11)
     return config

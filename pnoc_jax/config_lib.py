@@ -439,6 +439,9 @@ def base_config() -> ml_collections.ConfigDict:
             # Backbone start: "pretrained" (config.model.pretrained), "train_oc" or "train_cam"
             # (a trained classifier's backbone, where no ImageNet weights exist).
             "backbone_weights": "pretrained",
+            # ImageNet weights of segmentation.backbone (.npz); "" = config.model.pretrained
+            # when the backbone is the CAM network's (DeepLabV2 rows: ResNet-101's).
+            "pretrained": "",
             "split": "train",  # trained on this split's pseudo-labels (or masks)
             "val_split": "val",  # the best checkpoint by mIoU on this split's pseudo-labels
             "validate_every": 1,  # epochs between validations

@@ -128,6 +128,7 @@ BAD_VALUES = {
     "segmentation.head_channels": 30,
     "segmentation.low_level_channels": 0,
     "segmentation.backbone_weights": "imagenet",
+    "segmentation.pretrained": "/no/such/file.npz",
     "segmentation.split": "tset",
     "segmentation.val_split": "train",  # no pseudo-labels there: config.rw.splits is (val,)
     "segmentation.validate_every": 0,

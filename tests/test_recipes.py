@@ -45,6 +45,24 @@ def test_recipes_default_to_resnest269_and_keep_the_backbone_argument():
     assert coco.eval.split == "val" and datasets.get_info("coco2014").num_classes == 80
     voc = _recipe("pnoc_voc")
     assert voc.train.lr == 0.1 and voc.train.accumulate_steps == 2  # summed: no doubling
+    # segmentation (issue 11): DeepLabV3+ (HEAD runner) by default, the V2 rows by argument;
+    # both recipes end with the model and its fully supervised bound.
+    for config in (voc, coco):
+        assert config.stages[-6:] == (
+            "train_segmentation", "infer_segmentation", "eval_segmentation",
+            "train_segmentation_gt", "infer_segmentation_gt", "eval_segmentation_gt",
+        )  # fmt: skip
+    assert (voc.segmentation.model, voc.segmentation.lr, coco.segmentation.lr) == (
+        "deeplabv3plus", 0.007, 0.004,
+    )  # fmt: skip
+    assert voc.segmentation.split == "train_aug" and voc.segmentation.val_split == "val"
+    v2 = _recipe("pnoc_voc", "segmentation=deeplabv2").segmentation
+    assert (v2.model, v2.backbone, v2.output_stride, v2.batch_size, v2.steps) == (
+        "deeplabv2", "resnet101", 8, 10, 10000,
+    )  # fmt: skip
+    assert (v2.lr, v2.weight_decay, v2.crop_size, v2.frozen_bn) == (2.5e-4, 5e-4, 321, True)
+    with pytest.raises(ValueError, match="segmentation='deeplabv4'"):
+        _recipe("pnoc_voc", "segmentation=deeplabv4")
 
 
 @pytest.mark.parametrize("name", ["pnoc_voc", "pnoc_coco"])
@@ -95,6 +113,13 @@ def test_pnoc_coco_runs_on_the_fixture_with_a_tiny_backbone(tmp_path):
     )
     config.rw.update(max_image_size=64, exp_times=2, radius=3)
     config.runtime.update(log_every=1, ckpt_every=100, predict_batch_size=4, num_workers=1)
+    # segmentation (issue 11): the weak model on its 81 classes (the bound is the same code).
+    config.segmentation.update(
+        head_channels=8, low_level_channels=4, atrous_rates=(1, 2, 3), batch_size=8, epochs=0,
+        steps=2, crop_size=32, min_size=32, max_size=48,
+    )  # fmt: skip
+    config.segmentation_infer.update(scales=(1.0,), max_image_size=64, crf_iterations=1)
+    config.stages = tuple(s for s in config.stages if not s.endswith("_gt"))
     pipeline.validate(config, TOPOLOGY)
     workdir = str(tmp_path / "run")
     pipeline.run_stages(config, workdir)
@@ -110,3 +135,6 @@ def test_pnoc_coco_runs_on_the_fixture_with_a_tiny_backbone(tmp_path):
     assert len(labels) == 4 and all(re.fullmatch(r"\d{12}\.png", f) for f in labels)
     pseudo = fileio.read_png(os.path.join(artifacts.pseudo_label_dir(workdir, "val"), labels[0]))
     assert pseudo.dtype == np.uint8 and pseudo.max() <= 80
+    segmentation = fileio.read_json(artifacts.metrics_file(workdir, "eval_segmentation"))
+    assert segmentation["split"] == "val" and len(segmentation["per_class_iou"]) == 81
+    assert 0 <= segmentation["miou"] <= 1 and "miou_no_crf" in segmentation

@@ -294,12 +294,14 @@ def read_history(path: str) -> list[dict]:
 
 
 def backbone_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Where the backbone starts (`config.segmentation.backbone_weights`): ImageNet weights
-    (`config.model.pretrained`, "" = random) or a trained classifier's."""
-    source = config.segmentation.backbone_weights
-    if source in ("train_oc", "train_cam"):
-        return artifacts.weights_file(workdir, source)
-    return config.model.pretrained
+    """Where the backbone starts (`config.segmentation.backbone_weights`): a trained
+    classifier's, or ImageNet weights: `config.segmentation.pretrained`, else
+    `config.model.pretrained` when the backbone is the CAM network's ("" = random)."""
+    cfg = config.segmentation
+    if cfg.backbone_weights in ("train_oc", "train_cam"):
+        return artifacts.weights_file(workdir, cfg.backbone_weights)
+    same = (cfg.backbone or config.model.backbone) == config.model.backbone
+    return os.path.expanduser(cfg.pretrained or (config.model.pretrained if same else ""))
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
@@ -355,7 +357,7 @@ def run(
     path = backbone_path(config, workdir)
     init = weights.initializer(path, modules=("backbone",)) if path else None
     if init is None:
-        logging.warning("%s: no backbone weights (config.model.pretrained): RANDOM backbone", stage)
+        logging.warning("%s: no backbone weights (segmentation.pretrained): RANDOM backbone", stage)
     shape = (1, cfg.crop_size, cfg.crop_size, 3)
     states = {
         STATE: create_state(model, tx, rng.init_key(config.seed), shape, mesh, init, step_stats)
@@ -372,7 +374,8 @@ def run(
     history = read_history(history_path)
     scored = {row["step"] for row in history}
     best = max((row["miou"] for row in history), default=-1.0)
-    every = cfg.validate_every * plan.steps_per_epoch
+    # A split smaller than one batch has no whole epoch: validated at the end only.
+    every = cfg.validate_every * plan.steps_per_epoch or plan.total_steps
     for end in validation_points(every, plan.total_steps):
         if end in scored:
             continue
@@ -385,6 +388,7 @@ def run(
             mesh=mesh,
             ckpt_every=config.runtime.ckpt_every,
             log_every=config.runtime.log_every,
+            input_workers=config.runtime.input_workers,
             on_step=on_step,
         )
         reached = int(jax.device_get(states[STATE].step))
@@ -504,6 +508,21 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
         number(config, f"{key}.{name}", low=4, integer=True)
         check(cfg[name] % 4 == 0, f"{key}.{name}", cfg[name], "a multiple of 4 (GroupNorm(4))")
     config_lib.check_choice(config, f"{key}.backbone_weights", BACKBONE_WEIGHTS)
+    config_lib.check_file(config, f"{key}.pretrained", "ImageNet weights (.npz)")
+    arch = cfg.backbone or config.model.backbone
+    natural = datasets.get_info(config.data.name).needs_pretrained
+    if cfg.backbone_weights == "pretrained" and natural and not cfg.pretrained:
+        if arch == config.model.backbone:
+            backbones.check_pretrained(config, arch, "train_segmentation")
+        else:
+            check(
+                config.model.allow_random_init,
+                f"{key}.pretrained",
+                cfg.pretrained,
+                f"ImageNet weights of {arch} (segmentation.backbone; config.model.pretrained is "
+                f"{config.model.backbone}'s): {backbones.weights_help(arch)}; or set "
+                "--config.model.allow_random_init=True to train from random weights on purpose",
+            )
     if cfg.backbone_weights != "pretrained":
         check(
             cfg.backbone in ("", config.model.backbone),
