@@ -179,16 +179,21 @@ def validate_runtime(config: ml_collections.ConfigDict, topology: Topology) -> N
     check_number(config, "runtime.input_workers", low=-1, integer=True)
 
 
-def check_training(config: ml_collections.ConfigDict, name: str, topology: Topology) -> None:
-    """The keys every training section has: batch, duration, SGD and the random resize."""
+def check_batch_and_duration(
+    config: ml_collections.ConfigDict, name: str, topology: Topology, min_batch: int = 1
+) -> None:
+    """`<name>.batch_size` (>= min_batch, a multiple of the device count), `accumulate_steps`
+    where the section has it, and the duration (`epochs`, or `steps` > 0 overriding them)."""
     section = config[name]
-    check_number(config, f"{name}.batch_size", low=1, integer=True)
+    check_number(config, f"{name}.batch_size", low=min_batch, integer=True)
     check(
         section.batch_size % topology.device_count == 0,
         f"{name}.batch_size",
         section.batch_size,
         f"a multiple of the device count ({topology.device_count})",
     )
+    if "accumulate_steps" in section:
+        check_number(config, f"{name}.accumulate_steps", low=1, integer=True)
     check_number(config, f"{name}.epochs", low=0, integer=True)
     check_number(config, f"{name}.steps", low=0, integer=True)
     check(
@@ -197,6 +202,24 @@ def check_training(config: ml_collections.ConfigDict, name: str, topology: Topol
         section.epochs,
         f"> 0 (or config.{name}.steps > 0)",
     )
+
+
+def check_splits(config: ml_collections.ConfigDict, key: str, splits: Sequence[str]) -> None:
+    """`config.<key>` is a non-empty tuple of `splits` (the configured dataset's)."""
+    section, name = key.rsplit(".", 1)
+    value = tuple(config[section][name])
+    check(
+        bool(value) and set(value) <= set(splits),
+        key,
+        value,
+        f"a non-empty subset of the dataset's splits {list(splits)}",
+    )
+
+
+def check_training(config: ml_collections.ConfigDict, name: str, topology: Topology) -> None:
+    """The keys every training section has: batch, duration, SGD and the random resize."""
+    section = config[name]
+    check_batch_and_duration(config, name, topology)
     check_number(config, f"{name}.lr", low=0, low_open=True)
     check_number(config, f"{name}.momentum", low=0, high=1, high_open=True)
     check_number(config, f"{name}.weight_decay", low=0)

@@ -132,12 +132,7 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     del topology
     cfg, key = config.saliency_infer, "saliency_infer"
     splits = datasets.get_info(config.data.name).splits
-    config_lib.check(
-        bool(cfg.splits) and set(cfg.splits) <= set(splits),
-        f"{key}.splits",
-        tuple(cfg.splits),
-        f"a non-empty subset of the dataset's splits {list(splits)}",
-    )
+    config_lib.check_splits(config, f"{key}.splits", splits)
     config_lib.check(
         bool(cfg.scales) and all(isinstance(s, int | float) and s > 0 for s in cfg.scales),
         f"{key}.scales",

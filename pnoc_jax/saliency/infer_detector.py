@@ -112,12 +112,7 @@ def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
     """Checks of `config.detector_infer` (and of the detector it runs: `config.detector`)."""
     del topology
-    cfg, key = config.detector_infer, "detector_infer"
+    key = "detector_infer"
     splits = datasets.get_info(config.data.name).splits
-    config_lib.check(
-        bool(cfg.splits) and set(cfg.splits) <= set(splits),
-        f"{key}.splits",
-        tuple(cfg.splits),
-        f"a non-empty subset of the dataset's splits {list(splits)}",
-    )
+    config_lib.check_splits(config, f"{key}.splits", splits)
     config_lib.check_file(config, f"{key}.weights", "a PoolNet weights file (.npz)")

@@ -379,19 +379,7 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     config_lib.check_choice(config, f"{key}.backbone", ("", *backbones.backbone_names()))
     config_lib.check_choice(config, f"{key}.output_stride", (8, 16))
     check_backbone_weights(config, key, backbone_name(config))
-    number(config, f"{key}.batch_size", low=2, integer=True)
-    config_lib.check(
-        cfg.batch_size % topology.device_count == 0,
-        f"{key}.batch_size",
-        cfg.batch_size,
-        f"a multiple of the device count ({topology.device_count})",
-    )
-    number(config, f"{key}.accumulate_steps", low=1, integer=True)
-    number(config, f"{key}.epochs", low=0, integer=True)
-    number(config, f"{key}.steps", low=0, integer=True)
-    config_lib.check(
-        cfg.epochs > 0 or cfg.steps > 0, f"{key}.epochs", cfg.epochs, f"> 0 (or {key}.steps > 0)"
-    )
+    config_lib.check_batch_and_duration(config, key, topology, min_batch=2)  # pairs to contrast
     number(config, f"{key}.lr", low=0, low_open=True)
     number(config, f"{key}.momentum", low=0, high=1, high_open=True)
     number(config, f"{key}.weight_decay", low=0)
