@@ -14,7 +14,6 @@ Exports `weights/f.npz` (the CCAM variables).
 """
 
 import functools
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,7 +57,7 @@ def backbone_file(section: ml_collections.ConfigDict, workdir: str, fallback: st
     or `<section>.pretrained` (else `fallback`); "" = random."""
     if section.backbone_weights in ("train_oc", "train_cam"):
         return artifacts.weights_file(workdir, section.backbone_weights)
-    return os.path.expanduser(section.pretrained or fallback)
+    return fileio.expand(section.pretrained or fallback)
 
 
 class WeightsError(UserError, ValueError):
@@ -265,7 +264,7 @@ def decide_orientation(
 def read_orientation(workdir: str) -> float:
     """The sign infer_saliency applies to z: -1 for a C²AM found inverted, else +1."""
     path = artifacts.orientation_file(workdir)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(
             f"{path} missing: train_saliency did not finish; run it again to write it"
         )
