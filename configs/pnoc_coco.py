@@ -13,6 +13,7 @@ Arguments (`configs/pnoc_coco.py:strategy=poc,backbone=resnet101,ls=0.1`):
   backbone  resnest269 (default, the paper's) | any name of the backbone registry
   ls        label smoothing of the strategy (default 0.0: the published COCO P-NOC, README
             "P-NOC (OC+ra)", was trained without it)
+  saliency  detector | masks | none, as configs/pnoc_voc.py (default detector)
 
 Recipe (HEAD runner for COCO where it states a value, spec §11/§14; the rest as VOC):
   data      train = train2014 (82,783 images), priors and pseudo-labels evaluated on
@@ -21,7 +22,9 @@ Recipe (HEAD runner for COCO where it states a value, spec §11/§14; the rest a
   OC        vanilla CAM, RandAugment + cutout, LS 0.1, B32, SGD m0 lr 0.05, 15 epochs.
   P-NOC     B16 x accumulate 2 (summed, as the reference), lr 0.05, colorjitter, 15 epochs,
             noc from the OC (frozen BN), λ_noc 0->1, δ_noc 0.2, k_noc 1, CSE gradient into noc.
-  RW        conventional affinity labels from the train CAMs, IRN boundary net on the frozen
+  C²AM-H    as VOC (config_lib.add_paper_saliency) with the COCO values lr 0.0005, δ_fg 0.3;
+            PoolNet on its masks; saliency-guided affinity labels. Table 6 on val2014.
+  RW        affinity labels from the train CAMs and saliency, IRN boundary net on the frozen
             ImageNet backbone, β 10, 2^8 steps, bg 0.3, CRF t1 gt .9.
 Evaluation: the plain sweep, and the RW sweep with the pseudo-labels' CRF. The priors' CRF
 sweep is off (`eval.crf_iterations=0`): 16 CRF-refined maps of each of val2014's 40,504 images
@@ -32,17 +35,11 @@ take ~6.4 CPU-s per image, ~72 CPU-hours (README, "Benchmark"); set
 from pnoc_jax import config_lib
 from pnoc_jax.cam import strategies
 
-# ---- Settings of stages that are not on this branch yet (saliency: C²AM-H; segmentation:
-# DeepLab). The lead wires them into their config keys once those stages are merged
-# (spec §11, §14). Nothing reads this dict today.
-PENDING_STAGE_SETTINGS = {
-    "saliency (C²AM-H)": {"lr": 0.0005, "hint_fg_threshold": 0.3},  # δ_fg
-}
-# ---- end of the pending block
-
 
 def get_config(arg: str | None = None):
-    args = config_lib.parse_arg(arg, strategy="pnoc", backbone="resnest269", ls=0.0)
+    args = config_lib.parse_arg(
+        arg, strategy="pnoc", backbone="resnest269", ls=0.0, saliency="detector"
+    )
     config = config_lib.base_config()
     config.data.name = "coco2014"
     config.data.image_size = 640
@@ -71,6 +68,10 @@ def get_config(arg: str | None = None):
     config.stages = ("train_oc", "train_cam", "infer_cam", "eval_cam")
     if not strategies.reads_oc(config.train):
         config.stages = config.stages[1:]
+    config_lib.add_paper_saliency(
+        config, args.saliency, "configs/pnoc_coco.py", split="train", lr=0.0005,
+        hint_threshold=0.3, max_image_size=640,
+    )  # fmt: skip
     config.stages += ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
     # ---------------------------------------------------------------- segmentation (issue 11)
     # DeepLabV3+ as on VOC (spec §10) with lr 0.004, on the train pseudo-labels, the checkpoint

@@ -104,43 +104,10 @@ def get_config(arg: str | None = None):
     config.stages = ("train_oc", "train_cam", "infer_cam", "eval_cam")
     if not strategies.reads_oc(config.train):
         config.stages = config.stages[1:]
-    # ---------------------------------------------------------------- saliency (issue 10)
-    if args.saliency not in ("detector", "masks", "none"):
-        raise ValueError(
-            f"configs/pnoc_voc.py:saliency={args.saliency!r}: expected detector (the paper's "
-            "recipe), masks (labels from the C²AM-H masks) or none (conventional labels)"
-        )
-    salient = tuple(dict.fromkeys((train_split, "train")))  # labels, detector; eval on train
-    config.saliency.update(
-        method="ccamh",
-        split=train_split,
-        output_stride=16,
-        backbone_weights="pretrained",
-        batch_size=64,
-        accumulate_steps=2,
-        lr=0.001,
-        epochs=10,
-        resize_size=515,
-        crop_size=448,
-        hint_threshold=0.4,
-        label_smoothing=0.1,
-    )
-    config.saliency_infer.update(splits=salient, max_image_size=500)
-    config.detector.update(
-        split=train_split, backbone="resnet50", batch_size=8, epochs=9, lr=5e-5,
-        weight_decay=5e-4, max_image_size=500,
+    config_lib.add_paper_saliency(
+        config, args.saliency, "configs/pnoc_voc.py", split=train_split, lr=0.001,
+        hint_threshold=0.4, max_image_size=500,
     )  # fmt: skip
-    config.detector_infer.splits = salient
-    if args.saliency != "none":
-        config.stages += ("train_saliency", "infer_saliency")
-        config.saliency_eval.sources = ("infer_saliency",)
-        if args.saliency == "detector":
-            config.stages += ("train_detector", "infer_detector")
-            config.saliency_eval.sources += ("infer_detector",)
-        config.stages += ("eval_saliency",)
-        source = "infer_detector" if args.saliency == "detector" else "infer_saliency"
-        config.affinity_labels.update(saliency=source, fg_threshold=0.40, saliency_threshold=0.10)
-    # ---------------------------------------------------------------- (end of issue 10)
     config.stages += ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
     # ---------------------------------------------------------------- segmentation (issue 11)
     if args.segmentation not in ("deeplabv3plus", "deeplabv2"):

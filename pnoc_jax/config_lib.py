@@ -179,16 +179,21 @@ def validate_runtime(config: ml_collections.ConfigDict, topology: Topology) -> N
     check_number(config, "runtime.input_workers", low=-1, integer=True)
 
 
-def check_training(config: ml_collections.ConfigDict, name: str, topology: Topology) -> None:
-    """The keys every training section has: batch, duration, SGD and the random resize."""
+def check_batch_and_duration(
+    config: ml_collections.ConfigDict, name: str, topology: Topology, min_batch: int = 1
+) -> None:
+    """`<name>.batch_size` (>= min_batch, a multiple of the device count), `accumulate_steps`
+    where the section has it, and the duration (`epochs`, or `steps` > 0 overriding them)."""
     section = config[name]
-    check_number(config, f"{name}.batch_size", low=1, integer=True)
+    check_number(config, f"{name}.batch_size", low=min_batch, integer=True)
     check(
         section.batch_size % topology.device_count == 0,
         f"{name}.batch_size",
         section.batch_size,
         f"a multiple of the device count ({topology.device_count})",
     )
+    if "accumulate_steps" in section:
+        check_number(config, f"{name}.accumulate_steps", low=1, integer=True)
     check_number(config, f"{name}.epochs", low=0, integer=True)
     check_number(config, f"{name}.steps", low=0, integer=True)
     check(
@@ -197,6 +202,24 @@ def check_training(config: ml_collections.ConfigDict, name: str, topology: Topol
         section.epochs,
         f"> 0 (or config.{name}.steps > 0)",
     )
+
+
+def check_splits(config: ml_collections.ConfigDict, key: str, splits: Sequence[str]) -> None:
+    """`config.<key>` is a non-empty tuple of `splits` (the configured dataset's)."""
+    section, name = key.rsplit(".", 1)
+    value = tuple(config[section][name])
+    check(
+        bool(value) and set(value) <= set(splits),
+        key,
+        value,
+        f"a non-empty subset of the dataset's splits {list(splits)}",
+    )
+
+
+def check_training(config: ml_collections.ConfigDict, name: str, topology: Topology) -> None:
+    """The keys every training section has: batch, duration, SGD and the random resize."""
+    section = config[name]
+    check_batch_and_duration(config, name, topology)
     check_number(config, f"{name}.lr", low=0, low_open=True)
     check_number(config, f"{name}.momentum", low=0, high=1, high_open=True)
     check_number(config, f"{name}.weight_decay", low=0)
@@ -491,6 +514,61 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     return config
+
+
+def add_paper_saliency(
+    config: ml_collections.ConfigDict,
+    mode: str,
+    config_name: str,
+    *,
+    split: str,
+    lr: float,
+    hint_threshold: float,
+    max_image_size: int,
+) -> None:
+    """The paper's saliency recipe (spec §7, §8, HEAD runner) on `config`, whose stages end
+    with the priors: C²AM-H (P-NOC hints, ImageNet backbone, OS16, B64 x 2 summed, 10 epochs,
+    448 crops of 515 squares, α 0.25, LS 0.1; masks: TTA maps > 0.2 + CRF), PoolNet on its
+    masks (ResNet-50, Adam 5e-5, wd 5e-4, 9 epochs) and saliency-guided affinity labels
+    (saliency > 0.1, CAM fg 0.4). `mode`: "detector" (the paper's), "masks" (labels from the
+    C²AM-H masks) or "none" (conventional labels, no saliency stage); `config_name` is named in
+    the error for another mode."""
+    if mode not in ("detector", "masks", "none"):
+        raise ValueError(
+            f"{config_name}:saliency={mode!r}: expected detector (the paper's recipe), masks "
+            "(labels from the C²AM-H masks) or none (conventional labels)"
+        )
+    salient = tuple(dict.fromkeys((split, config.eval.split)))  # labels + detector; Table 6
+    config.saliency.update(
+        method="ccamh",
+        split=split,
+        output_stride=16,
+        backbone_weights="pretrained",
+        batch_size=64,
+        accumulate_steps=2,
+        lr=lr,
+        epochs=10,
+        resize_size=515,
+        crop_size=448,
+        hint_threshold=hint_threshold,
+        label_smoothing=0.1,
+    )
+    config.saliency_infer.update(splits=salient, max_image_size=max_image_size)
+    config.detector.update(
+        split=split, backbone="resnet50", batch_size=8, epochs=9, lr=5e-5, weight_decay=5e-4,
+        max_image_size=max_image_size,
+    )  # fmt: skip
+    config.detector_infer.splits = salient
+    if mode == "none":
+        return
+    config.stages += ("train_saliency", "infer_saliency")
+    config.saliency_eval.sources = ("infer_saliency",)
+    if mode == "detector":
+        config.stages += ("train_detector", "infer_detector")
+        config.saliency_eval.sources += ("infer_detector",)
+    config.stages += ("eval_saliency",)
+    source = "infer_detector" if mode == "detector" else "infer_saliency"
+    config.affinity_labels.update(saliency=source, fg_threshold=0.40, saliency_threshold=0.10)
 
 
 def synthetic_config(strategy: str = "pnoc", epochs: int = 5) -> ml_collections.ConfigDict:

@@ -12,7 +12,6 @@ import logging as logging_std
 import os
 import re
 import sys
-import tempfile
 import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -24,7 +23,7 @@ from ml_collections import config_flags
 
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.cam import strategies
-from pnoc_jax.core import compile_cache, distributed, progress
+from pnoc_jax.core import compile_cache, distributed, fileio, progress
 from pnoc_jax.core.errors import UserError
 from pnoc_jax.core.loop import NonFiniteLoss, Preempted
 
@@ -203,13 +202,15 @@ def quiet_background_errors() -> None:
 
 
 def prepare_workdir(path: str) -> str:
-    """The absolute workdir, created and checked writable before anything runs."""
-    workdir = os.path.abspath(os.path.expanduser(path))
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    """The absolute workdir (a `gs://` URI as given), created and checked writable before
+    anything runs."""
+    workdir = fileio.expand(path)
+    if fileio.isfile(workdir):
         raise UserError(f"--workdir {workdir} exists and is not a directory")
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
-        pass
+    fileio.makedirs(workdir)
+    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+    fileio.write_bytes(probe, b"")
+    fileio.remove(probe)
     return workdir
 
 

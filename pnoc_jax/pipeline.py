@@ -15,10 +15,7 @@ The `compare` stage (the paper's strategy ablation) runs sub-pipelines, so it li
 import contextlib
 import copy
 import dataclasses
-import fcntl
 import os
-import shutil
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -239,11 +236,11 @@ def _link_shared(workdir: str, seed: int, variant: SaliencyVariant) -> None:
     """Links the variant's shared stage folders to those of the seed's "ccamh" run."""
     source_dir = artifacts.compare_saliency_dir(workdir, seed, "ccamh")
     target_dir = artifacts.compare_saliency_dir(workdir, seed, variant.name)
-    os.makedirs(target_dir, exist_ok=True)
-    for stage in variant.shared:
-        link = artifacts.stage_dir(target_dir, stage)
-        if not os.path.lexists(link):
-            os.symlink(os.path.abspath(artifacts.stage_dir(source_dir, stage)), link)
+    fileio.makedirs(target_dir)
+    for stage in variant.shared:  # a copy, DONE.json last, on an object store (no links)
+        fileio.link_tree(
+            artifacts.stage_dir(source_dir, stage), artifacts.stage_dir(target_dir, stage)
+        )
 
 
 def _mean_std(values: list[float]) -> str:
@@ -310,7 +307,7 @@ def run_compare_saliency(config: ml_collections.ConfigDict, workdir: str) -> Non
             per_seed[variant.name] = {
                 name: fileio.read_json(artifacts.metrics_file(sub_dir, name))
                 for name in ("eval_saliency", "eval_pseudo_labels")
-                if os.path.exists(artifacts.metrics_file(sub_dir, name))
+                if fileio.exists(artifacts.metrics_file(sub_dir, name))
             }
         results.append(per_seed)
     if not distributed.is_chief():
@@ -487,7 +484,7 @@ def stage_fingerprint(name: str, config: ml_collections.ConfigDict) -> str:
 
 
 def _recorded_fingerprint(path: str) -> str | None:
-    return fileio.read_json(path).get("fingerprint") if os.path.exists(path) else None
+    return fileio.read_json(path).get("fingerprint") if fileio.exists(path) else None
 
 
 def is_finished(workdir: str, name: str, config: ml_collections.ConfigDict) -> bool:
@@ -499,7 +496,7 @@ def _stale_dirs(stage_dir: str) -> list[tuple[int, str]]:
     """(N, path) of `<stage_dir>.stale-N` folders, oldest first."""
     parent, base = os.path.split(stage_dir)
     found = []
-    for entry in os.listdir(parent) if os.path.isdir(parent) else ():
+    for entry in fileio.listdir(parent):
         suffix = entry.removeprefix(f"{base}.stale-")
         if entry != suffix and suffix.isdigit():
             found.append((int(suffix), os.path.join(parent, entry)))
@@ -512,22 +509,28 @@ def _claim_stage_dir(workdir: str, name: str, fingerprint: str, keep_stale: int)
     A folder made with another config is moved aside to `<name>.stale-N`; a stale folder made
     with this config (a config that came back) is moved back and resumed, not redone. Only the
     `keep_stale` newest stale folders are kept; the log says what was removed.
+
+    On an object store a move is a copy and a removal, not atomic: `fileio.move_tree` copies
+    DONE.json last and removes it first, so an interrupted move leaves at most a folder without
+    DONE.json (rerun, or moved aside again, on the next run), never a finished-looking partial
+    one; the stage folder keeps its config.json until the removal ends, so an interrupted move
+    aside is retried (to the next stale number) next time.
     """
     stage_dir = artifacts.stage_dir(workdir, name)
     current = artifacts.config_file(workdir, name)
-    if os.path.isdir(stage_dir) and _recorded_fingerprint(current) != fingerprint:
+    if fileio.isdir(stage_dir) and _recorded_fingerprint(current) != fingerprint:
         number = max((n for n, _ in _stale_dirs(stage_dir)), default=0) + 1
-        os.rename(stage_dir, f"{stage_dir}.stale-{number}")
+        fileio.move_tree(stage_dir, f"{stage_dir}.stale-{number}", marker=artifacts.DONE)
         logging.warning("%s was made with another config: moved to %s.stale-%d", stage_dir,
                         stage_dir, number)  # fmt: skip
-    if not os.path.isdir(stage_dir):
+    if not fileio.isdir(stage_dir):
         for _, stale in reversed(_stale_dirs(stage_dir)):
             if _recorded_fingerprint(os.path.join(stale, "config.json")) == fingerprint:
-                os.rename(stale, stage_dir)
+                fileio.move_tree(stale, stage_dir, marker=artifacts.DONE)
                 logging.warning("%s was made with this config: moved back to %s", stale, stage_dir)
                 break
     for _, stale in _stale_dirs(stage_dir)[: max(len(_stale_dirs(stage_dir)) - keep_stale, 0)]:
-        shutil.rmtree(stale)
+        fileio.rmtree(stale, marker=artifacts.DONE)
         logging.warning("removed %s (config.runtime.keep_stale=%d)", stale, keep_stale)
 
 
@@ -535,7 +538,7 @@ def _report(name: str, workdir: str) -> None:
     """Prints the stage's headline from its metrics.json (chief only)."""
     headline = STAGES[name].headline
     path = artifacts.metrics_file(workdir, name)
-    if headline is not None and distributed.is_chief() and os.path.exists(path):
+    if headline is not None and distributed.is_chief() and fileio.exists(path):
         print(headline(fileio.read_json(path)), flush=True)
 
 
@@ -599,34 +602,24 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> None:
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
     """Holds `<workdir>/.lock` for the run (chief only): a second run on the workdir stops and
-    says who holds it. The OS releases the lock when the holder dies, even on SIGKILL."""
+    says who holds it. Local: the OS releases the lock when the holder dies, even on SIGKILL.
+    On an object store the lock is an advisory owner object (`fileio.lock`)."""
     if not distributed.is_chief():
         yield
         return
-    os.makedirs(workdir, exist_ok=True)
-    path = artifacts.lock_file(workdir)
-    with open(path, "a+") as f:
+    fileio.makedirs(workdir)
+    holder = (
+        f"{fileio.holder_description()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
+        f"({' '.join(sys.argv)})"
+    )
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+            stack.enter_context(fileio.lock(artifacts.lock_file(workdir), holder))
+        except fileio.LockHeld as e:
             raise UserError(
-                f"workdir {workdir} is in use by {holder}; wait for it, or use another --workdir"
+                f"workdir {workdir} is in use by {e}; wait for it, or use another --workdir"
             ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(
-            f"pid {os.getpid()} on {socket.gethostname()} since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)})\n"
-        )
-        f.flush()
-        try:
-            yield
-        finally:
-            f.seek(0)
-            f.truncate()
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
 
 
 def _numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -649,7 +642,7 @@ def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
     numbers, rows = {}, []
     for name in config.stages:
         path = artifacts.metrics_file(workdir, name)
-        if not os.path.exists(path):
+        if not fileio.exists(path):
             continue
         metrics = fileio.read_json(path)
         numbers[name] = _numbers(metrics)

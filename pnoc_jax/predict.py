@@ -63,16 +63,16 @@ def fail(message: str, code: int = 2) -> None:
 def resolve_weights(workdir: str | None, stage: str, checkpoint: str | None) -> tuple[str, str]:
     """(weights .npz, model.json) of `--checkpoint`, or of the workdir's stage."""
     if checkpoint:
-        path = os.path.abspath(os.path.expanduser(checkpoint))
+        path = fileio.expand(checkpoint)
         spec = os.path.join(os.path.dirname(path), "model.json")
     elif workdir:
-        workdir = os.path.abspath(os.path.expanduser(workdir))
+        workdir = fileio.expand(workdir)
         path = artifacts.segmentation_weights_file(workdir, stage)
         spec = artifacts.model_file(workdir, stage)
     else:
         raise UserError("give --workdir (a run with a trained segmentation stage) or --checkpoint")
     for file, what in ((path, "weights"), (spec, "model description")):
-        if not os.path.isfile(file):
+        if not fileio.isfile(file):
             hint = f"; run stage {stage} first" if workdir and not checkpoint else ""
             raise UserError(f"{file}: no such {what} file{hint}")
     return path, spec
@@ -89,18 +89,18 @@ def collect(paths: list[str]) -> tuple[list[str], list[str]]:
     files, problems = [], []
     extensions = image_extensions()
     for raw in paths:
-        path = os.path.expanduser(raw)
-        if os.path.isdir(path):
+        path = fileio.expand(raw)
+        if fileio.isdir(path):
             found = sorted(
                 os.path.join(path, f)
-                for f in os.listdir(path)
+                for f in fileio.listdir(path)
                 if os.path.splitext(f)[1].lower() in extensions
-                and os.path.isfile(os.path.join(path, f))
+                and fileio.isfile(os.path.join(path, f))
             )
             if not found:
                 problems.append(f"{path}: no image files in this folder")
             files += found
-        elif os.path.isfile(path):
+        elif fileio.isfile(path):
             files.append(path)
         else:
             problems.append(f"{path}: no such file or folder")
@@ -111,7 +111,7 @@ def read_image(path: str) -> np.ndarray:
     """uint8 RGB [H, W, 3] as a viewer shows it (EXIF orientation applied); ValueError naming
     the file and why when it is not an image PIL can read."""
     try:
-        with Image.open(path) as image:
+        with fileio.open_read(path) as f, Image.open(f) as image:
             image = ImageOps.exif_transpose(image)
             return np.asarray(image.convert("RGB"))
     except UnidentifiedImageError:
@@ -168,7 +168,7 @@ def segment_images(
     problems, sizes = [], {}
     for path in files:  # sizes first: one canvas for all images, so each scale compiles once
         try:
-            with Image.open(path) as image:
+            with fileio.open_read(path) as f, Image.open(f) as image:
                 sizes[path] = max(image.size)
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             reason = "not an image format PIL can read" if isinstance(
@@ -180,7 +180,7 @@ def segment_images(
         return [], problems
     canvas = max(min(size, max_side) for size in sizes.values())
     names = dict(zip(files, output_names(files), strict=True))
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     fileio.write_text(
         os.path.join(out_dir, "classes.txt"),
         "".join(f"{i}\t{name}\n" for i, name in enumerate(spec.class_names)),
@@ -237,7 +237,7 @@ def main(argv: list[str]) -> None:
     files, problems = collect(_IMAGES.value)
     written, failed = segment_images(
         files,
-        os.path.abspath(os.path.expanduser(_OUT.value)),
+        fileio.expand(_OUT.value),
         weights_path,
         spec_path,
         scales=scales,

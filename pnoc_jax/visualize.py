@@ -127,7 +127,7 @@ def run_columns(workdir: str, split: str) -> dict[str, object]:
         "ground truth": lambda ex: colorize_mask(ex["mask"]),
     }
     cams = artifacts.cam_dir(workdir, split)
-    if os.path.isdir(cams):
+    if fileio.isdir(cams):
         columns["CAM"] = lambda ex: overlay_cam(
             ex["image"], _max_map(cams, ex["id"], "hr_cam", ex["mask"].shape)
         )
@@ -137,7 +137,7 @@ def run_columns(workdir: str, split: str) -> dict[str, object]:
         ("fully supervised", artifacts.prediction_dir(workdir, split, supervised=True)),
     )
     for title, folder in found:
-        if os.path.isdir(folder):
+        if fileio.isdir(folder):
             columns[title] = lambda ex, d=folder: colorize_mask(_read_label(d, ex["id"]))
     return columns
 
@@ -178,7 +178,7 @@ def iou_through_pipeline(workdir: str) -> dict[str, dict]:
     series = {}
     for name, stage, key in IOU_STAGES:
         path = artifacts.metrics_file(workdir, stage)
-        if os.path.exists(path):
+        if fileio.exists(path):
             metrics = fileio.read_json(path)
             if key in metrics:
                 series[name] = {"split": metrics.get("split", "?"), "iou": metrics[key]}
@@ -232,10 +232,10 @@ def training_curves(workdir: str, stages: tuple[str, ...] = TRAINING_STAGES):
     found = []
     for stage in stages:
         folder = artifacts.stage_dir(workdir, stage)
-        if os.path.exists(os.path.join(folder, writers.METRICS_FILE)):
+        if fileio.exists(os.path.join(folder, writers.METRICS_FILE)):
             rows = writers.read_metrics(folder)
             validation = artifacts.validation_file(workdir, stage)
-            found.append((stage, rows, validation if os.path.exists(validation) else ""))
+            found.append((stage, rows, validation if fileio.exists(validation) else ""))
     if not found:
         raise ValueError(f"no training stage of {workdir} has metrics")
     width = max(len(_curve_panels(rows)) + bool(val) for _, rows, val in found)
@@ -254,8 +254,8 @@ def training_curves(workdir: str, stages: tuple[str, ...] = TRAINING_STAGES):
                 ax.legend(fontsize=6)
         if validation:
             ax = axes[r, len(panels)]
-            with open(validation) as f:
-                scored = [json.loads(line) for line in f if line.strip()]
+            lines = fileio.read_text(validation).splitlines()
+            scored = [json.loads(line) for line in lines if line.strip()]
             ax.plot([s["step"] for s in scored], [100 * s["miou"] for s in scored], "o-")
             ax.set_title("validation mIoU (%)", fontsize=9)
         for c in range(len(panels) + bool(validation), width):
@@ -271,10 +271,10 @@ def run_config(workdir: str, stages: tuple[str, ...] = ("eval_segmentation", "ev
     that has one, else from any stage of the workdir."""
     from ml_collections import ConfigDict
 
-    folders = [*stages, *sorted(os.listdir(workdir))] if os.path.isdir(workdir) else []
+    folders = [*stages, *fileio.listdir(workdir)]
     for stage in folders:
         path = artifacts.config_file(workdir, stage)
-        if os.path.exists(path):
+        if fileio.exists(path):
             return ConfigDict(fileio.read_json(path)["config"])
     raise FileNotFoundError(f"{workdir}: no stage has run here (no <stage>/config.json)")
 

@@ -261,7 +261,13 @@ def test_fingerprints_follow_sections_and_propagate_downstream(tiny_config):
     config.eval.thresholds = (0.1, 0.2)
     after = fingerprints()
     changed = {name for name in before if before[name] != after[name]}
-    assert changed == {"eval_cam", "eval_pseudo_labels", "compare", "eval_saliency"}
+    assert changed == {
+        "eval_cam",
+        "eval_pseudo_labels",
+        "compare",
+        "eval_saliency",
+        "compare_saliency",
+    }
     config.train.lr = 0.07
     again = fingerprints()
     changed = {name for name in after if after[name] != again[name]}
@@ -270,6 +276,7 @@ def test_fingerprints_follow_sections_and_propagate_downstream(tiny_config):
         "random_walk", "eval_pseudo_labels", "compare",
         # saliency (issue 10): C²AM-H's hints are the CAMs
         "train_saliency", "infer_saliency", "train_detector", "infer_detector", "eval_saliency",
+        "compare_saliency",
         # segmentation (issue 11)
         "train_segmentation", "infer_segmentation", "eval_segmentation",
     }  # fmt: skip

@@ -99,9 +99,10 @@ def test_pnoc_coco_runs_on_the_fixture_with_a_tiny_backbone(tmp_path):
     """Every stage of the COCO recipe on its data, shrunk: CAMs, priors (+ CRF sweep), affinity
     labels, the boundary net, the random walk and the pseudo-labels. The strategy is vanilla
     CAM (`:strategy=cam`): P-NOC's two updates are what the synthetic-data tests train, and
-    compiling them here would double this test's ~90 s of CPU for nothing COCO-specific."""
+    compiling them here would double this test's ~90 s of CPU for nothing COCO-specific; for the
+    same reason the saliency stages (`:saliency=none`) run on the synthetic data only."""
     manual = write_coco(tmp_path / "coco2014")
-    config = _recipe("pnoc_coco", "backbone=tiny,strategy=cam")
+    config = _recipe("pnoc_coco", "backbone=tiny,strategy=cam,saliency=none")
     config.data.update(manual_dir=str(manual), data_dir=str(tmp_path / "tfds"), image_size=32)
     config.model.update(output_stride=8, allow_random_init=True)
     small = dict(batch_size=8, epochs=0, steps=2, min_size=32, max_size=48)

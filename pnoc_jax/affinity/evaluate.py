@@ -7,8 +7,6 @@ mIoU of the pseudo-label PNGs. Writes `eval_pseudo_labels/{metrics.json, sweep.c
 (+ `sweep_crf.csv`); the priors' mIoU on the same split is copied beside them for comparison.
 """
 
-import os
-
 import ml_collections
 from absl import logging
 
@@ -27,7 +25,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     summary["pseudo_label_miou"] = summary.pop("labels_miou")
     summary["pseudo_label_per_class_iou"] = summary.pop("labels_per_class_iou")
     prior_path = artifacts.metrics_file(workdir, "eval_cam")
-    if os.path.exists(prior_path):
+    if fileio.exists(prior_path):
         prior = fileio.read_json(prior_path)
         if prior.get("split") == split:
             summary["prior_miou"] = prior["miou"]

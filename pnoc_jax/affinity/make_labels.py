@@ -28,14 +28,14 @@ def saliency_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     `saliency` made for the split, or the user's `saliency_dir`; "" = conventional labels."""
     if cfg.saliency:
         return artifacts.saliency_png_dir(workdir, cfg.saliency, cfg.split)
-    return os.path.expanduser(cfg.saliency_dir) if cfg.saliency_dir else ""
+    return fileio.expand(cfg.saliency_dir) if cfg.saliency_dir else ""
 
 
 def check_saliency_maps(config: ml_collections.ConfigDict, directory: str) -> None:
     """Every labelled image of the split has its saliency PNG, before any label is written."""
     split = config.affinity_labels.split
     ids = [i for i, labelled in pipeline.split_index(config, split) if labelled]
-    absent = [i for i in ids if not os.path.exists(os.path.join(directory, f"{i}.png"))]
+    absent = [i for i in ids if not fileio.exists(os.path.join(directory, f"{i}.png"))]
     if absent:
         raise fileio.SaliencyMapError(
             f"affinity_labels: {len(absent)} of the {len(ids)} saliency maps of split {split!r} "
@@ -144,7 +144,7 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     )
     cfg = config.affinity_labels
     config_lib.check(
-        not cfg.saliency_dir or os.path.isdir(os.path.expanduser(cfg.saliency_dir)),
+        not cfg.saliency_dir or fileio.isdir(fileio.expand(cfg.saliency_dir)),
         f"{key}.saliency_dir",
         cfg.saliency_dir,
         "a folder of <id>.png saliency maps, or ''",

@@ -6,7 +6,6 @@ so a resumed stage redoes only the missing images. No jax import (pool workers).
 """
 
 import dataclasses
-import os
 
 import numpy as np
 
@@ -60,7 +59,7 @@ def affinity_label(task: LabelTask) -> tuple[np.ndarray, bool]:
 
     Returns its `label_counts` and whether it was computed now.
     """
-    if os.path.exists(task.out_path):
+    if fileio.exists(task.out_path):
         return label_counts(fileio.read_png(task.out_path), task.gt), False
     record = scores.read(task.cam_path, ("hr_cam",))
     p = task.params

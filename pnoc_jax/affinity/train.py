@@ -85,7 +85,7 @@ class LabelledSource(Sequence):
     def __getitem__(self, index: int) -> dict:
         example = dict(self._source[index])
         path = os.path.join(self._directory, f"{example['id']}.png")
-        if os.path.exists(path) or example["labels"].sum() > 0:
+        if fileio.exists(path) or example["labels"].sum() > 0:
             example["aff_label"] = fileio.read_png(path)
         else:
             example["aff_label"] = np.full(example["image"].shape[:2], IGNORE, np.uint8)

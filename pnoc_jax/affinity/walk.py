@@ -7,7 +7,6 @@ keys, rw) and `random_walk/<split>_pseudo/<id>.png` (palette). Images whose outp
 skipped. Each process handles its own shard of every split.
 """
 
-import os
 from collections.abc import Iterator, Sequence
 
 import ml_collections
@@ -17,7 +16,7 @@ from absl import logging
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import tasks
 from pnoc_jax.affinity import train as aff_train
-from pnoc_jax.core import artifacts, distributed, pool, progress, scores
+from pnoc_jax.core import artifacts, distributed, fileio, pool, progress, scores
 from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.inference import predictor, tta
 from pnoc_jax.inference.predictor import Predict
@@ -61,7 +60,7 @@ def walk_tasks(
     for index in progress.iterate(range(len(source)), f"random_walk {split}"):
         example = source[index]
         done = task(example, None)
-        if os.path.exists(done.png_path) and (
+        if fileio.exists(done.png_path) and (
             example["labels"].sum() == 0 or scores.exists(rw_dir, example["id"])
         ):
             continue

@@ -126,12 +126,7 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     del topology
     splits = datasets.get_info(config.data.name).splits
     infer = config.infer
-    config_lib.check(
-        bool(infer.splits) and set(infer.splits) <= set(splits),
-        "infer.splits",
-        tuple(infer.splits),
-        f"a non-empty subset of the dataset's splits {list(splits)}",
-    )
+    config_lib.check_splits(config, "infer.splits", splits)
     config_lib.check(
         bool(infer.scales) and all(s > 0 for s in infer.scales),
         "infer.scales",

@@ -11,10 +11,12 @@ stages add `metrics.json`, `sweep.csv` and `sweep.png`.
 import os
 from collections.abc import Iterable
 
+from pnoc_jax.core import fileio
+
 
 def missing(paths: Iterable[str], show: int = 3) -> list[str]:
     """The first `show` of `paths` that do not exist, and how many are missing in all."""
-    absent = [p for p in paths if not os.path.exists(p)]
+    absent = [p for p in paths if not fileio.exists(p)]
     if len(absent) > show:
         return [*absent[:show], f"... {len(absent)} files missing in all"]
     return absent
@@ -38,8 +40,11 @@ def config_file(workdir: str, stage: str) -> str:
     return os.path.join(workdir, stage, "config.json")
 
 
+DONE = "DONE.json"  # written last: a stage folder holding it is finished and whole
+
+
 def done_file(workdir: str, stage: str) -> str:
-    return os.path.join(workdir, stage, "DONE.json")
+    return os.path.join(workdir, stage, DONE)
 
 
 def checkpoint_dir(workdir: str, stage: str) -> str:

@@ -1,4 +1,26 @@
-"""Atomic artifact writing (temp file + rename: a file appears whole or not at all) and PNGs.
+"""Every filesystem operation on workdir and data_dir paths: local folders and object stores.
+
+Stage code keeps plain `str` paths (built by `core.artifacts`) and does its I/O here. A path
+with a URI scheme (`gs://bucket/run`, any `<scheme>://` `etils.epath` knows) goes through
+`etils.epath` (fsspec for gs://); any other path is local and goes through `os`, with the
+behaviour below unchanged. `os.path.join`/`basename`/`dirname` are plain string operations and
+are right for both kinds; anything that touches storage (or `abspath`, which mangles a URI) is
+a function of this module. `tests/test_workdir_io.py` fails on a direct call elsewhere.
+
+Atomicity ("a file appears whole or not at all"). Local: written to a temporary file beside the
+target, renamed onto it (`os.replace`). Object store: the bytes are collected in memory, written
+to a temporary object beside the target and renamed onto it (GCS: server-side copy + delete; an
+object is visible only once complete), so a failure leaves no object at the target name. A stage
+counts as finished only when its `DONE.json` exists; it is written last (`pipeline.run_stage`)
+and, when a folder is moved or removed on an object store (not atomic there), copied last and
+deleted first (`move_tree`, `copy_tree`, `rmtree` with `marker=`), so a folder holding
+`DONE.json` is always whole.
+
+Appends (`metrics.jsonl`, TensorBoard event files): local files are appended to; objects cannot
+be, so the whole object is rewritten atomically with the new bytes at its end.
+
+Locks (`lock`): local, `fcntl.flock` (the OS releases it when the holder dies); object stores
+have no lock, so an owner object holds the holder's description: advisory, see `lock`.
 
 Files get the permissions an ordinary `open` would give them, `0o666 & ~umask` (the umask is
 read once per process); folders are made by `os.makedirs`, which applies the umask too.
@@ -7,20 +29,46 @@ they show in colour in an image viewer; any palette or greyscale PNG reads back 
 """
 
 import contextlib
+import errno
+import fcntl
 import functools
 import io
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
-from typing import Any
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
 
 import cv2
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from pnoc_jax.core.errors import UserError
 from pnoc_jax.core.masks import PALETTE
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_remote(path: str) -> bool:
+    """Whether `path` is a URI (`gs://...`): handled by `etils.epath`, not by `os`."""
+    return bool(_URI.match(os.fspath(path)))
+
+
+def _epath(path: str) -> epath.Path:
+    return epath.Path(os.fspath(path))
+
+
+def expand(path: str) -> str:
+    """A user-given path made absolute (`~` expanded); a URI unchanged."""
+    path = os.fspath(path)
+    return path if is_remote(path) else os.path.abspath(os.path.expanduser(path))
 
 
 @functools.cache
@@ -43,12 +91,187 @@ def file_mode() -> int:
     return 0o666 & ~umask()
 
 
+# ---------------------------------------------------------------------------- queries and folders
+def exists(path: str) -> bool:
+    return _epath(path).exists() if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    """Local: a folder. Object store: a prefix with at least one object under it."""
+    return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
+
+
+def isfile(path: str) -> bool:
+    return exists(path) and not isdir(path) if is_remote(path) else os.path.isfile(path)
+
+
+def makedirs(path: str) -> None:
+    """`os.makedirs(path, exist_ok=True)`; on an object store folders are implicit (a no-op
+    there, or a placeholder, as the backend does it)."""
+    if is_remote(path):
+        _epath(path).mkdir(parents=True, exist_ok=True)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def listdir(path: str) -> list[str]:
+    """The names in folder `path`, sorted; [] when it does not exist."""
+    if not isdir(path):
+        return []
+    if is_remote(path):
+        return sorted(p.name for p in _epath(path).iterdir())
+    return sorted(os.listdir(path))
+
+
+def remove(path: str) -> None:
+    """Removes the file `path` if it exists."""
+    if is_remote(path):
+        if exists(path):
+            _epath(path).unlink()
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _files(path: str) -> list[str]:
+    """Every file under folder `path` (relative, "/"-separated), sorted."""
+    if not is_remote(path):
+        walk, root = os.walk(path), path
+    else:  # backends name folders with or without the scheme and a leading "/"
+        walk, root = _epath(path).walk(), _bare(path)
+    out = []
+    for parent, _, names in walk:
+        rel = os.path.relpath(os.fspath(parent), path) if not is_remote(path) else None
+        rel = _bare(os.fspath(parent))[len(root) :].strip("/") if rel is None else rel
+        out += [f"{rel}/{name}" if rel not in ("", ".") else name for name in names]
+    return sorted(out)
+
+
+def _bare(uri: str) -> str:
+    """A URI without its scheme and outer slashes: "gs://b/x/" -> "b/x"."""
+    return uri.split("://", 1)[-1].strip("/")
+
+
+def _marker_last(names: list[str], marker: str | None) -> list[str]:
+    return sorted(names, key=lambda n: (n == marker, n))
+
+
+def rmtree(path: str, marker: str | None = None) -> None:
+    """Removes the folder `path` and everything in it, if it exists. On an object store (where
+    it is one delete per object) the file `<path>/<marker>` goes first, so an interrupted
+    removal never leaves a folder that looks finished."""
+    if not is_remote(path):
+        if os.path.lexists(path):
+            shutil.rmtree(path)
+        return
+    if marker is not None:
+        remove(os.path.join(path, marker))
+    if isdir(path):
+        _epath(path).rmtree()
+
+
+def copy_tree(src: str, dst: str, marker: str | None = None) -> None:
+    """Copies folder `src` to `dst` (which must not exist); `<src>/<marker>` is copied last, so
+    a copy holding the marker is whole."""
+    if not is_remote(src) and not is_remote(dst):
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(marker or "\0"))
+        if marker and os.path.exists(os.path.join(src, marker)):
+            write_bytes(os.path.join(dst, marker), read_bytes(os.path.join(src, marker)))
+        return
+    for name in _marker_last(_files(src), marker):
+        write_bytes(os.path.join(dst, name), read_bytes(os.path.join(src, name)))
+
+
+def move_tree(src: str, dst: str, marker: str | None = None) -> None:
+    """Moves folder `src` to `dst` (which must not exist).
+
+    Local: one atomic `os.rename`. Object store: a copy (`<marker>` last) then a removal of
+    `src` (`<marker>` first): interrupted, it leaves `dst` without the marker or `src`
+    without it, never a folder with the marker but not all of its files.
+    """
+    if not is_remote(src) and not is_remote(dst):
+        os.rename(src, dst)
+        return
+    if exists(dst):
+        raise FileExistsError(f"{dst} exists; cannot move {src} there")
+    copy_tree(src, dst, marker)
+    rmtree(src, marker)
+
+
+def link_tree(target: str, link: str) -> None:
+    """Makes `link` show the folder `target`: a symlink locally (it follows `target`); on an
+    object store, which has no links, a copy with `DONE.json` last (made once: an existing
+    `link` is kept)."""
+    if exists(link) or (not is_remote(link) and os.path.lexists(link)):
+        return
+    if is_remote(link) or is_remote(target):
+        copy_tree(target, link, marker="DONE.json")
+    else:
+        os.symlink(os.path.abspath(target), link)
+
+
+# ---------------------------------------------------------------------------- reading
+@contextlib.contextmanager
+def open_read(path: str) -> Iterator[IO[bytes]]:
+    """A seekable binary file of `path` (an object is read whole into memory first);
+    FileNotFoundError if it is missing."""
+    if not is_remote(path):
+        with open(path, "rb") as f:
+            yield f
+        return
+    yield io.BytesIO(read_bytes(path))
+
+
+def read_bytes(path: str) -> bytes:
+    if is_remote(path):
+        p = _epath(path)
+        if not p.exists():
+            raise FileNotFoundError(errno.ENOENT, "No such file", path)
+        return p.read_bytes()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+class UnreadableNpz(ValueError):
+    """`read_npz` found a file that is not an `.npz` of arrays (the message is the reason)."""
+
+
+def read_npz(path: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays `names` (default: all) of the `.npz` at `path`, without pickle.
+
+    FileNotFoundError when missing; UnreadableNpz when not an `.npz` of arrays; ValueError
+    "<path>: no array [...]; it has [...]" when one of `names` is not in it.
+    """
+    with open_read(path) as f:
+        try:
+            archive = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise UnreadableNpz(str(e)) from e
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: expected an .npz archive of arrays, got a single array")
+        with archive:
+            names = archive.files if names is None else list(names)
+            missing = [n for n in names if n not in archive.files]
+            if missing:
+                raise ValueError(f"{path}: no array {missing}; it has {sorted(archive.files)}")
+            try:
+                return {n: archive[n] for n in names}
+            except (OSError, ValueError, zipfile.BadZipFile) as e:
+                raise ValueError(f"{path}: unreadable array in the .npz: {e}") from e
+
+
+# ---------------------------------------------------------------------------- atomic writing
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds.
-
-    The file gets `file_mode()` (mkstemp alone would make it 0o600, unreadable to the group).
-    """
+    """Local paths only: yields a temporary path beside `path`; renames it onto `path` only if
+    the block succeeds. The file gets `file_mode()` (mkstemp alone would make it 0o600,
+    unreadable to the group). Stage code uses `atomic_write`, which also handles URIs."""
+    if is_remote(path):
+        raise ValueError(f"atomic_path is for local paths; use atomic_write for {path}")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
@@ -64,8 +287,36 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_write(path: str) -> Iterator[IO[bytes]]:
+    """Yields a binary file; what the block wrote appears at `path` whole, and only if the
+    block succeeds (an exception leaves `path` as it was)."""
+    if not is_remote(path):
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            yield f
+        return
+    buffer = io.BytesIO()
+    yield buffer
+    _publish(path, buffer.getvalue())
+
+
+def _publish(path: str, data: bytes) -> None:
+    """Object store: `data` to a temporary object beside `path`, then renamed onto it."""
+    target = _epath(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        tmp.write_bytes(data)
+        if target.exists():
+            target.unlink()
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_bytes(path: str, data: bytes) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         f.write(data)
 
 
@@ -77,6 +328,114 @@ def write_json(path: str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Atomically writes `arrays` as an uncompressed `.npz` (`np.savez`)."""
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+
+
+def append_bytes(path: str, data: bytes) -> None:
+    """Adds `data` at the end of file `path` (made if missing). Local: an append, on disk when
+    this returns. Object store: the object rewritten whole (`atomic_write`) with `data` at its
+    end; a single writer is assumed (the chief)."""
+    if not is_remote(path):
+        with open(path, "ab") as f:
+            f.write(data)
+        return
+    old = read_bytes(path) if exists(path) else b""
+    write_bytes(path, old + data)
+
+
+def append_text(path: str, text: str) -> None:
+    append_bytes(path, text.encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------- locks
+class LockHeld(Exception):
+    """`lock(..., blocking=False)` found the lock held; the message says by whom."""
+
+
+def holder_description() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+@contextlib.contextmanager
+def lock(path: str, holder: str, blocking: bool = False) -> Iterator[None]:
+    """Holds the lock file `path` for the block, writing `holder` (a line starting with
+    `holder_description()`) into it; LockHeld(holder found) when `blocking` is False and it is
+    held, else waits.
+
+    Local: `fcntl.flock`, which the OS releases when the holder dies, even on SIGKILL.
+
+    Object store (advisory; no atomic create-if-absent through epath): the lock is an owner
+    object. A run writes its line with a unique token, reads it back and holds the lock if the
+    token is its own; the object is removed at the end. An object left by a dead process on
+    this host (same host, pid gone) is taken over; one left by a run killed on another machine
+    stays until someone deletes it (the LockHeld message says which object). Two runs starting
+    within the same second on different machines may both get it: a guard, not a mutex.
+    """
+    if is_remote(path):
+        with _object_lock(path, holder, blocking):
+            yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.seek(0)
+            raise LockHeld(f.read().strip() or "another process") from None
+        f.seek(0)
+        f.truncate()
+        f.write(holder.rstrip("\n") + "\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _dead_here(line: str) -> bool:
+    """Whether a lock line names a process of this host that is gone."""
+    match = re.match(r"pid (\d+) on (\S+)", line)
+    if not match or match.group(2) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def _object_lock(path: str, holder: str, blocking: bool) -> Iterator[None]:
+    token = f"[lock {uuid.uuid4().hex}]"
+    line = f"{holder.rstrip()} {token}\n"
+    while True:
+        found = read_text(path).strip() if exists(path) else ""
+        if not found or _dead_here(found):
+            write_text(path, line)
+            if token in (read_text(path) if exists(path) else ""):
+                break
+            found = read_text(path).strip() if exists(path) else "another process"
+        if not blocking:
+            raise LockHeld(
+                f"{found} (an advisory lock object on an object store: if that run is gone, "
+                f"delete {path})"
+            )
+        time.sleep(5.0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if token in read_text(path):
+                remove(path)
+
+
 def read_png(path: str) -> np.ndarray:
     """Index or greyscale PNG (labels, saliency) -> uint8[H, W], values kept.
 
@@ -85,7 +444,7 @@ def read_png(path: str) -> np.ndarray:
     as RGB).
     """
     try:
-        with Image.open(path) as image:
+        with open_read(path) as f, Image.open(f) as image:
             image.load()
             mode = image.mode
             if mode == "1":
@@ -139,13 +498,13 @@ def write_png(path: str, label: np.ndarray) -> None:
 
 def read_json(path: str) -> Any:
     """The JSON in `path`; a UserError naming the file if it is not valid JSON."""
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise UserError(
-                f"{path} is not valid JSON ({e}); restore it, or delete it to redo what wrote it"
-            ) from None
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path} is not valid JSON ({e}); restore it, or delete it to redo what wrote it"
+        ) from None
 
 
 def _json_default(obj: Any) -> Any:

@@ -15,9 +15,7 @@ the file.
 """
 
 import io
-import os
 import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -101,9 +99,9 @@ def _missing(path: str) -> str:
 
 def _read_official(path: str) -> dict:
     """The reference's `.npy`: a 0-d object array holding a dict, unpickled restrictively."""
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(_missing(path))
-    with open(path, "rb") as f:
+    with fileio.open_read(path) as f:
         try:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
@@ -133,21 +131,11 @@ def _read_official(path: str) -> dict:
 
 def _read_npz(path: str, names: Sequence[str]) -> dict:
     try:
-        archive = np.load(path, allow_pickle=False)
+        return fileio.read_npz(path, names)
     except FileNotFoundError:
         raise FileNotFoundError(_missing(path)) from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except fileio.UnreadableNpz as e:
         raise ValueError(f"{path}: not a readable score file (.npz of arrays): {e}") from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: expected an .npz archive of arrays, got a single array")
-    with archive:
-        missing = [n for n in names if n not in archive.files]
-        if missing:
-            raise ValueError(f"{path}: no array {missing}; it has {sorted(archive.files)}")
-        try:
-            return {n: archive[n] for n in names}
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{path}: unreadable array in the .npz: {e}") from e
 
 
 def check(path: str, record: Mapping[str, Any], fields: Sequence[str]) -> Scores:
@@ -210,24 +198,23 @@ def write(path: str, keys: np.ndarray, **arrays: np.ndarray) -> None:
     if not path.endswith(".npz"):
         raise ValueError(f"{path}: score files are written as .npz")
     record = check(path, {"keys": keys, **arrays}, tuple(arrays))
-    with fileio.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **record)
+    fileio.write_npz(path, record)
 
 
 def locate(directory: str, image_id: str) -> str:
     """The score file of `image_id` in `directory`: our `.npz`, else the reference's `.npy` if
     only that exists, else the `.npz` path (whose absence the reader reports)."""
     ours = artifacts.score_file(directory, image_id)
-    if not os.path.exists(ours):
+    if not fileio.exists(ours):
         official = artifacts.official_score_file(directory, image_id)
-        if os.path.exists(official):
+        if fileio.exists(official):
             return official
     return ours
 
 
 def exists(directory: str, image_id: str) -> bool:
     """Whether `image_id` has a score file (either format) in `directory`."""
-    return os.path.exists(locate(directory, image_id))
+    return fileio.exists(locate(directory, image_id))
 
 
 def read_image(directory: str, image_id: str, fields: Sequence[str]) -> Scores:

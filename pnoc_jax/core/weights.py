@@ -34,26 +34,24 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]
 def save(tree: Mapping[str, Any], path: str) -> None:
     """Writes a nested dict of arrays as an .npz with flat "a/b/c" keys, atomically."""
     flat = _flatten(tree)
-    with fileio.atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **flat)
+    fileio.write_npz(path, flat)
 
 
 def load(path: str) -> Variables:
     """Reads an .npz written by `save` into a nested dict of numpy arrays."""
     try:
-        archive = np.load(path, allow_pickle=False)
+        arrays = fileio.read_npz(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: weights file missing") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # fileio.UnreadableNpz is a ValueError
         raise ValueError(f"{path}: not a readable weights file (.npz of arrays): {e}") from e
     tree: Variables = {}
-    with archive:
-        for key in archive.files:
-            parts = key.split("/")
-            node = tree
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            node[parts[-1]] = archive[key]
+    for key, value in arrays.items():
+        parts = key.split("/")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
     return tree
 
 

@@ -6,8 +6,13 @@ protos; no TensorFlow). Every run, resumed at step K or started at K = 0, first 
 resumes from) are dropped, and a SessionLog START at step K + 1 makes TensorBoard discard the
 events of steps >= K + 1 read before it (it ignores the first START of a run folder, so the
 fresh start writes one too).
+
+Both go through `core.fileio`, so the stage folder may be on an object store (gs://): there an
+append rewrites the object whole (`fileio.append_bytes`), which TensorBoard reads like a file
+that grew.
 """
 
+import io
 import itertools
 import json
 import os
@@ -37,14 +42,15 @@ class EventFile:
     _counter = itertools.count()
 
     def __init__(self, logdir: str):
-        os.makedirs(logdir, exist_ok=True)
+        fileio.makedirs(logdir)
         stamp = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
         self.path = os.path.join(logdir, f"events.out.tfevents.{stamp}.{next(self._counter):06d}")
         self.add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def add(self, event: event_pb2.Event) -> None:
-        with open(self.path, "ab") as f:
-            RecordWriter(f).write(event.SerializeToString())
+        record = io.BytesIO()
+        RecordWriter(record).write(event.SerializeToString())
+        fileio.append_bytes(self.path, record.getvalue())
 
 
 class MetricWriter:
@@ -62,7 +68,7 @@ class MetricWriter:
         self._tb: EventFile | None = None
         if not self.active:
             return
-        os.makedirs(directory, exist_ok=True)
+        fileio.makedirs(directory)
         if tensorboard:
             self._tb = EventFile(self.tensorboard_dir)
 
@@ -72,9 +78,8 @@ class MetricWriter:
         START at `step + 1`, which makes TensorBoard purge the earlier events after `step`."""
         if not self.active:
             return
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                lines = [line for line in f.read().splitlines() if line.strip()]
+        if fileio.exists(self.path):
+            lines = [line for line in fileio.read_text(self.path).splitlines() if line.strip()]
             steps = [_step_of(line) for line in lines]
             kept = [line for line, s in zip(lines, steps) if s is not None and s <= step]
             if len(kept) < len(lines):
@@ -94,8 +99,9 @@ class MetricWriter:
         if not self.active:
             return
         scalars = {k: float(v) for k, v in scalars.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
+        fileio.append_text(
+            self.path, json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n"
+        )
         if self._tb is not None:
             values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
             summary = summary_pb2.Summary(value=values)
@@ -123,5 +129,4 @@ def _step_of(line: str) -> int | None:
 def read_metrics(directory: str) -> list[dict[str, float]]:
     """Reads back `<dir>/metrics.jsonl` (for notebooks and tests)."""
     path = os.path.join(directory, METRICS_FILE)
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in fileio.read_text(path).splitlines() if line.strip()]

@@ -16,6 +16,9 @@ image folders' file sizes) is built into its own
 another or a repaired copy never reuses a build of other files. `identity` names the data
 independently of ``data_dir``, for stage fingerprints.
 
+``data_dir`` is handled through `core.fileio` (TFDS through `etils.epath`), so it may be a
+``gs://`` URI; ``manual_dir`` (the user's raw copy, read by the builder modules) is local.
+
 Every element returned by `load_split` is ``{"id": str, "image": uint8[H, W, 3] RGB,
 "mask": uint8[H, W] (0 bg, 1..C, 255 ignore), "labels": float32[C] multi-hot}``.
 """
@@ -24,10 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -113,7 +114,7 @@ def validate_data(config: ml_collections.ConfigDict, topology: config_lib.Topolo
     config_lib.check(size % 16 == 0, "data.image_size", size, "a positive multiple of 16")
     manual = config.data.manual_dir
     config_lib.check(
-        not manual or os.path.isdir(os.path.expanduser(manual)),
+        not manual or fileio.isdir(_expand(manual)),
         "data.manual_dir",
         manual,
         "an existing folder with the raw dataset, or ''",
@@ -137,14 +138,14 @@ def _make_builder(name: str, tfds_dir: str) -> tfds.core.GeneratorBasedBuilder:
 def _is_complete(builder: tfds.core.DatasetBuilder) -> bool:
     """True when TFDS marks the build finished AND every split's record files exist."""
     info_file = os.path.join(os.fspath(builder.data_path), "dataset_info.json")
-    if not os.path.exists(info_file) or not builder.is_prepared():
+    if not fileio.exists(info_file) or not builder.is_prepared():
         return False
     try:
         for split_info in builder.info.splits.values():
             if not split_info.num_examples:
                 return False
             for path in split_info.filepaths:
-                if not os.path.exists(os.fspath(path)):
+                if not fileio.exists(os.fspath(path)):
                     return False
     except Exception:  # unreadable / inconsistent dataset_info.json
         return False
@@ -153,15 +154,12 @@ def _is_complete(builder: tfds.core.DatasetBuilder) -> bool:
 
 @contextlib.contextmanager
 def _build_lock(data_dir: str, name: str) -> Iterator[None]:
-    """Inter-process lock so concurrent `prepare` calls on one host build only once."""
-    os.makedirs(data_dir, exist_ok=True)
+    """Inter-process lock so concurrent `prepare` calls build only once (on one host; on an
+    object store an advisory owner object, see `fileio.lock`)."""
+    fileio.makedirs(data_dir)
     path = os.path.join(data_dir, f".{name}.build.lock")
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with fileio.lock(path, f"{fileio.holder_description()} building {name}", blocking=True):
+        yield
 
 
 # ------------------------------------------------------------------ builds bound to a source
@@ -180,7 +178,7 @@ def _version(name: str) -> str:
 
 
 def _expand(path: str | os.PathLike) -> str:
-    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+    return fileio.expand(os.fspath(path))
 
 
 def source_fingerprint(name: str, manual_dir: str) -> str:
@@ -233,19 +231,18 @@ def list_builds(name: str, data_dir: str) -> list[Build]:
     data_dir = _expand(data_dir)
     prefix = f"{name}-"
     builds = []
-    if os.path.isdir(data_dir):
-        for entry in sorted(os.listdir(data_dir)):
-            if entry.startswith(prefix) and os.path.isdir(os.path.join(data_dir, entry)):
-                build = _finished(name, os.path.join(data_dir, entry), entry[len(prefix) :])
-                if build is not None:
-                    builds.append(build)
+    for entry in fileio.listdir(data_dir):
+        if entry.startswith(prefix) and fileio.isdir(os.path.join(data_dir, entry)):
+            build = _finished(name, os.path.join(data_dir, entry), entry[len(prefix) :])
+            if build is not None:
+                builds.append(build)
     return builds
 
 
 def legacy_build(name: str, data_dir: str) -> str | None:
     """`<data_dir>/<tfds name>/`, a build made before builds recorded their source, if any."""
     path = os.path.join(_expand(data_dir), _BUILDERS[name].name)
-    return path if os.path.isdir(path) else None
+    return path if fileio.isdir(path) else None
 
 
 def _legacy_note(name: str, data_dir: str) -> str:
@@ -331,12 +328,12 @@ def prepare(
         logging.info("building %s from %s; image labels from %s", name, plan.root, labels)
         if legacy_build(name, data_dir):
             logging.warning("%s", _legacy_note(name, data_dir).strip())
-        if os.path.exists(path):
-            shutil.rmtree(path)  # an unfinished or inconsistent build of this source
+        fileio.rmtree(path)  # an unfinished or inconsistent build of this source
         try:
             _tfds_build(name, path, manual_dir)
         except BaseException:
-            shutil.rmtree(path, ignore_errors=True)  # a failed build leaves nothing behind
+            with contextlib.suppress(OSError):  # a failed build leaves nothing behind
+                fileio.rmtree(path)
             raise
         _check_unchanged(
             name, manual_dir, fp, source_fingerprint(name, manual_dir), "during the build", path
@@ -365,7 +362,8 @@ def _check_unchanged(
     if now == expected:
         return
     if remove is not None:
-        shutil.rmtree(remove, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            fileio.rmtree(remove)
     raise RuntimeError(
         f"The {name!r} source at manual_dir={manual_dir!r} changed {when} (fingerprint "
         f"{expected} -> {now}); nothing was kept. Run again once the files are settled."
@@ -385,8 +383,8 @@ def _tfds_build(name: str, tfds_dir: str, manual_dir: str | None = None) -> None
     """Runs the TFDS build of `name` into `tfds_dir`; the caller holds the build lock."""
     builder = _make_builder(name, tfds_dir)
     data_path = os.fspath(builder.data_path)
-    if os.path.exists(data_path):
-        shutil.rmtree(data_path)  # leftover of an inconsistent build
+    if fileio.exists(data_path):
+        fileio.rmtree(data_path)  # leftover of an inconsistent build
         builder = _make_builder(name, tfds_dir)
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     builder.download_and_prepare(download_config=config, file_format="array_record")

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from pnoc_jax.core import rng
+from pnoc_jax.core import fileio, rng
 from pnoc_jax.data import datasets
 
 Transform = Callable[[dict, np.random.Generator], dict]
@@ -32,8 +32,8 @@ def open_split(
     return datasets.load_split(
         config.data.name,
         split,
-        os.path.expanduser(config.data.data_dir),
-        os.path.expanduser(config.data.manual_dir) if config.data.manual_dir else None,
+        fileio.expand(config.data.data_dir),
+        fileio.expand(config.data.manual_dir) if config.data.manual_dir else None,
         shard_by_process=not whole,
         source=datasets.identity(config).get("source"),
     )

@@ -232,6 +232,6 @@ def write_report(out_dir: str, summary: dict) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with fileio.atomic_path(os.path.join(out_dir, "sweep.png")) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    with fileio.atomic_write(os.path.join(out_dir, "sweep.png")) as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)

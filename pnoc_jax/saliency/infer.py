@@ -10,7 +10,6 @@ target. An image without classes gets an all-background mask and no map file (as
 reference). Images whose outputs exist are skipped.
 """
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
@@ -19,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, distributed, pool, progress, scores
+from pnoc_jax.core import artifacts, distributed, fileio, pool, progress, scores
 from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.inference import predictor, tta
 from pnoc_jax.saliency import tasks
@@ -70,7 +69,7 @@ def mask_tasks(
         example = source[index]
         labelled = example["labels"].sum() > 0
         done = task(example, None)
-        if os.path.exists(done.mask_path) and (
+        if fileio.exists(done.mask_path) and (
             not labelled or scores.exists(map_dir, example["id"])
         ):
             continue
@@ -132,12 +131,7 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     del topology
     cfg, key = config.saliency_infer, "saliency_infer"
     splits = datasets.get_info(config.data.name).splits
-    config_lib.check(
-        bool(cfg.splits) and set(cfg.splits) <= set(splits),
-        f"{key}.splits",
-        tuple(cfg.splits),
-        f"a non-empty subset of the dataset's splits {list(splits)}",
-    )
+    config_lib.check_splits(config, f"{key}.splits", splits)
     config_lib.check(
         bool(cfg.scales) and all(isinstance(s, int | float) and s > 0 for s in cfg.scales),
         f"{key}.scales",

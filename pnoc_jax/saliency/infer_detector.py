@@ -8,8 +8,6 @@ are this workdir's `train_detector` or, with `detector_infer.weights`, a PoolNet
 of the configured architecture. Images whose PNG exists are skipped.
 """
 
-import os
-
 import jax
 import ml_collections
 import numpy as np
@@ -25,7 +23,7 @@ from pnoc_jax.saliency import train_detector
 
 def weights_path(config: ml_collections.ConfigDict, workdir: str) -> str:
     given = config.detector_infer.weights
-    return os.path.expanduser(given) if given else train_detector.weights_path(workdir)
+    return fileio.expand(given) if given else train_detector.weights_path(workdir)
 
 
 def detector_predictor(config: ml_collections.ConfigDict, workdir: str):
@@ -81,7 +79,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         def path(example: dict, split: str = split) -> str:
             return artifacts.saliency_png_file(workdir, "infer_detector", split, example["id"])
 
-        todo = [i for i in range(len(source)) if not os.path.exists(path(source[i]))]
+        todo = [i for i in range(len(source)) if not fileio.exists(path(source[i]))]
         logging.info("infer_detector %s: %d of %d images to do", split, len(todo), len(source))
         bar = progress.bar(len(todo), f"infer_detector {split}")
         for start in range(0, len(todo), batch_size):
@@ -112,12 +110,7 @@ def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
     """Checks of `config.detector_infer` (and of the detector it runs: `config.detector`)."""
     del topology
-    cfg, key = config.detector_infer, "detector_infer"
+    key = "detector_infer"
     splits = datasets.get_info(config.data.name).splits
-    config_lib.check(
-        bool(cfg.splits) and set(cfg.splits) <= set(splits),
-        f"{key}.splits",
-        tuple(cfg.splits),
-        f"a non-empty subset of the dataset's splits {list(splits)}",
-    )
+    config_lib.check_splits(config, f"{key}.splits", splits)
     config_lib.check_file(config, f"{key}.weights", "a PoolNet weights file (.npz)")

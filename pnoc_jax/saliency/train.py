@@ -14,7 +14,6 @@ Exports `weights/f.npz` (the CCAM variables).
 """
 
 import functools
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,7 +57,7 @@ def backbone_file(section: ml_collections.ConfigDict, workdir: str, fallback: st
     or `<section>.pretrained` (else `fallback`); "" = random."""
     if section.backbone_weights in ("train_oc", "train_cam"):
         return artifacts.weights_file(workdir, section.backbone_weights)
-    return os.path.expanduser(section.pretrained or fallback)
+    return fileio.expand(section.pretrained or fallback)
 
 
 class WeightsError(UserError, ValueError):
@@ -265,7 +264,7 @@ def decide_orientation(
 def read_orientation(workdir: str) -> float:
     """The sign infer_saliency applies to z: -1 for a C²AM found inverted, else +1."""
     path = artifacts.orientation_file(workdir)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(
             f"{path} missing: train_saliency did not finish; run it again to write it"
         )
@@ -379,19 +378,7 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     config_lib.check_choice(config, f"{key}.backbone", ("", *backbones.backbone_names()))
     config_lib.check_choice(config, f"{key}.output_stride", (8, 16))
     check_backbone_weights(config, key, backbone_name(config))
-    number(config, f"{key}.batch_size", low=2, integer=True)
-    config_lib.check(
-        cfg.batch_size % topology.device_count == 0,
-        f"{key}.batch_size",
-        cfg.batch_size,
-        f"a multiple of the device count ({topology.device_count})",
-    )
-    number(config, f"{key}.accumulate_steps", low=1, integer=True)
-    number(config, f"{key}.epochs", low=0, integer=True)
-    number(config, f"{key}.steps", low=0, integer=True)
-    config_lib.check(
-        cfg.epochs > 0 or cfg.steps > 0, f"{key}.epochs", cfg.epochs, f"> 0 (or {key}.steps > 0)"
-    )
+    config_lib.check_batch_and_duration(config, key, topology, min_batch=2)  # pairs to contrast
     number(config, f"{key}.lr", low=0, low_open=True)
     number(config, f"{key}.momentum", low=0, high=1, high_open=True)
     number(config, f"{key}.weight_decay", low=0)

@@ -234,19 +234,7 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
         cfg.head_divisor,
         "a divisor of PoolNet's head widths 128, 256 and 512 (1, 2, 4, ..., 128)",
     )
-    number(config, f"{key}.batch_size", low=1, integer=True)
-    config_lib.check(
-        cfg.batch_size % topology.device_count == 0,
-        f"{key}.batch_size",
-        cfg.batch_size,
-        f"a multiple of the device count ({topology.device_count})",
-    )
-    number(config, f"{key}.accumulate_steps", low=1, integer=True)
-    number(config, f"{key}.epochs", low=0, integer=True)
-    number(config, f"{key}.steps", low=0, integer=True)
-    config_lib.check(
-        cfg.epochs > 0 or cfg.steps > 0, f"{key}.epochs", cfg.epochs, f"> 0 (or {key}.steps > 0)"
-    )
+    config_lib.check_batch_and_duration(config, key, topology)
     number(config, f"{key}.lr", low=0, low_open=True)
     number(config, f"{key}.weight_decay", low=0)
     number(config, f"{key}.max_image_size", low=1, integer=True)

@@ -116,7 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, labels: str) -> None
         if crf:
             metrics["miou_no_crf"] = head["no_crf"]["miou"]
         pseudo_path = artifacts.metrics_file(workdir, "eval_pseudo_labels")
-        if labels == "pseudo" and os.path.exists(pseudo_path):
+        if labels == "pseudo" and fileio.exists(pseudo_path):
             pseudo = fileio.read_json(pseudo_path)
             if pseudo.get("split") == split:
                 metrics["pseudo_label_miou"] = pseudo["pseudo_label_miou"]

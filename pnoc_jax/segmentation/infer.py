@@ -11,7 +11,6 @@ the evaluation server's layout. Images whose PNG exists are skipped (resumable);
 handles its own shard of every split.
 """
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 
 import ml_collections
@@ -19,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, distributed, pool, progress, weights
+from pnoc_jax.core import artifacts, distributed, fileio, pool, progress, weights
 from pnoc_jax.core.masks import IGNORE
 from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.inference import dense, predictor
@@ -66,7 +65,7 @@ def segment_tasks(
     pending: list[dict] = []
     for index in progress.iterate(range(len(source)), f"{stage} {split}"):
         example = source[index]
-        if not os.path.exists(artifacts.segmentation_file(workdir, stage, split, example["id"])):
+        if not fileio.exists(artifacts.segmentation_file(workdir, stage, split, example["id"])):
             pending.append(example)
         if len(pending) == batch_size:
             yield from map(make, pending, logits_of([e["image"] for e in pending]))

@@ -7,7 +7,6 @@ import (pool workers).
 """
 
 import dataclasses
-import os
 
 import numpy as np
 
@@ -67,7 +66,7 @@ class SegmentTask:
 
 def segment(task: SegmentTask) -> bool:
     """Writes the task's PNGs unless its label PNG exists; returns whether it computed them."""
-    if os.path.exists(task.label_path):
+    if fileio.exists(task.label_path):
         return False
     plain, refined = predict_labels(task.image, task.logits, task.crf_iterations)
     final = plain if refined is None else refined

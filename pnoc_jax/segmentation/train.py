@@ -284,10 +284,9 @@ def validation_points(every: int, total: int) -> list[int]:
 
 
 def read_history(path: str) -> list[dict]:
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in fileio.read_text(path).splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -301,7 +300,8 @@ def backbone_path(config: ml_collections.ConfigDict, workdir: str) -> str:
     if cfg.backbone_weights in ("train_oc", "train_cam"):
         return artifacts.weights_file(workdir, cfg.backbone_weights)
     same = (cfg.backbone or config.model.backbone) == config.model.backbone
-    return os.path.expanduser(cfg.pretrained or (config.model.pretrained if same else ""))
+    path = cfg.pretrained or (config.model.pretrained if same else "")
+    return fileio.expand(path) if path else ""
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):

@@ -32,6 +32,7 @@ def test_pnoc_voc_saliency_recipes_validate(tmp_path, saliency, stages, labels_f
     voc = write_voc(tmp_path / "data")
     config = _config("pnoc_voc", f"train_split=train,saliency={saliency}")
     config.data.update(manual_dir=str(voc.parent), data_dir=str(tmp_path / "tfds"))
+    config.model.allow_random_init = True  # no ImageNet weights in tests
     pipeline.validate(config, TOPOLOGY)
     priors = ("train_oc", "train_cam", "infer_cam", "eval_cam")
     labels = ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
