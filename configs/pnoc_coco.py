@@ -1,4 +1,4 @@
-r"""P-NOC on MS COCO 2014 (spec §1, §11, §14): priors, then RW pseudo-labels.
+r"""P-NOC on MS COCO 2014 (spec §1, §11, §14): priors, RW pseudo-labels, then DeepLab.
 
     python -m pnoc_jax.main --config configs/pnoc_coco.py --workdir runs/coco \
         --config.data.manual_dir=/data/coco2014 --config.model.pretrained=resnest269.npz
@@ -26,6 +26,8 @@ Recipe (HEAD runner for COCO where it states a value, spec §11/§14; the rest a
             PoolNet on its masks; saliency-guided affinity labels. Table 6 on val2014.
   RW        affinity labels from the train CAMs and saliency, IRN boundary net on the frozen
             ImageNet backbone, β 10, 2^8 steps, bg 0.3, CRF t1 gt .9.
+  DeepLab   DeepLabV3+ as VOC (configs/pnoc_voc.py) with lr 0.004, on the train
+            pseudo-labels, kept by the val pseudo-labels' mIoU; and its fully supervised bound.
 Evaluation: the plain sweep, and the RW sweep with the pseudo-labels' CRF. The priors' CRF
 sweep is off (`eval.crf_iterations=0`): 16 CRF-refined maps of each of val2014's 40,504 images
 take ~6.4 CPU-s per image, ~72 CPU-hours (README, "Benchmark"); set
