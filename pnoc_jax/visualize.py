@@ -97,6 +97,8 @@ IOU_STAGES = (
 TRAINING_STAGES = (
     "train_oc",
     "train_cam",
+    "train_saliency",
+    "train_detector",
     "train_affinity",
     "train_segmentation",
     "train_segmentation_gt",
