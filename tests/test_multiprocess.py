@@ -143,6 +143,12 @@ def runs(synthetic_data_dir, tmp_path_factory) -> tuple[str, str]:
     return single, double
 
 
+def _outputs(folder: str) -> list[str]:
+    """The files of `folder`, without the hidden temporary files of writes that SIGKILL cut
+    short (`.<name>.<random>.tmp`: never taken for an output)."""
+    return sorted(f for f in os.listdir(folder) if not f.startswith("."))
+
+
 def _max_diff(a: dict, b: dict) -> float:
     flat_a, flat_b = flatten_dict(a), flatten_dict(b)
     assert flat_a.keys() == flat_b.keys()
@@ -164,25 +170,21 @@ def test_trained_weights_match(runs, stage, name, tolerance):
 def test_per_image_outputs_match(runs):
     single, double = runs
     cam_dir = artifacts.cam_dir(single, "val")
-    ids = sorted(os.path.splitext(f)[0] for f in os.listdir(cam_dir))
-    assert ids == sorted(
-        os.path.splitext(f)[0] for f in os.listdir(artifacts.cam_dir(double, "val"))
-    )
+    ids = sorted(os.path.splitext(f)[0] for f in _outputs(cam_dir))
+    assert ids == sorted(os.path.splitext(f)[0] for f in _outputs(artifacts.cam_dir(double, "val")))
     for image_id in ids:
         one = scores.read_image(cam_dir, image_id, ("hr_cam",))
         two = scores.read_image(artifacts.cam_dir(double, "val"), image_id, ("hr_cam",))
         np.testing.assert_array_equal(one["keys"], two["keys"])
         np.testing.assert_allclose(one["hr_cam"], two["hr_cam"], atol=1e-4)
     pseudo = [artifacts.pseudo_label_dir(d, "val") for d in runs]
-    assert (
-        sorted(os.listdir(pseudo[0])) == sorted(os.listdir(pseudo[1])) == [f"{i}.png" for i in ids]
-    )
+    assert _outputs(pseudo[0]) == _outputs(pseudo[1]) == [f"{i}.png" for i in ids]
     differing = sum(
         int((fileio.read_png(os.path.join(pseudo[0], f)) !=
              fileio.read_png(os.path.join(pseudo[1], f))).sum())
-        for f in os.listdir(pseudo[0])
+        for f in _outputs(pseudo[0])
     )  # fmt: skip
-    total = sum(fileio.read_png(os.path.join(pseudo[0], f)).size for f in os.listdir(pseudo[0]))
+    total = sum(fileio.read_png(os.path.join(pseudo[0], f)).size for f in _outputs(pseudo[0]))
     assert differing <= 0.001 * total  # pixels on a tie of float32 sums may flip
 
 
