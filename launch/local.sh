@@ -3,5 +3,4 @@
 set -euo pipefail
 config=$1; workdir=$2; shift 2
 export TF_CPP_MIN_LOG_LEVEL=3
-export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$HOME/.cache/jax}"
 exec python -m pnoc_jax.main --config "$config" --workdir "$workdir" "$@"

@@ -87,6 +87,13 @@ def test_real_data_without_weights_stops_in_validation(tmp_path, name):
     weights_file = tmp_path / "resnest269.npz"
     weights_file.write_bytes(b"")
     config.model.pretrained = str(weights_file)
+    # C²AM-H shares the CAM network's backbone and weights; PoolNet needs its ResNet-50's.
+    with pytest.raises(config_lib.ConfigError, match="for train_detector") as err:
+        pipeline.validate(config, TOPOLOGY)
+    assert str(err.value).startswith("config.detector.pretrained=''")
+    assert backbones.IMAGENET_WEIGHTS["resnet50"] in str(err.value)
+    (tmp_path / "resnet50.npz").write_bytes(b"")
+    config.detector.pretrained = str(tmp_path / "resnet50.npz")
     pipeline.validate(config, TOPOLOGY)
     # The affinity net's frozen backbone needs weights too (it never trains them).
     config.model.pretrained = ""

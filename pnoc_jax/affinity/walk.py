@@ -42,7 +42,7 @@ def walk_tasks(
     batch_size: int,
 ) -> Iterator[tasks.WalkTask]:
     """Tasks for the images of `source` whose outputs are missing; boundaries are computed for
-    `batch_size` images at a time by `edges(images)`, as the pool consumes the tasks."""
+    `batch_size` images at a time by `edges(examples)`, as the pool consumes the tasks."""
 
     def task(example: dict, edge: np.ndarray | None) -> tasks.WalkTask:
         image_id = example["id"]
@@ -69,10 +69,10 @@ def walk_tasks(
             continue
         pending.append(example)
         if len(pending) == batch_size:
-            yield from map(task, pending, edges([e["image"] for e in pending]))
+            yield from map(task, pending, edges(pending))
             pending = []
     if pending:
-        yield from map(task, pending, edges([e["image"] for e in pending]))
+        yield from map(task, pending, edges(pending))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -83,14 +83,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     )
     canvas = tta.canvas_size(cfg.max_image_size, 1.0)
 
-    def edges(images: list[np.ndarray]) -> list[np.ndarray]:
-        too_big = [im.shape[:2] for im in images if max(im.shape[:2]) > cfg.max_image_size]
-        if too_big:
-            raise ValueError(
-                f"images of size {too_big} are larger than config.rw.max_image_size="
-                f"{cfg.max_image_size}; raise it"
-            )
-        return edge_maps(images, predict, canvas, batch_multiple)
+    def edges(examples: list[dict]) -> list[np.ndarray]:
+        tta.check_fits(examples, cfg.max_image_size, "rw.max_image_size")
+        return edge_maps([e["image"] for e in examples], predict, canvas, batch_multiple)
 
     params = config_lib.from_section(tasks.WalkParams, cfg)
     for split in cfg.splits:

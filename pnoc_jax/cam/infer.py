@@ -81,12 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         progress = progress_lib.bar(len(todo), f"infer_cam {split}")
         for start in range(0, len(todo), batch_size):
             examples = [source[i] for i in todo[start : start + batch_size]]
-            too_big = [e["id"] for e in examples if max(e["image"].shape[:2]) > cfg.max_image_size]
-            if too_big:
-                raise ValueError(
-                    f"images {too_big} are larger than config.infer.max_image_size="
-                    f"{cfg.max_image_size}; raise it"
-                )
+            tta.check_fits(examples, cfg.max_image_size, "infer.max_image_size")
             cams = tta.multiscale_flip_sums(
                 [e["image"] for e in examples],
                 predict,

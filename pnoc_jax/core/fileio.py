@@ -66,9 +66,11 @@ def _epath(path: str) -> epath.Path:
 
 
 def expand(path: str) -> str:
-    """A user-given path made absolute (`~` expanded); a URI unchanged."""
+    """A user-given path made absolute (`~` expanded); a URI unchanged; "" (unset) stays ""."""
     path = os.fspath(path)
-    return path if is_remote(path) else os.path.abspath(os.path.expanduser(path))
+    if not path or is_remote(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 @functools.cache

@@ -12,8 +12,24 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from pnoc_jax.core.errors import UserError
 from pnoc_jax.data import transforms
 from pnoc_jax.inference.predictor import Predict
+
+
+def check_fits(examples: Sequence[dict], max_image_size: int, key: str) -> None:
+    """UserError naming the images larger than `max_image_size` (the canvas), `key` the config
+    key to raise: a fixed canvas holds any image up to that side."""
+    too_big = [
+        f"{e['id']} ({e['image'].shape[0]}x{e['image'].shape[1]})"
+        for e in examples
+        if max(e["image"].shape[:2]) > max_image_size
+    ]
+    if too_big:
+        raise UserError(
+            f"images {', '.join(too_big[:5])}{' ...' if len(too_big) > 5 else ''} are larger "
+            f"than config.{key}={max_image_size}; raise it"
+        )
 
 
 def canvas_size(max_image_size: int, scale: float, multiple: int = 32) -> int:

@@ -133,14 +133,22 @@ def validate_model(config: ml_collections.ConfigDict, topology: config_lib.Topol
     config_lib.check_file(config, "model.pretrained", "ImageNet weights (.npz)")
 
 
-def check_pretrained(config: ml_collections.ConfigDict, arch: str, who: str) -> None:
-    """ConfigError unless `config.model.pretrained` is set or random initialisation is allowed
-    (`config.model.allow_random_init`): `who` (a stage) would start `arch` from random weights.
-    The message says where the weights come from and how to convert them."""
+def check_pretrained(
+    config: ml_collections.ConfigDict,
+    arch: str,
+    who: str,
+    key: str = "model.pretrained",
+    path: str | None = None,
+) -> None:
+    """ConfigError unless `path` (default: `config.<key>`) is set or random initialisation is
+    allowed (`config.model.allow_random_init`): `who` (a stage) would start `arch` from random
+    weights. The message says where the weights come from and how to convert them."""
+    section, name = key.rsplit(".", 1)
+    path = config[section][name] if path is None else path
     config_lib.check(
-        bool(config.model.pretrained) or config.model.allow_random_init,
-        "model.pretrained",
-        config.model.pretrained,
+        bool(path) or config.model.allow_random_init,
+        key,
+        config[section][name],
         f"ImageNet weights of {arch} for {who} (the paper's numbers need them): "
         f"{weights_help(arch)}; or set --config.model.allow_random_init=True to train from "
         "random weights on purpose",

@@ -44,13 +44,13 @@ def mask_tasks(
     source: Sequence[dict],
     split: str,
     workdir: str,
-    maps_of: Callable[[list[np.ndarray]], list[list[np.ndarray]]],
+    maps_of: Callable[[list[dict]], list[list[np.ndarray]]],
     stride: int,
     params: tasks.MaskParams,
     batch_size: int,
 ) -> Iterator[tasks.MaskTask]:
     """Tasks for the images whose outputs are missing; TTA maps are computed `batch_size` images
-    at a time by `maps_of(images)` as the pool consumes the tasks."""
+    at a time by `maps_of(examples)` as the pool consumes the tasks."""
 
     def task(example: dict, per_scale: list[np.ndarray] | None) -> tasks.MaskTask:
         image_id = example["id"]
@@ -78,10 +78,10 @@ def mask_tasks(
             continue
         pending.append(example)
         if len(pending) == batch_size:
-            yield from map(task, pending, maps_of([e["image"] for e in pending]))
+            yield from map(task, pending, maps_of(pending))
             pending = []
     if pending:
-        yield from map(task, pending, maps_of([e["image"] for e in pending]))
+        yield from map(task, pending, maps_of(pending))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -89,15 +89,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     predict, batch_multiple = map_predictor(config, workdir)
     stride = config.saliency.output_stride
 
-    def maps_of(images: list[np.ndarray]) -> list[list[np.ndarray]]:
-        too_big = [im.shape[:2] for im in images if max(im.shape[:2]) > cfg.max_image_size]
-        if too_big:
-            raise ValueError(
-                f"images of size {too_big} are larger than config.saliency_infer.max_image_size="
-                f"{cfg.max_image_size}; raise it"
-            )
+    def maps_of(examples: list[dict]) -> list[list[np.ndarray]]:
+        tta.check_fits(examples, cfg.max_image_size, "saliency_infer.max_image_size")
         return tta.multiscale_flip_sums(
-            images, predict, cfg.scales, cfg.max_image_size, stride, batch_multiple
+            [e["image"] for e in examples],
+            predict,
+            cfg.scales,
+            cfg.max_image_size,
+            stride,
+            batch_multiple,
         )
 
     params = config_lib.from_section(tasks.MaskParams, cfg)

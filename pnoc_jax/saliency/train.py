@@ -347,11 +347,19 @@ def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return out
 
 
-def check_backbone_weights(config: ml_collections.ConfigDict, key: str, backbone: str) -> None:
-    """`<key>.backbone_weights` is known; a trained classifier's backbone must be `backbone`."""
+def check_backbone_weights(
+    config: ml_collections.ConfigDict, key: str, backbone: str, stage: str, fallback: str = ""
+) -> None:
+    """`<key>.backbone_weights` is known; a trained classifier's backbone must be `backbone`;
+    on natural images, ImageNet weights (`<key>.pretrained`, else `fallback`) are required
+    unless `config.model.allow_random_init`."""
     section = config_lib.get(config, key)
     config_lib.check_choice(config, f"{key}.backbone_weights", BACKBONE_WEIGHTS)
     config_lib.check_file(config, f"{key}.pretrained", "ImageNet weights (.npz)")
+    natural = datasets.get_info(config.data.name).needs_pretrained
+    if section.backbone_weights == "pretrained" and natural:
+        path = section.pretrained or fallback
+        backbones.check_pretrained(config, backbone, stage, f"{key}.pretrained", path)
     if section.backbone_weights != "pretrained":
         config_lib.check(
             backbone == config.model.backbone,
@@ -377,7 +385,9 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
         )
     config_lib.check_choice(config, f"{key}.backbone", ("", *backbones.backbone_names()))
     config_lib.check_choice(config, f"{key}.output_stride", (8, 16))
-    check_backbone_weights(config, key, backbone_name(config))
+    check_backbone_weights(
+        config, key, backbone_name(config), "train_saliency", pretrained_fallback(config)
+    )
     config_lib.check_batch_and_duration(config, key, topology, min_batch=2)  # pairs to contrast
     number(config, f"{key}.lr", low=0, low_open=True)
     number(config, f"{key}.momentum", low=0, high=1, high_open=True)

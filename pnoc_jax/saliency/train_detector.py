@@ -226,7 +226,7 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
         f"{tuple(config.saliency_infer.splits)})",
     )
     config_lib.check_choice(config, f"{key}.backbone", backbones.backbone_names())
-    saliency_train.check_backbone_weights(config, key, cfg.backbone)
+    saliency_train.check_backbone_weights(config, key, cfg.backbone, "train_detector")
     number(config, f"{key}.head_divisor", low=1, integer=True)
     config_lib.check(
         512 % cfg.head_divisor == 0 and 128 % cfg.head_divisor == 0,

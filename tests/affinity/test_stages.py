@@ -73,7 +73,7 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
     config.model.pretrained = str(tmp_path / "backbone.npz")
     config.eval.split = "val"
     config.infer.splits = ("val",)
-    config.affinity_labels.update(split="val", crf_iterations=2)
+    config.affinity_labels.update(split="val", crf_iterations=2, saliency="")  # conventional
     config.affinity.update(
         backbone_weights="pretrained",
         batch_size=8,

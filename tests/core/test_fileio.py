@@ -116,3 +116,12 @@ def test_png_errors_name_the_file(tmp_path):
     broken.write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"b\.png: not a readable PNG"):
         fileio.read_png(str(broken))
+
+
+def test_expand_makes_user_paths_absolute_and_keeps_unset_and_uris(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert fileio.expand("w.npz") == str(tmp_path / "w.npz")
+    assert fileio.expand("~/w.npz") == "/home/someone/w.npz"
+    assert fileio.expand("gs://bucket/run") == "gs://bucket/run"
+    assert fileio.expand("") == ""  # an unset path is not the working directory

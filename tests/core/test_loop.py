@@ -29,7 +29,8 @@ class _Plan:
 
     total_steps = STEPS
 
-    def batches(self, start: int):
+    def batches(self, start: int, workers: int = 0):
+        del workers  # batches made here, in this process
         for step in range(start, STEPS):
             r = np.random.default_rng(step)
             x = r.normal(size=(BATCH, 4)).astype(np.float32)

@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--output_stride", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--channels_last", type=int, default=1, help="1: NHWC memory format")
     args = parser.parse_args()
     torch.manual_seed(0)
     f = CAMNet(args.backbone, args.classes, args.output_stride)
@@ -100,6 +101,9 @@ def main() -> None:
     opt_f = torch.optim.SGD(f.parameters(), lr=0.01, weight_decay=1e-4)
     opt_noc = torch.optim.SGD(noc.parameters(), lr=0.01, weight_decay=1e-4)
     x = torch.randn(args.batch, 3, args.size, args.size)
+    if args.channels_last:  # NHWC in memory, as XLA lays out convolutions
+        f, noc = f.to(memory_format=torch.channels_last), noc.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     y = (torch.rand(args.batch, args.classes) < 0.2).float()
     y[:, 0] = 1.0  # every image has a class to erase
     pnoc_step(f, noc, opt_f, opt_noc, x, y)  # warm-up
