@@ -1,5 +1,5 @@
 """CPU benchmark of the dense CRF (vs pydensecrf2 when installed), of the CRF variant of a
-threshold sweep, and of the random walk.
+threshold sweep, of the random walk, and of the host input pipeline per core.
 
 Run ``python -m pnoc_jax.cpu_benchmark``; prints one JSON object. Single-threaded: run as
 a script, the BLAS/OpenMP thread variables are pinned to 1 before NumPy is imported. Also provides
@@ -304,6 +304,32 @@ def bench_random_walk(h: int = 94, w: int = 125, k: int = 3, repeats: int = 3) -
     }
 
 
+def bench_input(images: int = 32, h: int = 375, w: int = 500) -> dict[str, Any]:
+    """Host input per CPU core: JPEG decode + the VOC recipe's classification transform (random
+    resize of the longer side to 320-640, flip, crop 512, normalise) with each augmentation,
+    one image at a time in this thread: what one grain worker process delivers."""
+    from pnoc_jax.data import transforms
+
+    jpegs = [
+        cv2.imencode(".jpg", synthetic_photo(h, w, seed=i)[..., ::-1])[1].tobytes()
+        for i in range(8)
+    ]
+    result: dict[str, Any] = {"image_hw": [h, w], "crop": 512}
+    for augment in ("none", "colorjitter", "randaugment"):
+        transform = transforms.make_classification_transform(512, 320, 640, augment)
+        rng = np.random.default_rng(0)
+
+        def run(transform=transform, rng=rng) -> None:
+            for i in range(images):
+                decoded = cv2.imdecode(np.frombuffer(jpegs[i % 8], np.uint8), cv2.IMREAD_COLOR)
+                example = {"image": decoded[..., ::-1], "labels": np.eye(20, dtype=np.float32)[0]}
+                transform(example, rng)
+
+        _, cpu, _ = _timed(run, 2)
+        result[f"{augment}_images_per_s_per_core"] = round(images / cpu, 1)
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
@@ -330,6 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     result["crf_sweep_coco"] = bench_crf_sweep(480, 640, repeats=min(args.repeats, 2))
     if not args.skip_rw and not args.sweep_only:
         result["random_walk"] = bench_random_walk(repeats=args.repeats)
+    if not args.sweep_only:
+        result["input"] = bench_input()
     result["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     result["process_max_rss_mib"] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1

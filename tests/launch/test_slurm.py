@@ -56,7 +56,8 @@ def test_time_limit_checkpoints_then_requeues(tmp_path):
     assert (marks / "scontrol").read_text().split() == ["requeue", "4242"]
     assert "requeueing job 4242" in stderr
     args = (marks / "srun_args").read_text().split()
-    assert args[:3] == ["python", "-m", "pnoc_jax.main"] and args[-1] == "--config.seed=1"
+    assert args[:4] == ["--kill-on-bad-exit=1", "python", "-m", "pnoc_jax.main"]
+    assert args[-1] == "--config.seed=1"
 
 
 def test_finished_training_is_not_requeued(tmp_path):
