@@ -36,7 +36,12 @@ def test_pnoc_voc_saliency_recipes_validate(tmp_path, saliency, stages, labels_f
     pipeline.validate(config, TOPOLOGY)
     priors = ("train_oc", "train_cam", "infer_cam", "eval_cam")
     labels = ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
-    assert tuple(config.stages) == (*priors, *stages, *labels)
+    segmentation = tuple(
+        f"{step}_segmentation{bound}"
+        for bound in ("", "_gt")
+        for step in ("train", "infer", "eval")
+    )
+    assert tuple(config.stages) == (*priors, *stages, *labels, *segmentation)
     assert config.affinity_labels.saliency == labels_from
     assert config.affinity_labels.fg_threshold == (0.40 if labels_from else 0.30)
     # The spec's recipe: C²AM-H on the P-NOC hints, PoolNet on ResNet-50 with Adam.
