@@ -30,7 +30,7 @@ Recipe (HEAD runner for COCO where it states a value, spec §11/§14; the rest a
             pseudo-labels, kept by the val pseudo-labels' mIoU; and its fully supervised bound.
 Evaluation: the plain sweep, and the RW sweep with the pseudo-labels' CRF. The priors' CRF
 sweep is off (`eval.crf_iterations=0`): 16 CRF-refined maps of each of val2014's 40,504 images
-take ~6.4 CPU-s per image, ~72 CPU-hours (README, "Benchmark"); set
+take ~6.4 CPU-s per image, ~72 CPU-hours (README, "Performance"); set
 --config.eval.crf_iterations=10 to add it.
 """
 
