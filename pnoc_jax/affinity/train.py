@@ -173,9 +173,7 @@ def run(
         updates=[build_update(model, mesh, cfg.radius, info.num_classes + 1)],
         plan=plan,
         mesh=mesh,
-        ckpt_every=config.runtime.ckpt_every,
-        log_every=config.runtime.log_every,
-        input_workers=config.runtime.input_workers,
+        runtime=config.runtime,
         on_step=on_step,
     )
 

@@ -167,9 +167,7 @@ def run(
         updates=updates,
         plan=plan,
         mesh=mesh,
-        ckpt_every=config.runtime.ckpt_every,
-        log_every=config.runtime.log_every,
-        input_workers=config.runtime.input_workers,
+        runtime=config.runtime,
         on_step=on_step,
     )
 

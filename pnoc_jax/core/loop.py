@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 from clu import parameter_overview
@@ -297,13 +298,12 @@ def run_training(
     updates: list[Update],
     plan: InputPlan,
     mesh: Any,
-    ckpt_every: int,
-    log_every: int,
-    input_workers: int = 0,
+    runtime: ml_collections.ConfigDict,
     on_step: Callable[[int], Any] | None = None,
 ) -> dict[str, TrainState]:
     """Trains `states` to `plan.total_steps`, resuming from the stage's latest checkpoint.
-    `input_workers`: processes preparing batches (`plan.batches`; 0: threads, -1: automatic).
+    `runtime` (`config.runtime`) gives `ckpt_every`, `log_every` and `input_workers` (processes
+    preparing batches: `plan.batches`; 0: threads, -1: automatic).
 
     Batch s must be a pure function of s, so resuming at step s replays exactly what an
     uninterrupted run would see. At the end the variables of every updated state are exported to
@@ -312,7 +312,7 @@ def run_training(
     for name, state in states.items():
         count = parameter_overview.count_parameters(state.params)
         logging.info("%s: network %r has %s parameters", stage, name, f"{count:,}")
-    ckpt = Checkpointer(artifacts.checkpoint_dir(workdir, stage), save_every=ckpt_every)
+    ckpt = Checkpointer(artifacts.checkpoint_dir(workdir, stage), save_every=runtime.ckpt_every)
     writer = MetricWriter(artifacts.stage_dir(workdir, stage))
     try:
         start = ckpt.latest_step() or 0
@@ -320,7 +320,7 @@ def run_training(
             logging.info("%s: resuming from step %d", stage, start)
             states = ckpt.restore(start, states)
         global_batches = (
-            distributed.to_global(b, mesh) for b in plan.batches(start, input_workers)
+            distributed.to_global(b, mesh) for b in plan.batches(start, runtime.input_workers)
         )
         with jax.set_mesh(mesh):
             states = train_loop(
@@ -331,7 +331,7 @@ def run_training(
                 total_steps=plan.total_steps,
                 checkpointer=ckpt,
                 writer=writer,
-                log_every=log_every,
+                log_every=runtime.log_every,
                 description=stage,
                 on_step=on_step,
             )

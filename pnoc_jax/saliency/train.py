@@ -319,9 +319,7 @@ def run(
         updates=[build_update(config, model, mesh)],
         plan=plan,
         mesh=mesh,
-        ckpt_every=config.runtime.ckpt_every,
-        log_every=config.runtime.log_every,
-        input_workers=config.runtime.input_workers,
+        runtime=config.runtime,
         on_step=on_step,
     )
     if distributed.is_chief():

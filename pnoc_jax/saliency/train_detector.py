@@ -197,9 +197,7 @@ def run(
         updates=[build_update(model, mesh)],
         plan=plan,
         mesh=mesh,
-        ckpt_every=config.runtime.ckpt_every,
-        log_every=config.runtime.log_every,
-        input_workers=config.runtime.input_workers,
+        runtime=config.runtime,
         on_step=on_step,
     )
 

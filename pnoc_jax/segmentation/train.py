@@ -386,9 +386,7 @@ def run(
             updates=[update],
             plan=dataclasses.replace(plan, total_steps=end),
             mesh=mesh,
-            ckpt_every=config.runtime.ckpt_every,
-            log_every=config.runtime.log_every,
-            input_workers=config.runtime.input_workers,
+            runtime=config.runtime,
             on_step=on_step,
         )
         reached = int(jax.device_get(states[STATE].step))

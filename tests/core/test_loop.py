@@ -7,6 +7,7 @@ import signal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -66,8 +67,9 @@ def _train(workdir, *, ckpt_every=2, blow_up_at=-1, accumulate_steps=1, on_step=
         updates=[update],
         plan=_Plan(),
         mesh=mesh,
-        ckpt_every=ckpt_every,
-        log_every=1,
+        runtime=ml_collections.ConfigDict(
+            {"ckpt_every": ckpt_every, "log_every": 1, "input_workers": 0}
+        ),
         on_step=on_step,
     )
 
