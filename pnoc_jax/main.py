@@ -192,13 +192,19 @@ def _first_line(error: BaseException | None) -> str:
 
 def quiet_background_errors() -> None:
     """Errors of library threads (e.g. async checkpoint writers after a failed save) become one
-    log line each; the error that matters reaches `main` through the main thread."""
-    threading.excepthook = lambda args: logging.error(
-        "in thread %s: %s", getattr(args.thread, "name", "?"), _first_line(args.exc_value)
+    log line per distinct message (a failed save repeats the same one dozens of times); the
+    error that matters reaches `main` through the main thread."""
+    seen: set[str] = set()
+
+    def once(message: str) -> None:
+        if message not in seen:
+            seen.add(message)
+            logging.error("%s", message)
+
+    threading.excepthook = lambda args: once(
+        f"in thread {getattr(args.thread, 'name', '?')}: {_first_line(args.exc_value)}"
     )
-    sys.unraisablehook = lambda unraisable: logging.error(
-        "ignored: %s", _first_line(unraisable.exc_value)
-    )
+    sys.unraisablehook = lambda unraisable: once(f"ignored: {_first_line(unraisable.exc_value)}")
 
 
 def prepare_workdir(path: str) -> str:
