@@ -8,7 +8,7 @@ backbone is frozen. Runs on the one training loop; exports `weights/aff.npz`.
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -68,28 +68,13 @@ def load_variables(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return weights.load(artifacts.weights_file(workdir, "train_affinity", STATE))
 
 
-class LabelledSource(Sequence):
-    """Examples of a split with their affinity label (`aff_label`, uint8[H, W]) attached.
-
-    An image without image-level labels has no affinity label: it gets an all-ignore map.
-    Picklable (grain workers).
-    """
-
-    def __init__(self, source: Sequence[dict], directory: str):
-        self._source = source
-        self._directory = directory
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, index: int) -> dict:
-        example = dict(self._source[index])
-        path = os.path.join(self._directory, f"{example['id']}.png")
-        if fileio.exists(path) or example["labels"].sum() > 0:
-            example["aff_label"] = fileio.read_png(path)
-        else:
-            example["aff_label"] = np.full(example["image"].shape[:2], IGNORE, np.uint8)
-        return example
+def attach_label(directory: str, example: dict) -> dict:
+    """`aff_label` (uint8[H, W]): the image's affinity label PNG in `directory`; an image
+    without image-level labels has none and gets an all-ignore map."""
+    path = os.path.join(directory, f"{example['id']}.png")
+    if fileio.exists(path) or example["labels"].sum() > 0:
+        return {"aff_label": fileio.read_png(path)}
+    return {"aff_label": np.full(example["image"].shape[:2], IGNORE, np.uint8)}
 
 
 def affinity_update(
@@ -136,9 +121,9 @@ def run(
     split = config.affinity_labels.split
     mesh = distributed.make_mesh()
     info = datasets.get_info(config.data.name)
-    source = LabelledSource(
+    source = pipeline.Attached(
         pipeline.open_split(config, split, whole=True),
-        artifacts.affinity_label_dir(workdir, split),
+        functools.partial(attach_label, artifacts.affinity_label_dir(workdir, split)),
     )
     plan = pipeline.training_input(
         source,

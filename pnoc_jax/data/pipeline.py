@@ -65,6 +65,25 @@ class _ProcessRows(Sequence):
         return self._stream[step * self._global + self._offset + row]
 
 
+class Attached(Sequence):
+    """The examples of `source`, each with the fields `attach(example)` returns added: a
+    stage's per-image training target read from a file (affinity labels, saliency masks,
+    pseudo-labels, hints). Picklable for grain workers when `attach` is (a module-level
+    function or a functools.partial of one)."""
+
+    def __init__(self, source: Sequence[dict], attach: Callable[[dict], dict]):
+        self._source = source
+        self._attach = attach
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict:
+        example = dict(self._source[index])
+        example.update(self._attach(example))
+        return example
+
+
 class Subset(Sequence):
     """The examples of `source` at `indices`, in that order (picklable, for grain workers)."""
 

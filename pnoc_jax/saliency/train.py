@@ -108,30 +108,17 @@ def pretrained_fallback(config: ml_collections.ConfigDict) -> str:
     return config.model.pretrained if same else ""
 
 
-class HintedSource(Sequence):
-    """Examples of a split with their hint map attached (`hint`, float32 [H, W]): the max over
-    the image's classes of its `hr_cam` in `cam_dir` (zeros for an image without classes).
-    Picklable (grain workers)."""
-
-    def __init__(self, source: Sequence[dict], cam_dir: str):
-        self._source = source
-        self._cam_dir = cam_dir
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, index: int) -> dict:
-        example = dict(self._source[index])
-        shape = example["image"].shape[:2]
-        if example["labels"].sum() == 0:
-            example["hint"] = np.zeros(shape, np.float32)
-            return example
-        path = scores.locate(self._cam_dir, example["id"])
-        hr_cam = scores.read(path, ("hr_cam",))["hr_cam"]
-        if hr_cam.shape[1:] != shape:
-            raise ValueError(f"{path}: hr_cam {hr_cam.shape[1:]} does not match the image {shape}")
-        example["hint"] = hr_cam.max(axis=0)
-        return example
+def attach_hint(cam_dir: str, example: dict) -> dict:
+    """`hint` (float32 [H, W]): the max over the image's classes of its `hr_cam` in `cam_dir`
+    (zeros for an image without classes)."""
+    shape = example["image"].shape[:2]
+    if example["labels"].sum() == 0:
+        return {"hint": np.zeros(shape, np.float32)}
+    path = scores.locate(cam_dir, example["id"])
+    hr_cam = scores.read(path, ("hr_cam",))["hr_cam"]
+    if hr_cam.shape[1:] != shape:
+        raise ValueError(f"{path}: hr_cam {hr_cam.shape[1:]} does not match the image {shape}")
+    return {"hint": hr_cam.max(axis=0)}
 
 
 def ccam_update(
@@ -279,11 +266,12 @@ def run(
     """Trains C²AM(-H); checkpoints, metrics, weights and orientation under train_saliency/."""
     cfg = config.saliency
     mesh = distributed.make_mesh()
-    source = pipeline.open_split(config, cfg.split)
+    source = pipeline.open_split(config, cfg.split, whole=True)
     keys: tuple[str, ...] = ("image",)
     train_source: Sequence[dict] = source
     if cfg.method == "ccamh":
-        train_source = HintedSource(source, artifacts.cam_dir(workdir, cfg.split))
+        hints = functools.partial(attach_hint, artifacts.cam_dir(workdir, cfg.split))
+        train_source = pipeline.Attached(source, hints)
         keys = ("image", "hint")
     plan = pipeline.training_input(
         train_source,

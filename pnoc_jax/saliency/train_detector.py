@@ -21,7 +21,7 @@ training and inference agree.
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -98,23 +98,11 @@ def make_optimizer(cfg: ml_collections.ConfigDict):
     return tx, optim.StepStats(schedule, cfg.accumulate_steps, FROZEN)
 
 
-class TargetSource(Sequence):
-    """Examples of a split with their saliency target attached (`saliency`, float32 [H, W] in
-    [0, 1], the PNG in `mask_dir` / 255). A missing or mis-sized PNG is an error naming it.
-    Picklable (grain workers)."""
-
-    def __init__(self, source: Sequence[dict], mask_dir: str):
-        self._source = source
-        self._mask_dir = mask_dir
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, index: int) -> dict:
-        example = dict(self._source[index])
-        path = os.path.join(self._mask_dir, f"{example['id']}.png")
-        example["saliency"] = fileio.read_saliency(path, example["image"].shape[:2])
-        return example
+def attach_target(mask_dir: str, example: dict) -> dict:
+    """`saliency` (float32 [H, W] in [0, 1]): the image's mask PNG in `mask_dir` / 255; a
+    missing or mis-sized PNG is an error naming it."""
+    path = os.path.join(mask_dir, f"{example['id']}.png")
+    return {"saliency": fileio.read_saliency(path, example["image"].shape[:2])}
 
 
 def detector_update(
@@ -161,7 +149,10 @@ def run(
     cfg = config.detector
     mesh = distributed.make_mesh()
     mask_dir = artifacts.saliency_png_dir(workdir, "infer_saliency", cfg.split)
-    source = TargetSource(pipeline.open_split(config, cfg.split), mask_dir)
+    source = pipeline.Attached(
+        pipeline.open_split(config, cfg.split, whole=True),
+        functools.partial(attach_target, mask_dir),
+    )
     plan = pipeline.training_input(
         source,
         transforms.DetectorTransform(canvas(config), cfg.input_scale),

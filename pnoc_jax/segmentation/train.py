@@ -137,37 +137,27 @@ def inference_fn(model: nn.Module) -> Callable[[Any, tuple[jax.Array, jax.Array]
 # ---------------------------------------------------------------------------- data
 
 
-class LabelledSplit(Sequence):
-    """Examples of a split whose `mask` is the image's label map: its pseudo-label PNG from
-    `label_dir`, or (label_dir "") its ground truth. Picklable (grain workers)."""
-
-    def __init__(self, source: Sequence[dict], label_dir: str):
-        self._source = source
-        self._label_dir = label_dir
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, index: int) -> dict:
-        example = dict(self._source[index])
-        if self._label_dir:
-            path = os.path.join(self._label_dir, f"{example['id']}.png")
-            label = fileio.read_png(path)
-            if label.shape != example["image"].shape[:2]:
-                raise ValueError(
-                    f"{path}: label map {label.shape} does not match its image "
-                    f"{example['image'].shape[:2]}"
-                )
-            example["mask"] = label
-        return example
+def attach_label(label_dir: str, example: dict) -> dict:
+    """`mask`: the image's pseudo-label PNG in `label_dir`, checked against the image's size."""
+    path = os.path.join(label_dir, f"{example['id']}.png")
+    label = fileio.read_png(path)
+    if label.shape != example["image"].shape[:2]:
+        raise ValueError(
+            f"{path}: label map {label.shape} does not match its image {example['image'].shape[:2]}"
+        )
+    return {"mask": label}
 
 
 def labelled_split(
     config: ml_collections.ConfigDict, workdir: str, labels: str, split: str, whole: bool = False
-) -> LabelledSplit:
-    """This process's share of `split` (all of it if `whole`) with the labels a stage trains on."""
-    label_dir = artifacts.pseudo_label_dir(workdir, split) if labels == "pseudo" else ""
-    return LabelledSplit(pipeline.open_split(config, split, whole=whole), label_dir)
+) -> Sequence[dict]:
+    """This process's share of `split` (all of it if `whole`) whose `mask` is the label map a
+    stage trains on: the pseudo-labels, or (labels "gt") the ground truth."""
+    source = pipeline.open_split(config, split, whole=whole)
+    if labels != "pseudo":
+        return source
+    label_dir = artifacts.pseudo_label_dir(workdir, split)
+    return pipeline.Attached(source, functools.partial(attach_label, label_dir))
 
 
 # ---------------------------------------------------------------------------- the update

@@ -1,6 +1,7 @@
 """The saliency stages end to end on a few synthetic images, their files, and bad input."""
 
 import copy
+import functools
 import os
 import shutil
 
@@ -236,8 +237,9 @@ def test_detector_refuses_other_architectures_and_bad_masks(finished, tmp_path):
     examples = list(data_pipeline.open_split(config, "val"))
     mask = artifacts.saliency_png_file(workdir, "infer_saliency", "val", examples[0]["id"])
     fileio.write_saliency(mask, np.zeros((5, 5), np.uint8))
-    source = train_detector.TargetSource(
-        data_pipeline.open_split(config, "val"), os.path.dirname(mask)
+    source = data_pipeline.Attached(
+        data_pipeline.open_split(config, "val"),
+        functools.partial(train_detector.attach_target, os.path.dirname(mask)),
     )
     with pytest.raises(fileio.SaliencyMapError, match="saliency map of size 5x5"):
         source[0]
