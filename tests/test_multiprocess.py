@@ -1,6 +1,7 @@
 """Two processes x 4 CPU devices (jax.distributed on localhost, gloo collectives) give the
 results of one process x 8 devices, stage by stage: training (P-NOC's two updates, the
-affinity network), CAM inference, evaluation, affinity labels, random walk. The runs are
+affinity network), CAM inference, evaluation, affinity labels, random walk, and DeepLab trained
+on the random walk's pseudo-labels (with its validation and kept checkpoint). The runs are
 `launch/local_multiprocess.sh` and `python -m pnoc_jax.main`, as a user starts them."""
 
 import os
@@ -28,6 +29,7 @@ STAGES = (
     "train_affinity",
     "random_walk",
     "eval_pseudo_labels",
+    "train_segmentation",
 )
 
 
@@ -57,6 +59,14 @@ def _overrides(data_dir: str) -> list[str]:
         "rw.splits": "('val',)",
         "rw.max_image_size": 112,
         "rw.exp_times": 2,
+        # DeepLab on the val pseudo-labels (the only split walked here), backbone from train_oc
+        # (the quickstart's); 3 steps < one epoch, so one validation, at the end: it picks the
+        # kept checkpoint (weights/best.npz) and writes the metrics.
+        "segmentation.split": "val",
+        "segmentation.val_split": "val",
+        "segmentation.steps": 3,
+        **{f"segmentation.{k}": v for k, v in small.items()},
+        "segmentation.crop_size": 32,
         "runtime.num_workers": 1,
         "runtime.ckpt_every": 2,
     }
@@ -158,7 +168,9 @@ def _max_diff(a: dict, b: dict) -> float:
 @pytest.mark.parametrize(
     ("stage", "name", "tolerance"),
     [("train_oc", "f", 1e-5), ("train_cam", "f", 1e-5), ("train_cam", "oc", 1e-5),
-     ("train_affinity", "aff", 1e-4)],
+     ("train_affinity", "aff", 1e-4),
+     # DeepLab, 3 steps: measured 1.9e-5 (decoder classifier kernel); best is f (1 validation)
+     ("train_segmentation", "f", 1e-4), ("train_segmentation", "best", 1e-4)],
 )  # fmt: skip
 def test_trained_weights_match(runs, stage, name, tolerance):
     single, double = runs
@@ -188,7 +200,9 @@ def test_per_image_outputs_match(runs):
     assert differing <= 0.001 * total  # pixels on a tie of float32 sums may flip
 
 
-@pytest.mark.parametrize("stage", ["eval_cam", "affinity_labels", "eval_pseudo_labels"])
+@pytest.mark.parametrize(
+    "stage", ["eval_cam", "affinity_labels", "eval_pseudo_labels", "train_segmentation"]
+)
 def test_metrics_match(runs, stage):
     one, two = (fileio.read_json(artifacts.metrics_file(d, stage)) for d in runs)
     assert one.keys() == two.keys()
