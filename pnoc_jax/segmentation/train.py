@@ -240,13 +240,13 @@ class Validator:
         self._source, self._canvas, self._labels = source, canvas, num_labels
         self._batch = batch_size
         mesh = distributed.make_mesh(jax.local_devices())
-        self._repl = distributed.replicated(mesh)
+        self._repl, self._data = distributed.replicated(mesh), distributed.data_sharded(mesh)
         self._multiple = len(jax.local_devices())
         forward = inference_fn(model)
         self._predict = jax.jit(
             lambda v, batch: jnp.argmax(forward(v, batch), axis=-1).astype(jnp.uint8),
-            in_shardings=(self._repl, distributed.data_sharded(mesh)),
-            out_shardings=distributed.data_sharded(mesh),
+            in_shardings=(self._repl, self._data),
+            out_shardings=self._data,
         )
 
     def __call__(self, state: TrainState) -> np.ndarray:
@@ -261,7 +261,8 @@ class Validator:
                 )
             ]
             batch = dense.on_canvas([p[0] for p in pairs], self._canvas, self._multiple, flip=False)
-            predicted = np.asarray(self._predict(v, batch))
+            # placed explicitly: jit refuses host arrays with a sharding in multi-process runs
+            predicted = np.asarray(self._predict(v, jax.device_put(batch, self._data)))
             for i, (image, label) in enumerate(pairs):
                 h, w = image.shape[:2]
                 total += miou.confusion(label, predicted[i, :h, :w], self._labels)
