@@ -1,5 +1,6 @@
-"""CPU benchmark of the dense CRF (vs pydensecrf2 when installed), of the CRF variant of a
-threshold sweep, of the random walk, and of the host input pipeline per core.
+"""CPU benchmark of the dense CRF (vs pydensecrf2 when installed) on synthetic images and on
+real photographs in every setting of the pipeline, of the CRF variant of a threshold sweep, of
+the random walk, and of the host input pipeline per core.
 
 Run ``python -m pnoc_jax.cpu_benchmark``; prints one JSON object. Single-threaded: run as
 a script, the BLAS/OpenMP thread variables are pinned to 1 before NumPy is imported. Also provides
@@ -245,6 +246,155 @@ def bench_crf(h: int = 375, w: int = 500, k: int = 21, repeats: int = 3) -> dict
     return out
 
 
+# The paper's CRF kernels (spec §9): pydensecrf Gaussian(sxy 3, compat 3) + bilateral(sxy 50,
+# srgb 5, compat 10); the defaults of `postprocess.crf`.
+_PAPER_KERNELS = {
+    "gauss_sxy": 3.0,
+    "gauss_compat": 3.0,
+    "bilateral_sxy": 50.0,
+    "bilateral_srgb": 5.0,
+    "bilateral_compat": 10.0,
+}
+
+
+def pipeline_crf_settings() -> dict[str, tuple[str, int, float, int, dict[str, float]]]:
+    """The dense-CRF settings of the pipeline (spec §9): name -> (unary, classes, gt_prob,
+    iterations, kernels). "labels": a label map of `classes` labels (background included:
+    2 for saliency masks, 1 + the classes present for affinity and pseudo-labels); "probs":
+    a segmentation network's softmax over every class (DeepLab's test time)."""
+    from pnoc_jax.segmentation.tasks import CRF_KERNELS  # no jax import
+
+    return {
+        "saliency_masks_k2_t10": ("labels", 2, 0.7, 10, _PAPER_KERNELS),
+        "affinity_labels_k3_t10": ("labels", 3, 0.7, 10, _PAPER_KERNELS),
+        "affinity_labels_k6_t10": ("labels", 6, 0.7, 10, _PAPER_KERNELS),
+        "pseudo_labels_k3_t1": ("labels", 3, 0.9, 1, _PAPER_KERNELS),
+        "pseudo_labels_k6_t1": ("labels", 6, 0.9, 1, _PAPER_KERNELS),
+        "deeplab_probs_k21_t10": ("probs", 21, 0.0, 10, CRF_KERNELS),
+    }
+
+
+def read_photo(path: str, longer_side: int = 500) -> np.ndarray:
+    """A photograph as uint8 RGB, its longer side resized to `longer_side` (VOC's size)."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not an image OpenCV can read")
+    h, w = image.shape[:2]
+    scale = longer_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.ascontiguousarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA)[..., ::-1])
+
+
+def photo_label_map(image: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """A CAM-like int64 (H, W) label map of `k` classes for a photograph: k-means of colour
+    and position on a 1/16 grid, upsampled (blocky regions that follow the image's content,
+    as thresholded CAMs do)."""
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, w // 16), max(1, h // 16)), interpolation=cv2.INTER_AREA)
+    gh, gw = small.shape[:2]
+    ys, xs = np.mgrid[0:gh, 0:gw]
+    features = np.concatenate(
+        [small.reshape(-1, 3) / 255.0, np.stack([ys.ravel() / gh, xs.ravel() / gw], 1)], 1
+    ).astype(np.float32)
+    cv2.setRNGSeed(seed)
+    criteria = (cv2.TERM_CRITERIA_MAX_ITER, 20, 0.0)
+    clusters = min(k, len(features))  # a tiny image has fewer grid cells than classes
+    _, labels, _ = cv2.kmeans(features, clusters, None, criteria, 3, cv2.KMEANS_PP_CENTERS)
+    labels = labels.reshape(gh, gw).astype(np.uint8)
+    return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.int64)
+
+
+def photo_probs(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Segmentation-network-like softmax (k, H, W) float32 around a label map: smoothed
+    one-hot logits plus noise, every class present somewhere."""
+    rng = np.random.default_rng(seed)
+    one_hot = (labels[..., None] == np.arange(k)).astype(np.float32) * 4.0
+    logits = cv2.GaussianBlur(one_hot, (0, 0), 6.0).reshape(*labels.shape, k)
+    logits += rng.normal(0.0, 0.3, logits.shape).astype(np.float32)
+    logits = logits.transpose(2, 0, 1)
+    e = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
+
+
+def _pydensecrf(image, unary, labels, k, gt, t, kernels):
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_labels, unary_from_softmax
+
+    h, w = image.shape[:2]
+    d = dcrf.DenseCRF2D(w, h, k)
+    if unary == "labels":
+        d.setUnaryEnergy(unary_from_labels(labels, k, gt, zero_unsure=False))
+    else:
+        d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(labels)))
+    d.addPairwiseGaussian(sxy=kernels["gauss_sxy"], compat=kernels["gauss_compat"])
+    d.addPairwiseBilateral(
+        sxy=kernels["bilateral_sxy"],
+        srgb=kernels["bilateral_srgb"],
+        rgbim=image,
+        compat=kernels["bilateral_compat"],
+    )
+    return np.array(d.inference(t)).reshape(k, h, w)
+
+
+def _ours(image, unary, labels, k, gt, t, kernels):
+    from pnoc_jax.postprocess.crf import dense_crf, dense_crf_labels
+
+    if unary == "labels":
+        return dense_crf_labels(image, labels, k, gt, t, **kernels)
+    return dense_crf(image, labels, t, **kernels)
+
+
+def bench_crf_photos(paths: list[str], repeats: int = 3, longer_side: int = 500) -> dict[str, Any]:
+    """Ours vs pydensecrf2 on real photographs (resized to VOC's 500 px) in every CRF setting
+    of the pipeline (`pipeline_crf_settings`): best wall time of `repeats` interleaved calls
+    per photo, the ratio ours / pydensecrf2 per photo and its worst case per setting, and the
+    argmax agreement. The position lattice is cached per image size, as in a worker."""
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        return {"skipped": "pydensecrf2 is not installed"}
+    out: dict[str, Any] = {"photos": [os.path.basename(p) for p in paths], "settings": {}}
+    for name, (unary, k, gt, t, kernels) in pipeline_crf_settings().items():
+        rows = {}
+        for path in paths:
+            image = read_photo(path, longer_side)
+            labels = photo_label_map(image, k)
+            if unary == "probs":
+                labels = photo_probs(labels, k)
+            args = (image, unary, labels, k, gt, t, kernels)
+            best: dict[str, list[float]] = {}
+            for _ in range(repeats):
+                q_ours = _record(best, "ours", lambda args=args: _ours(*args))
+                q_ref = _record(best, "ref", lambda args=args: _pydensecrf(*args))
+            rows[os.path.basename(path)] = {
+                "hw": list(image.shape[:2]),
+                "ours_s": round(best["ours"][0], 4),
+                "pydensecrf2_s": round(best["ref"][0], 4),
+                "ratio": round(best["ours"][0] / best["ref"][0], 3),
+                "argmax_agreement": round(float((q_ours.argmax(0) == q_ref.argmax(0)).mean()), 6),
+            }
+        out["settings"][name] = {
+            "worst_ratio": max(r["ratio"] for r in rows.values()),
+            "mean_ratio": round(float(np.mean([r["ratio"] for r in rows.values()])), 3),
+            "photos": rows,
+        }
+    out["worst_ratio"] = max(s["worst_ratio"] for s in out["settings"].values())
+    return out
+
+
+def scikit_image_photos() -> list[str]:
+    """The colour photographs that scikit-image ships, read as files where the package is
+    installed (it is not a dependency); [] otherwise."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = os.path.join(spec.submodule_search_locations[0], "data")
+    names = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
+    return [os.path.join(folder, n) for n in names if os.path.exists(os.path.join(folder, n))]
+
+
 def bench_crf_sweep(h: int = 375, w: int = 500, k: int = 3, repeats: int = 2) -> dict[str, Any]:
     """The CRF variant of a 16-threshold sweep on one image (`evaluation.crf_tasks`): the 16
     maps argmax([t, cams]) refined together by `crf_label_maps` (lattices once), one by one
@@ -338,6 +488,14 @@ def main(argv: list[str] | None = None) -> None:
         "--sweep-only", action="store_true", help="only the CRF sweep (bench_crf_sweep)"
     )
     parser.add_argument(
+        "--photos",
+        nargs="*",
+        default=None,
+        help="photographs for the real-photo CRF benchmark (default: scikit-image's colour "
+        "photos where scikit-image is installed); with --photos-only nothing else runs",
+    )
+    parser.add_argument("--photos-only", action="store_true")
+    parser.add_argument(
         "--child", nargs=3, metavar=("H,W,K", "CASE", "IMPL"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -349,6 +507,12 @@ def main(argv: list[str] | None = None) -> None:
         "threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_before": [round(v, 2) for v in os.getloadavg()],
     }
+    photos = scikit_image_photos() if args.photos is None else args.photos
+    if photos and not args.sweep_only:
+        result["crf_photos"] = bench_crf_photos(photos, repeats=min(args.repeats, 3))
+    if args.photos_only:
+        print(json.dumps(result, indent=2))
+        return
     if not args.sweep_only:
         result["crf_k21"] = bench_crf(k=21, repeats=args.repeats)
         result["crf_k3"] = bench_crf(k=3, repeats=args.repeats)

@@ -13,10 +13,12 @@ results agree with `pydensecrf.densecrf.DenseCRF2D` up to float32 rounding:
 * ``Q_0 = softmax(-unary)``; each iteration ``Q <- softmax(-unary + sum_k w_k filter_k(Q))``
   (no self-message subtraction, as in pydensecrf).
 
-Speed (single core, VOC-size images): on par with pydensecrf2. The lattice is built with a
+Speed (single core, real photographs at VOC size, `python -m pnoc_jax.cpu_benchmark
+--photos-only`): 0.8-1.2x pydensecrf2's time in the paper's settings, 1.6-2x in DeepLab's
+(21 labels, bilateral srgb 3: a lattice of ~400k vertices). The lattice is built with a
 vectorised hash (no sorting), Q is kept as (N, K) rows with K padded to a multiple of 4 for
-scipy's multi-vector sparse kernels, and the image-independent position lattice is cached per
-image size.
+scipy's multi-vector sparse kernels, the products write into reused buffers, and the
+image-independent position lattice is cached per image size.
 
 No jax import: this runs in CPU worker processes.
 """
@@ -96,11 +98,18 @@ class _KeyTable:
         return h.view(np.int64)
 
     def lookup(self, codes: np.ndarray) -> np.ndarray:
-        """Ids of ``codes``; missing codes map to ``self.size``."""
-        out = np.full(codes.size, self.size, dtype=np.int64)
-        pending = np.arange(codes.size)
-        pend_codes = codes
-        for rnd, bits, table, slot_id in self.rounds:
+        """int32 ids of ``codes``; missing codes map to ``self.size``."""
+        rnd, bits, table, slot_id = self.rounds[0]
+        slot = self._hash(codes, rnd, bits)
+        found = table[slot]
+        hit = found == codes
+        # Most codes are settled in the first round: found, or absent (an empty slot).
+        out = np.where(hit, slot_id[slot], np.int32(self.size))
+        pending = np.flatnonzero(~hit & (found != _EMPTY))
+        pend_codes = codes[pending]
+        for rnd, bits, table, slot_id in self.rounds[1:]:
+            if not pending.size:
+                break
             slot = self._hash(pend_codes, rnd, bits)
             found = table[slot]
             hit = found == pend_codes
@@ -108,49 +117,48 @@ class _KeyTable:
             # Every code still unplaced was inserted in this round: an empty slot means absent.
             more = ~hit & (found != _EMPTY)
             pending, pend_codes = pending[more], pend_codes[more]
-            if not pending.size:
-                break
         return out
 
 
-def _blur_matrix(neighbours: list[tuple[np.ndarray, np.ndarray] | int]) -> sp.csr_matrix:
-    """Block-diagonal CSR of x -> x + 0.5 (x[n1] + x[n2]) along one lattice axis.
+try:  # the kernels behind scipy's `sparse @ dense`: Y += A X, into a buffer we give
+    from scipy.sparse import _sparsetools
 
-    Each block is (n1, n2) neighbour indices of one lattice (index M = missing, i.e. zero), or an
-    int size for an identity block (a lattice with fewer axes).
+    _MATVECS = {"csr": _sparsetools.csr_matvecs, "csc": _sparsetools.csc_matvecs}
+except (ImportError, AttributeError):  # a scipy without them: `@` (allocates its result)
+    _MATVECS = {}
+
+
+def _matmul_into(a: sp.csr_matrix | sp.csc_matrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[...] = a @ x`` for float32 C-contiguous (.., K) ``x`` and ``out``.
+
+    Reusing ``out`` matters: a (M, K) product above glibc's mmap threshold (32 MB, e.g. a
+    DeepLab-setting lattice of 400k vertices x 24 labels) is otherwise a fresh mapping,
+    page-faulted and zeroed by the kernel, at every product of every iteration.
     """
-    cols, vals, start = [], [], 0
-    for block in neighbours:
-        if isinstance(block, int):
-            m = block
-            self_idx = np.arange(m, dtype=np.int32)
-            c = np.stack([self_idx, self_idx, self_idx], axis=1)
-            v = np.broadcast_to(np.array([1.0, 0.0, 0.0], np.float32), (m, 3))
-        else:
-            n1, n2 = block
-            m = n1.size
-            self_idx = np.arange(m, dtype=np.int32)
-            c = np.stack(
-                [self_idx, np.where(n1 < m, n1, self_idx), np.where(n2 < m, n2, self_idx)], 1
-            )
-            v = np.empty((m, 3), dtype=np.float32)
-            v[:, 0] = 1.0
-            v[:, 1] = np.where(n1 < m, np.float32(0.5), np.float32(0.0))
-            v[:, 2] = np.where(n2 < m, np.float32(0.5), np.float32(0.0))
-        cols.append((c + start).astype(np.int32))
-        vals.append(v)
-        start += m
-    # Missing neighbours were given weight 0 on the diagonal; drop them (O(nnz) in C).
-    mat = sp.csr_matrix(
-        (
-            np.concatenate(vals).ravel(),
-            np.concatenate(cols).ravel(),
-            np.arange(0, 3 * start + 1, 3, dtype=np.int32),
-        ),
-        shape=(start, start),
-    )
-    mat.eliminate_zeros()
-    return mat
+    kernel = _MATVECS.get(a.format)
+    if kernel is None or not (x.flags.c_contiguous and out.flags.c_contiguous):
+        out[...] = a @ x
+        return out
+    out.fill(0.0)
+    kernel(a.shape[0], a.shape[1], x.shape[1], a.indptr, a.indices, a.data, x.ravel(), out.ravel())
+    return out
+
+
+def _blur_matrix(n1: np.ndarray, n2: np.ndarray) -> sp.csr_matrix:
+    """CSR of x -> x + 0.5 (x[n1] + x[n2]) along one lattice axis; (M,) int32 neighbour
+    indices, -1 where a neighbour is missing (it counts as zero and is left out)."""
+    m = n1.size
+    has1, has2 = n1 >= 0, n2 >= 0
+    indptr = np.zeros(m + 1, dtype=np.int32)
+    np.cumsum(1 + has1.astype(np.int32) + has2, out=indptr[1:])
+    indices = np.empty(indptr[-1], dtype=np.int32)
+    data = np.full(indptr[-1], 0.5, dtype=np.float32)
+    first = indptr[:-1]
+    indices[first] = np.arange(m, dtype=np.int32)
+    data[first] = 1.0
+    indices[first[has1] + 1] = n1[has1]
+    indices[(first + 1 + has1)[has2]] = n2[has2]
+    return sp.csr_matrix((data, indices, indptr), shape=(m, m))
 
 
 @dataclass(frozen=True)
@@ -208,7 +216,7 @@ class PermutohedralLattice:
         wrap = (rank < 0).astype(np.int32)
         wrap -= rank > d
         rank += d1 * wrap
-        rem0 += up * wrap
+        rem0 += wrap.astype(np.float32) * up  # float32: an int32 * float32 product is float64
         # Barycentric coordinates (Adams et al. p.10): slot[d - rank_i] = residual_i / (d+1).
         val = (elevated - rem0) * down
         del elevated, cf, wrap
@@ -235,7 +243,9 @@ class PermutohedralLattice:
         by_rank[flat[:d].ravel()] = np.repeat(d1 * radix, n)  # flat indexes slot d - rank
         by_rank = by_rank.reshape(d1, n)  # row s holds the coordinate with rank d - s
         codes = np.empty((n, d1), dtype=np.int64)
-        code = (rem0_i - lo_k[:, None]).T @ radix
+        code = np.zeros(n, dtype=np.int64)
+        for i in range(d):  # an int64 matrix product has no BLAS; d axpys are faster
+            code += (rem0_i[i] - lo_k[i]) * radix[i]
         codes[:, 0] = code
         for r in range(1, d1):
             code += radix.sum()
@@ -252,8 +262,15 @@ class PermutohedralLattice:
             ukeys[i], rest = np.divmod(rest, radix[i])
         base = (ukeys - 1).T @ radix  # code of key - 1 (ukeys are offset by lo_k)
         shift = np.append(d1 * radix, 0)[:, None]  # axis d moves no stored coordinate
-        nbrs = np.stack([base + shift, base + 2 * radix.sum() - shift], axis=1)  # (d+1, 2, M)
-        blur_idx = table.lookup(nbrs.ravel()).reshape(d1, 2, m)
+        # n1 = key - 1 + (d+1) e_j is looked up; n2 = key + 1 - (d+1) e_j is its inverse
+        # (u = n1(v) exactly when v = n2(u)), so n2 needs no lookup.
+        n1 = table.lookup((base + shift).ravel()).reshape(d1, m)
+        n2 = np.full((d1, m), m, dtype=np.int32)
+        vertices = np.arange(m, dtype=np.int32)
+        for j in range(d1):
+            found = n1[j] < m
+            n2[j, n1[j, found]] = vertices[found]
+        blur_idx = np.stack([n1, n2], axis=1)
         return cls(
             vertex=table.ids.reshape(n, d1),
             weight=np.ascontiguousarray(weight.T),
@@ -298,18 +315,22 @@ class _MeanField:
 
     The symmetric normalisation, pydensecrf's alpha and the Potts weight are folded into the
     barycentric weights, and the kernels' lattices are stacked: an iteration is one sparse
-    splat product (CSC, scatter over pixels), the per-lattice blurs and one sparse slice product.
+    splat product (CSC, scatter over pixels), the blurs and one sparse slice product. The
+    lattices with more axes come first, so the blur along an axis covers a prefix of the
+    stacked vertices: the position lattice (3 axes) is not copied through the bilateral
+    lattice's last 3 axes.
     """
 
     def __init__(self, kernels: list[tuple[PermutohedralLattice, np.ndarray, float]]) -> None:
+        kernels = sorted(kernels, key=lambda kernel: -len(kernel[0].blur_idx))
         n = kernels[0][0].vertex.shape[0]
-        idx, w_splat, w_slice, sizes = [], [], [], []
+        idx, w_splat, w_slice, self._blocks = [], [], [], []
         start = 0
         for lat, norm, compat in kernels:
             idx.append(lat.vertex + np.int32(start))
             w_splat.append(lat.weight * norm[:, None])
             w_slice.append(lat.weight * (norm * np.float32(lat.alpha * compat))[:, None])
-            sizes.append(lat.n_vertices)
+            self._blocks.append((start, start + lat.n_vertices, len(lat.blur_idx)))
             start += lat.n_vertices
         indices = np.concatenate(idx, axis=1).ravel()
         indptr = np.arange(0, indices.size + 1, indices.size // n, dtype=np.int32)
@@ -319,23 +340,42 @@ class _MeanField:
         self.slice_ = sp.csr_matrix(
             (np.concatenate(w_slice, axis=1).ravel(), indices, indptr), shape=(n, start)
         )
-        # One block-diagonal blur per lattice axis (identity for lattices with fewer axes).
-        self.blurs = [
-            _blur_matrix(
-                [
-                    (lat.blur_idx[j, 0], lat.blur_idx[j, 1]) if j < len(lat.blur_idx) else size
-                    for (lat, _, _), size in zip(kernels, sizes)
-                ]
-            )
-            for j in range(max(len(lat.blur_idx) for lat, _, _ in kernels))
-        ]
+        # One block-diagonal blur per lattice axis over the lattices that have that axis.
+        self.blurs = []
+        for axis in range(len(kernels[0][0].blur_idx)):
+            pairs = []
+            for (lat, _, _), (first, _, _) in zip(kernels, self._blocks):
+                if axis < len(lat.blur_idx):
+                    nb = lat.blur_idx[axis].astype(np.int32)  # (2, size), size = missing
+                    size = np.int32(lat.n_vertices)
+                    pairs.append(np.where(nb < size, nb + np.int32(first), np.int32(-1)))
+            n1, n2 = np.concatenate(pairs, axis=1)
+            self.blurs.append(_blur_matrix(n1, n2))
+        self._width = 0  # messages' buffers, allocated for the width of Q at the first call
 
     def messages(self, q: np.ndarray) -> np.ndarray:
-        """Sum over kernels of compat_k * filter_k(Q) for Q of shape (N, K) float32."""
-        lat_vals = self.splat @ q
-        for b in self.blurs:
-            lat_vals = b @ lat_vals
-        return self.slice_ @ lat_vals
+        """Sum over kernels of compat_k * filter_k(Q) for Q of shape (N, K) float32.
+
+        The result lives in one of two buffers that the calls take in turn: it stays valid
+        through the next call (the mean field's Q) and is overwritten by the one after.
+        """
+        width = q.shape[1]
+        if self._width != width:
+            m, n = self.splat.shape
+            self._lattice = [np.empty((m, width), np.float32) for _ in range(2)]
+            self._out = [np.empty((n, width), np.float32) for _ in range(2)]
+            self._width, self._turn = width, 0
+        buffers = self._lattice
+        _matmul_into(self.splat, q, buffers[0])
+        for axis, blur in enumerate(self.blurs):  # axis a reads buffer a % 2, writes the other
+            rows = blur.shape[0]
+            _matmul_into(blur, buffers[axis % 2][:rows], buffers[(axis + 1) % 2][:rows])
+        final = buffers[len(self.blurs) % 2]
+        for first, end, axes in self._blocks:  # a lattice with fewer axes finished elsewhere
+            if axes % 2 != len(self.blurs) % 2:
+                final[first:end] = buffers[axes % 2][first:end]
+        self._turn ^= 1
+        return _matmul_into(self.slice_, final, self._out[self._turn])
 
 
 def _lattice_and_norm(features: np.ndarray) -> tuple[PermutohedralLattice, np.ndarray]:

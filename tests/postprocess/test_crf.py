@@ -223,3 +223,48 @@ def test_noise_image_and_custom_params_match_pydensecrf(dcrf):
     d.addPairwiseGaussian(sxy=1, compat=3)
     d.addPairwiseBilateral(sxy=67, srgb=3, rgbim=image, compat=4)
     _assert_close(ours, np.array(d.inference(5)).reshape(5, 48, 64))
+
+
+def test_products_into_buffers_equal_scipy_matmul(photo, monkeypatch):
+    # The mean field writes its sparse products into reused buffers through scipy's own
+    # kernels; without them (`_MATVECS` empty) it falls back to `@`: the same numbers.
+    from pnoc_jax.postprocess import crf
+
+    labels = synthetic_probs(H, W, 5, seed=3).argmax(axis=0)
+    maps = np.stack([labels, np.roll(labels, 7, axis=1)])
+    buffered = dense_crf_labels(photo, labels, 5, iterations=4)
+    buffered_maps = crf.crf_label_maps(photo, maps, 5, iterations=4)
+    monkeypatch.setattr(crf, "_MATVECS", {})
+    np.testing.assert_array_equal(buffered, dense_crf_labels(photo, labels, 5, iterations=4))
+    np.testing.assert_array_equal(buffered_maps, crf.crf_label_maps(photo, maps, 5, iterations=4))
+
+
+def test_photo_benchmark_covers_every_pipeline_setting(dcrf, tmp_path):
+    import cv2
+
+    from pnoc_jax import cpu_benchmark
+
+    path = str(tmp_path / "photo.png")
+    cv2.imwrite(path, synthetic_photo(48, 64, seed=9)[..., ::-1])
+    result = cpu_benchmark.bench_crf_photos([path], repeats=1, longer_side=64)
+    assert result["settings"].keys() == cpu_benchmark.pipeline_crf_settings().keys()
+    for setting in result["settings"].values():
+        row = setting["photos"]["photo.png"]
+        assert row["hw"] == [48, 64]
+        assert row["argmax_agreement"] >= 0.99
+        assert setting["worst_ratio"] == row["ratio"] > 0
+    (tmp_path / "not_an_image.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"not_an_image\.txt: not an image"):
+        cpu_benchmark.read_photo(str(tmp_path / "not_an_image.txt"))
+
+
+def test_photo_label_map_has_the_asked_classes():
+    from pnoc_jax import cpu_benchmark
+
+    image = synthetic_photo(96, 128, seed=4)
+    labels = cpu_benchmark.photo_label_map(image, 6)
+    assert labels.shape == (96, 128) and set(np.unique(labels)) == set(range(6))
+    probs = cpu_benchmark.photo_probs(labels, 6)
+    assert probs.shape == (6, 96, 128) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    assert (probs.argmax(axis=0) == labels).mean() > 0.8
