@@ -23,6 +23,8 @@ utilisation (XLA's FLOP count of the compiled step / step time / the chip's peak
 update's compiled memory (XLA's buffer assignment: arguments, outputs, temporaries) is
 reported too; `--compile_only` stops there, which says whether a batch fits a device without
 running it (compiled for the present backend: a CPU's assignment only approximates a GPU's).
+`--profile_dir DIR` traces one more P-NOC/CAM train step (open DIR in TensorBoard's profiler or
+the perfetto_trace.json.gz in ui.perfetto.dev) and adds its op time by kind to the JSON.
 """
 
 import functools
@@ -66,6 +68,12 @@ _SALIENCY = flags.DEFINE_enum(
 )
 _HEAD_DIVISOR = flags.DEFINE_integer("head_divisor", 1, "PoolNet head widths divided by this.")
 # segmentation (issue 11)
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir",
+    "",
+    "Trace one more train step into this folder (TensorBoard / Perfetto) and report where its "
+    "time goes: the compiled ops' time grouped by kind (convolutions, fusions, copies, ...).",
+)
 _TASK = flags.DEFINE_enum("task", "cam", ["cam", "segmentation"], "What to time.")
 _SEG_MODEL = flags.DEFINE_enum(
     "segmentation_model", "deeplabv3plus", ["deeplabv3plus", "deeplabv2"], "Segmentation model."
@@ -104,6 +112,45 @@ def _time(fn, steps: int) -> list[float]:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return times
+
+
+def _op_kind(name: str) -> str:
+    """An XLA op's kind from its name: `ynn_fusion.12` -> `ynn_fusion`, `%convolution.3` ->
+    `convolution`."""
+    return name.lstrip("%").split(".")[0].rstrip("0123456789_") or name
+
+
+def profile_step(fn, folder: str, top: int = 12) -> dict:
+    """Runs `fn` (one train step) under `jax.profiler.trace` into `folder`, then sums the
+    trace's compiled-op events (those naming an `hlo_op`): [seconds, share of the ops' total]
+    per op kind and for the `top` ops. Ops on parallel threads overlap, so the total may exceed
+    the step's wall time."""
+    import glob
+    import gzip
+    from collections import Counter
+
+    with jax.profiler.trace(folder, create_perfetto_trace=True):
+        jax.block_until_ready(fn())
+    files = sorted(glob.glob(f"{folder}/**/perfetto_trace.json.gz", recursive=True))
+    if not files:
+        return {"profile_dir": folder, "profile_error": "no perfetto trace written"}
+    with gzip.open(files[-1]) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    ops: Counter = Counter()
+    for event in events:  # the compiled ops' events name their HLO op; host events do not
+        if event.get("ph") == "X" and "hlo_op" in event.get("args", {}):
+            ops[event["name"]] += event.get("dur", 0) / 1e6
+    total = sum(ops.values()) or 1.0
+    kinds: Counter = Counter()
+    for name, seconds in ops.items():
+        kinds[_op_kind(name)] += seconds
+    return {
+        "profile_dir": folder,
+        "profile_ops_s": round(total, 4),
+        "profile_by_kind": {k: [round(v, 4), round(v / total, 3)] for k, v in kinds.most_common()},
+        "profile_top_ops": {k: [round(v, 4), round(v / total, 3)] for k, v in ops.most_common(top)},
+    }
 
 
 def _memory(compiled) -> dict:
@@ -160,8 +207,10 @@ def benchmark_train(mesh) -> dict:
             flops += float((cost or {}).get("flops", 0.0))
             memory[f"update_{u.name}"] = _memory(compiled)
         times = _time(step, _STEPS.value)
+        profile = profile_step(step, _PROFILE_DIR.value) if _PROFILE_DIR.value else {}
     median = statistics.median(times)
     result = {
+        **profile,
         "train_step_s": median,
         "train_images_per_s": _BATCH.value / median,
         "train_flops_per_step": flops,
