@@ -26,9 +26,17 @@ for ((i = 0; i < n; i++)); do
 done
 status=0
 reaper=""
-for ((i = 0; i < n; i++)); do
+running=("${pids[@]}")
+while [ "${#running[@]}" -gt 0 ]; do
   code=0
-  wait -n "${pids[@]}" || code=$?
+  finished=""
+  wait -n -p finished "${running[@]}" || code=$?  # bash >= 5.1
+  if [ -z "$finished" ]; then break; fi
+  left=()
+  for pid in "${running[@]}"; do
+    if [ "$pid" != "$finished" ]; then left+=("$pid"); fi
+  done
+  running=("${left[@]}")
   if [ "$code" -ne 0 ] && [ "$status" -eq 0 ]; then
     status=$code
     echo "local_multiprocess: a process exited with status $code; stopping the others" >&2
