@@ -40,7 +40,7 @@ import numpy as np
 from absl import app, flags
 
 from pnoc_jax.cam import infer, strategies
-from pnoc_jax.core import distributed, optim, rng
+from pnoc_jax.core import distributed, optim, profiling, rng
 from pnoc_jax.core.loop import jit_update
 from pnoc_jax.core.train_state import create_state
 from pnoc_jax.inference import tta
@@ -114,45 +114,6 @@ def _time(fn, steps: int) -> list[float]:
     return times
 
 
-def _op_kind(name: str) -> str:
-    """An XLA op's kind from its name: `ynn_fusion.12` -> `ynn_fusion`, `%convolution.3` ->
-    `convolution`."""
-    return name.lstrip("%").split(".")[0].rstrip("0123456789_") or name
-
-
-def profile_step(fn, folder: str, top: int = 12) -> dict:
-    """Runs `fn` (one train step) under `jax.profiler.trace` into `folder`, then sums the
-    trace's compiled-op events (those naming an `hlo_op`): [seconds, share of the ops' total]
-    per op kind and for the `top` ops. Ops on parallel threads overlap, so the total may exceed
-    the step's wall time."""
-    import glob
-    import gzip
-    from collections import Counter
-
-    with jax.profiler.trace(folder, create_perfetto_trace=True):
-        jax.block_until_ready(fn())
-    files = sorted(glob.glob(f"{folder}/**/perfetto_trace.json.gz", recursive=True))
-    if not files:
-        return {"profile_dir": folder, "profile_error": "no perfetto trace written"}
-    with gzip.open(files[-1]) as f:
-        trace = json.load(f)
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    ops: Counter = Counter()
-    for event in events:  # the compiled ops' events name their HLO op; host events do not
-        if event.get("ph") == "X" and "hlo_op" in event.get("args", {}):
-            ops[event["name"]] += event.get("dur", 0) / 1e6
-    total = sum(ops.values()) or 1.0
-    kinds: Counter = Counter()
-    for name, seconds in ops.items():
-        kinds[_op_kind(name)] += seconds
-    return {
-        "profile_dir": folder,
-        "profile_ops_s": round(total, 4),
-        "profile_by_kind": {k: [round(v, 4), round(v / total, 3)] for k, v in kinds.most_common()},
-        "profile_top_ops": {k: [round(v, 4), round(v / total, 3)] for k, v in ops.most_common(top)},
-    }
-
-
 def _memory(compiled) -> dict:
     """XLA's buffer assignment of a compiled update, in bytes (peak ~ arguments + temporaries,
     the outputs reusing the donated state)."""
@@ -207,7 +168,7 @@ def benchmark_train(mesh) -> dict:
             flops += float((cost or {}).get("flops", 0.0))
             memory[f"update_{u.name}"] = _memory(compiled)
         times = _time(step, _STEPS.value)
-        profile = profile_step(step, _PROFILE_DIR.value) if _PROFILE_DIR.value else {}
+        profile = profiling.profile_step(step, _PROFILE_DIR.value) if _PROFILE_DIR.value else {}
     median = statistics.median(times)
     result = {
         **profile,

@@ -59,6 +59,9 @@ ALLOWED = {
     ("main.py", "os.listdir"): "CONFIG_DIR",
     ("main.py", "os.path.isfile"): "the --config file the user names (local Python)",
     ("cpu_benchmark.py", "open"): "/proc/self/status and /proc/self/clear_refs",
+    ("cpu_benchmark.py", "cv2.imread"): "the benchmark's photographs (--photos, local files)",
+    ("cpu_benchmark.py", "os.path.exists"): "scikit-image's installed photographs",
+    ("core/profiling.py", "glob.glob"): "the trace that jax.profiler just wrote (--profile_dir)",
     ("core/compile_cache.py", "os.path.expanduser"): "the local JAX compilation cache folder",
     # user inputs read with local tools: converted torch weights, pretrained files
     ("models/convert.py", "open"): "a downloaded torch checkpoint to convert (local)",

@@ -1,16 +1,17 @@
-"""The benchmark's profile summary: op kinds from XLA op names, and a traced step's op times."""
+"""The benchmark's profile summary (core.profiling): op kinds from XLA op names, and a traced
+step's op times."""
 
 import jax
 import jax.numpy as jnp
 
-from pnoc_jax import benchmark
+from pnoc_jax.core import profiling
 
 
 def test_op_kind_drops_the_instance_number():
-    assert benchmark._op_kind("ynn_fusion.239") == "ynn_fusion"
-    assert benchmark._op_kind("transpose_copy_fusion") == "transpose_copy_fusion"
-    assert benchmark._op_kind("%convolution.3") == "convolution"
-    assert benchmark._op_kind("wrapped_reduce-window") == "wrapped_reduce-window"
+    assert profiling.op_kind("ynn_fusion.239") == "ynn_fusion"
+    assert profiling.op_kind("transpose_copy_fusion") == "transpose_copy_fusion"
+    assert profiling.op_kind("%convolution.3") == "convolution"
+    assert profiling.op_kind("wrapped_reduce-window") == "wrapped_reduce-window"
 
 
 def test_profile_step_sums_the_compiled_ops(tmp_path):
@@ -23,7 +24,7 @@ def test_profile_step_sums_the_compiled_ops(tmp_path):
     )
     x, w = jnp.ones((4, 64, 64, 32)), jnp.full((3, 3, 32, 32), 0.01)
     conv(x, w).block_until_ready()
-    result = benchmark.profile_step(lambda: conv(x, w), str(tmp_path / "trace"))
+    result = profiling.profile_step(lambda: conv(x, w), str(tmp_path / "trace"))
     assert result["profile_ops_s"] > 0, result
     kinds = result["profile_by_kind"]
     assert kinds and abs(sum(s for s, _ in kinds.values()) - result["profile_ops_s"]) < 1e-3
