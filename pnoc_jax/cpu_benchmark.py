@@ -112,27 +112,35 @@ def _peak_mib(fn: Callable[[], Any]) -> float:
     return peak / 2**20
 
 
-def _pydensecrf_labels(image: np.ndarray, labels: np.ndarray, k: int, gt: float, t: int):
+# The paper's CRF kernels (spec §9): pydensecrf Gaussian(sxy 3, compat 3) + bilateral(sxy 50,
+# srgb 5, compat 10); the defaults of `postprocess.crf`.
+_PAPER_KERNELS = {
+    "gauss_sxy": 3.0,
+    "gauss_compat": 3.0,
+    "bilateral_sxy": 50.0,
+    "bilateral_srgb": 5.0,
+    "bilateral_compat": 10.0,
+}
+
+
+def _pydensecrf(image, unary, labels, k, gt, t, kernels):
+    """pydensecrf2 on a label map (`unary` "labels", gt_prob `gt`) or softmax probabilities."""
     import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_labels
+    from pydensecrf.utils import unary_from_labels, unary_from_softmax
 
-    h, w = labels.shape
+    h, w = image.shape[:2]
     d = dcrf.DenseCRF2D(w, h, k)
-    d.setUnaryEnergy(unary_from_labels(labels, k, gt, zero_unsure=False))
-    d.addPairwiseGaussian(sxy=3, compat=3)
-    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(image), compat=10)
-    return np.array(d.inference(t)).reshape(k, h, w)
-
-
-def _pydensecrf_probs(image: np.ndarray, probs: np.ndarray, t: int):
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
-
-    k, h, w = probs.shape
-    d = dcrf.DenseCRF2D(w, h, k)
-    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    d.addPairwiseGaussian(sxy=3, compat=3)
-    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(image), compat=10)
+    if unary == "labels":
+        d.setUnaryEnergy(unary_from_labels(labels, k, gt, zero_unsure=False))
+    else:
+        d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(labels)))
+    d.addPairwiseGaussian(sxy=kernels["gauss_sxy"], compat=kernels["gauss_compat"])
+    d.addPairwiseBilateral(
+        sxy=kernels["bilateral_sxy"],
+        srgb=kernels["bilateral_srgb"],
+        rgbim=image,
+        compat=kernels["bilateral_compat"],
+    )
     return np.array(d.inference(t)).reshape(k, h, w)
 
 
@@ -146,15 +154,15 @@ def _crf_cases(h: int, w: int, k: int) -> dict[str, tuple[Callable, Callable]]:
     return {
         f"labels_gt0.7_t10_k{k}": (
             lambda: dense_crf_labels(image, labels, k, 0.7, 10),
-            lambda: _pydensecrf_labels(image, labels, k, 0.7, 10),
+            lambda: _pydensecrf(image, "labels", labels, k, 0.7, 10, _PAPER_KERNELS),
         ),
         f"labels_gt0.9_t1_k{k}": (
             lambda: dense_crf_labels(image, labels, k, 0.9, 1),
-            lambda: _pydensecrf_labels(image, labels, k, 0.9, 1),
+            lambda: _pydensecrf(image, "labels", labels, k, 0.9, 1, _PAPER_KERNELS),
         ),
         f"probs_t10_k{k}": (
             lambda: dense_crf(image, probs, 10),
-            lambda: _pydensecrf_probs(image, probs, 10),
+            lambda: _pydensecrf(image, "probs", probs, k, 0.0, 10, _PAPER_KERNELS),
         ),
     }
 
@@ -246,17 +254,6 @@ def bench_crf(h: int = 375, w: int = 500, k: int = 21, repeats: int = 3) -> dict
     return out
 
 
-# The paper's CRF kernels (spec §9): pydensecrf Gaussian(sxy 3, compat 3) + bilateral(sxy 50,
-# srgb 5, compat 10); the defaults of `postprocess.crf`.
-_PAPER_KERNELS = {
-    "gauss_sxy": 3.0,
-    "gauss_compat": 3.0,
-    "bilateral_sxy": 50.0,
-    "bilateral_srgb": 5.0,
-    "bilateral_compat": 10.0,
-}
-
-
 def pipeline_crf_settings() -> dict[str, tuple[str, int, float, int, dict[str, float]]]:
     """The dense-CRF settings of the pipeline (spec §9): name -> (unary, classes, gt_prob,
     iterations, kernels). "labels": a label map of `classes` labels (background included:
@@ -314,26 +311,6 @@ def photo_probs(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     logits = logits.transpose(2, 0, 1)
     e = np.exp(logits - logits.max(axis=0, keepdims=True))
     return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
-
-
-def _pydensecrf(image, unary, labels, k, gt, t, kernels):
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_labels, unary_from_softmax
-
-    h, w = image.shape[:2]
-    d = dcrf.DenseCRF2D(w, h, k)
-    if unary == "labels":
-        d.setUnaryEnergy(unary_from_labels(labels, k, gt, zero_unsure=False))
-    else:
-        d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(labels)))
-    d.addPairwiseGaussian(sxy=kernels["gauss_sxy"], compat=kernels["gauss_compat"])
-    d.addPairwiseBilateral(
-        sxy=kernels["bilateral_sxy"],
-        srgb=kernels["bilateral_srgb"],
-        rgbim=image,
-        compat=kernels["bilateral_compat"],
-    )
-    return np.array(d.inference(t)).reshape(k, h, w)
 
 
 def _ours(image, unary, labels, k, gt, t, kernels):
@@ -420,7 +397,7 @@ def bench_crf_sweep(h: int = 375, w: int = 500, k: int = 3, repeats: int = 2) ->
         }
         if have_ref:
             cases["pydensecrf2"] = lambda t=t, gt=gt: [
-                _pydensecrf_labels(image, m, k, gt, t) for m in maps
+                _pydensecrf(image, "labels", m, k, gt, t, _PAPER_KERNELS) for m in maps
             ]
         best: dict[str, list[float]] = {}
         for _ in range(repeats):
@@ -508,6 +485,8 @@ def main(argv: list[str] | None = None) -> None:
         "load_average_before": [round(v, 2) for v in os.getloadavg()],
     }
     photos = scikit_image_photos() if args.photos is None else args.photos
+    if args.photos_only and not photos:
+        parser.error("--photos-only: no photographs; pass --photos FILE... or install scikit-image")
     if photos and not args.sweep_only:
         result["crf_photos"] = bench_crf_photos(photos, repeats=min(args.repeats, 3))
     if args.photos_only:
