@@ -99,6 +99,27 @@ def test_lattice_weights_are_barycentric(photo):
     assert all(len(set(row)) == 6 for row in lat.vertex.tolist())
 
 
+@pytest.mark.parametrize("features", ["position", "bilateral"])
+def test_pixel_order_renumbering_filters_the_same(photo, features):
+    from pnoc_jax.postprocess import crf
+
+    if features == "position":
+        feats = crf._position_features(H, W, 1.0)
+    else:
+        feats = crf._bilateral_features(photo, 50.0, 5.0)
+    lat = PermutohedralLattice.build(feats)
+    renumbered = lat.in_pixel_order()
+    assert sorted(np.unique(renumbered.vertex)) == list(range(lat.n_vertices))
+
+    # neighbouring pixels' corners get nearby numbers (hash order scatters them)
+    def gap(vertex: np.ndarray) -> float:
+        return float(np.median(np.abs(np.diff(vertex[:, 0].astype(np.int64)))))
+
+    assert gap(renumbered.vertex) < gap(lat.vertex) / 5
+    values = np.random.default_rng(1).random(H * W, dtype=np.float32)
+    np.testing.assert_array_equal(lat.compute(values), renumbered.compute(values))
+
+
 def test_position_kernel_cache_is_not_mutated(photo):
     labels = synthetic_probs(H, W, 3, seed=3).argmax(0)
     a = dense_crf_labels(photo, labels, 3, iterations=3)
