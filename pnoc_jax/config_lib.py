@@ -228,6 +228,25 @@ def check_training(config: ml_collections.ConfigDict, name: str, topology: Topol
     check_number(config, f"{name}.max_size", low=section.min_size, integer=True)
 
 
+def check_sgd_groups(config: ml_collections.ConfigDict, name: str) -> None:
+    """Nesterov only with momentum, and the four learning-rate multipliers of the reference's
+    parameter groups (backbone weight, backbone bias, head weight, head bias)."""
+    section = config[name]
+    check(
+        not section.nesterov or section.momentum > 0,
+        f"{name}.nesterov",
+        section.nesterov,
+        f"False unless config.{name}.momentum > 0",
+    )
+    mult = tuple(section.lr_mult)
+    check(
+        len(mult) == 4 and all(isinstance(m, int | float) and m > 0 for m in mult),
+        f"{name}.lr_mult",
+        mult,
+        "4 positive multipliers (backbone weight, backbone bias, head weight, head bias)",
+    )
+
+
 def train_section(**overrides: Any) -> ml_collections.ConfigDict:
     """Defaults of one classifier-training section (`config.train` or `config.oc`), spec §2/§14."""
     section = ml_collections.ConfigDict(

@@ -331,10 +331,10 @@ def bench_crf_photos(paths: list[str], repeats: int = 3, longer_side: int = 500)
     except ImportError:
         return {"skipped": "pydensecrf2 is not installed"}
     out: dict[str, Any] = {"photos": [os.path.basename(p) for p in paths], "settings": {}}
+    images = {path: read_photo(path, longer_side) for path in paths}
     for name, (unary, k, gt, t, kernels) in pipeline_crf_settings().items():
         rows = {}
-        for path in paths:
-            image = read_photo(path, longer_side)
+        for path, image in images.items():
             labels = photo_label_map(image, k)
             if unary == "probs":
                 labels = photo_probs(labels, k)

@@ -207,19 +207,7 @@ def _validate_section(
     strategies.validate_args(config, name)
     config_lib.check_choice(config, f"{name}.split", datasets.get_info(config.data.name).splits)
     config_lib.check_training(config, name, topology)
-    check(
-        not section.nesterov or section.momentum > 0,
-        f"{name}.nesterov",
-        section.nesterov,
-        f"False unless config.{name}.momentum > 0",
-    )
-    mult = tuple(section.lr_mult)
-    check(
-        len(mult) == 4 and all(m > 0 for m in mult),
-        f"{name}.lr_mult",
-        mult,
-        "4 positive multipliers (backbone weight, backbone bias, head weight, head bias)",
-    )
+    config_lib.check_sgd_groups(config, name)
     number(config, f"{name}.label_smoothing", low=0, high=1, high_open=True)
     number(config, f"{name}.accumulate_steps", low=1, integer=True)
     config_lib.check_choice(config, f"{name}.dtype", ("float32", "bfloat16"))

@@ -308,22 +308,14 @@ class PermutohedralLattice:
         blur_idx[:, :, new_id[:-1]] = new_id[self.blur_idx]  # index m (missing) stays m
         return PermutohedralLattice(new_id[self.vertex], self.weight, blur_idx, m, self.alpha)
 
-    def blur(self, values: np.ndarray) -> np.ndarray:
-        """Sequential blur along the d+1 lattice axes of a (M,) float32 signal."""
-        buf = np.append(values, np.float32(0.0))  # index M: missing neighbour
-        for n1, n2 in self.blur_idx:
-            new = buf[n1] + buf[n2]
-            new *= np.float32(0.5)
-            new += buf[:-1]
-            buf[:-1] = new
-        return buf[:-1]
-
     def compute(self, values: np.ndarray) -> np.ndarray:
         """Approximate Gaussian filtering of one (N,) signal: slice(blur(splat(values)))."""
         lat = np.bincount(
             self.vertex.ravel(), (self.weight * values[:, None]).ravel(), self.n_vertices
         )
-        lat = self.blur(lat.astype(np.float32))
+        lat = lat.astype(np.float32)
+        for blur in self.blur_matrices:
+            lat = blur @ lat
         return np.float32(self.alpha) * (self.weight * lat[self.vertex]).sum(axis=1)
 
 

@@ -524,19 +524,7 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     config_lib.check_choice(config, f"{key}.val_split", splits)
     number(config, f"{key}.validate_every", low=1, integer=True)
     config_lib.check_training(config, key, topology)
-    check(
-        not cfg.nesterov or cfg.momentum > 0,
-        f"{key}.nesterov",
-        cfg.nesterov,
-        f"False unless config.{key}.momentum > 0",
-    )
-    mult = tuple(cfg.lr_mult)
-    check(
-        len(mult) == 4 and all(isinstance(m, int | float) and m > 0 for m in mult),
-        f"{key}.lr_mult",
-        mult,
-        "4 positive multipliers (backbone weight, backbone bias, head weight, head bias)",
-    )
+    config_lib.check_sgd_groups(config, key)
     number(config, f"{key}.label_smoothing", low=0, high=1, high_open=True)
     config_lib.check_choice(config, f"{key}.dtype", ("float32", "bfloat16"))
     try:
