@@ -129,36 +129,43 @@ except (ImportError, AttributeError):  # a scipy without them: `@` (allocates it
     _MATVECS = {}
 
 
-def _matmul_into(a: sp.csr_matrix | sp.csc_matrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out[...] = a @ x`` for float32 C-contiguous (.., K) ``x`` and ``out``.
+def _matmul_into(
+    a: sp.csr_matrix | sp.csc_matrix,
+    x: np.ndarray,
+    out: np.ndarray,
+    init: np.ndarray | None = None,
+) -> np.ndarray:
+    """``out[...] = init + a @ x`` (``init`` 0 when None) for float32 C-contiguous (.., K)
+    ``x``, ``out`` and ``init``.
 
     Reusing ``out`` matters: a (M, K) product above glibc's mmap threshold (32 MB, e.g. a
     DeepLab-setting lattice of 400k vertices x 24 labels) is otherwise a fresh mapping,
-    page-faulted and zeroed by the kernel, at every product of every iteration.
+    page-faulted and zeroed by the kernel, at every product of every iteration. ``init`` saves
+    a pass: the kernel accumulates into ``out`` anyway.
     """
     kernel = _MATVECS.get(a.format)
     if kernel is None or not (x.flags.c_contiguous and out.flags.c_contiguous):
-        out[...] = a @ x
+        out[...] = a @ x if init is None else init + a @ x
         return out
-    out.fill(0.0)
+    if init is None:
+        out.fill(0.0)
+    else:
+        np.copyto(out, init)
     kernel(a.shape[0], a.shape[1], x.shape[1], a.indptr, a.indices, a.data, x.ravel(), out.ravel())
     return out
 
 
-def _blur_matrix(n1: np.ndarray, n2: np.ndarray) -> sp.csr_matrix:
-    """CSR of x -> x + 0.5 (x[n1] + x[n2]) along one lattice axis; (M,) int32 neighbour
-    indices, -1 where a neighbour is missing (it counts as zero and is left out)."""
-    m = n1.size
-    has1, has2 = n1 >= 0, n2 >= 0
+def _blur_matrix(n1: np.ndarray, n2: np.ndarray, m: int) -> sp.csr_matrix:
+    """CSR of x -> 0.5 (x[n1] + x[n2]) along one lattice axis, the blur's neighbour half (the
+    blur adds x itself: `_matmul_into(..., init=x)`); (M,) neighbour indices, ``m`` where a
+    neighbour is missing (it counts as zero and is left out)."""
+    has1, has2 = n1 < m, n2 < m
     indptr = np.zeros(m + 1, dtype=np.int32)
-    np.cumsum(1 + has1.astype(np.int32) + has2, out=indptr[1:])
+    np.cumsum(has1.astype(np.int32) + has2, out=indptr[1:])
     indices = np.empty(indptr[-1], dtype=np.int32)
+    indices[indptr[:-1][has1]] = n1[has1]  # a row's n1 entry comes first, its n2 entry last
+    indices[indptr[1:][has2] - 1] = n2[has2]
     data = np.full(indptr[-1], 0.5, dtype=np.float32)
-    first = indptr[:-1]
-    indices[first] = np.arange(m, dtype=np.int32)
-    data[first] = 1.0
-    indices[first[has1] + 1] = n1[has1]
-    indices[(first + 1 + has1)[has2]] = n2[has2]
     return sp.csr_matrix((data, indices, indptr), shape=(m, m))
 
 
@@ -282,13 +289,10 @@ class PermutohedralLattice:
 
     @functools.cached_property
     def blur_matrices(self) -> list[sp.csr_matrix]:
-        """One CSR per lattice axis, x -> x + 0.5 (x[n1] + x[n2]) on (M, K) vertex values
-        (built on first use; the cached position lattice keeps its own)."""
-        m = np.int32(self.n_vertices)
-        return [
-            _blur_matrix(*np.where(nb < m, nb, np.int32(-1)).astype(np.int32))
-            for nb in self.blur_idx
-        ]
+        """One CSR per lattice axis, x -> 0.5 (x[n1] + x[n2]) on (M, K) vertex values; the blur
+        along the axis is x + that (built on first use; the cached position lattice keeps its
+        own)."""
+        return [_blur_matrix(n1, n2, self.n_vertices) for n1, n2 in self.blur_idx]
 
     def in_pixel_order(self) -> PermutohedralLattice:
         """The same lattice with its vertices numbered in the order of the pixels that touch
@@ -308,15 +312,22 @@ class PermutohedralLattice:
         blur_idx[:, :, new_id[:-1]] = new_id[self.blur_idx]  # index m (missing) stays m
         return PermutohedralLattice(new_id[self.vertex], self.weight, blur_idx, m, self.alpha)
 
+    def splat_matrix(self) -> sp.csc_matrix:
+        """(M, N) CSC whose column i holds pixel i's barycentric weights at its simplex's
+        corners: ``splat @ values`` splats, and its transpose (a CSR view, no copy) slices."""
+        n, d1 = self.vertex.shape
+        indptr = np.arange(0, n * d1 + 1, d1, dtype=np.int32)
+        return sp.csc_matrix(
+            (self.weight.ravel(), self.vertex.ravel(), indptr), shape=(self.n_vertices, n)
+        )
+
     def compute(self, values: np.ndarray) -> np.ndarray:
         """Approximate Gaussian filtering of one (N,) signal: slice(blur(splat(values)))."""
-        lat = np.bincount(
-            self.vertex.ravel(), (self.weight * values[:, None]).ravel(), self.n_vertices
-        )
-        lat = lat.astype(np.float32)
+        splat = self.splat_matrix()
+        lat = splat @ np.asarray(values, dtype=np.float32)
         for blur in self.blur_matrices:
-            lat = blur @ lat
-        return np.float32(self.alpha) * (self.weight * lat[self.vertex]).sum(axis=1)
+            lat = lat + blur @ lat
+        return np.float32(self.alpha) * (splat.T @ lat)
 
 
 def _position_features(h: int, w: int, sxy: float) -> np.ndarray:
@@ -342,27 +353,29 @@ class _MeanField:
 
     def __init__(self, kernels: list[tuple[PermutohedralLattice, np.ndarray, float]]) -> None:
         n = kernels[0][0].vertex.shape[0]
-        idx, w_splat, w_slice, self._blocks = [], [], [], []
-        start = 0
+        width = sum(lat.vertex.shape[1] for lat, _, _ in kernels)  # corners per pixel, all kernels
+        indices = np.empty((n, width), dtype=np.int32)
+        w_splat = np.empty((n, width), dtype=np.float32)
+        w_slice = np.empty((n, width), dtype=np.float32)
+        self._blocks = []
+        start = col = 0
         for lat, norm, compat in kernels:
-            idx.append(lat.vertex + np.int32(start))
-            w_splat.append(lat.weight * norm[:, None])
-            w_slice.append(lat.weight * (norm * np.float32(lat.alpha * compat))[:, None])
+            cols = slice(col, col + lat.vertex.shape[1])
+            np.add(lat.vertex, np.int32(start), out=indices[:, cols])
+            np.multiply(lat.weight, norm[:, None], out=w_splat[:, cols])
+            np.multiply(w_splat[:, cols], np.float32(lat.alpha * compat), out=w_slice[:, cols])
             self._blocks.append((start, start + lat.n_vertices, lat.blur_matrices))
             start += lat.n_vertices
-        indices = np.concatenate(idx, axis=1).ravel()
-        indptr = np.arange(0, indices.size + 1, indices.size // n, dtype=np.int32)
-        self.splat = sp.csc_matrix(
-            (np.concatenate(w_splat, axis=1).ravel(), indices, indptr), shape=(start, n)
-        )
-        self.slice_ = sp.csr_matrix(
-            (np.concatenate(w_slice, axis=1).ravel(), indices, indptr), shape=(n, start)
-        )
+            col = cols.stop
+        indptr = np.arange(0, n * width + 1, width, dtype=np.int32)
+        self.splat = sp.csc_matrix((w_splat.ravel(), indices.ravel(), indptr), shape=(start, n))
+        self.slice_ = sp.csr_matrix((w_slice.ravel(), indices.ravel(), indptr), shape=(n, start))
         self._axes = max(len(blurs) for _, _, blurs in self._blocks)
         self._width = 0  # messages' buffers, allocated for the width of Q at the first call
 
-    def messages(self, q: np.ndarray) -> np.ndarray:
-        """Sum over kernels of compat_k * filter_k(Q) for Q of shape (N, K) float32.
+    def messages(self, q: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        """``offset`` plus the sum over kernels of compat_k * filter_k(Q), for Q and ``offset``
+        of shape (N, K) float32 (the mean field's logits, with ``offset`` = -unary).
 
         The result lives in one of two buffers that the calls take in turn: it stays valid
         through the next call (the mean field's Q) and is overwritten by the one after.
@@ -379,13 +392,13 @@ class _MeanField:
             src, dst = buffers[axis % 2], buffers[(axis + 1) % 2]
             for first, end, blurs in self._blocks:
                 if axis < len(blurs):
-                    _matmul_into(blurs[axis], src[first:end], dst[first:end])
+                    _matmul_into(blurs[axis], src[first:end], dst[first:end], src[first:end])
         final = buffers[self._axes % 2]
         for first, end, blurs in self._blocks:  # a lattice with fewer axes finished earlier
             if len(blurs) % 2 != self._axes % 2:
                 final[first:end] = buffers[len(blurs) % 2][first:end]
         self._turn ^= 1
-        return _matmul_into(self.slice_, final, self._out[self._turn])
+        return _matmul_into(self.slice_, final, self._out[self._turn], init=offset)
 
 
 def _lattice_and_norm(features: np.ndarray) -> tuple[PermutohedralLattice, np.ndarray]:
@@ -430,6 +443,17 @@ def _softmax_rows(logits: np.ndarray, subtract_max: bool = True, out_k: int | No
     return logits
 
 
+def _padded_neg_unary(neg_unary: np.ndarray) -> np.ndarray:
+    """(N, Kp) float32 -unary for the mean field from a (K, N) float32 -unary (shifted in
+    place): every row max 0 (softmax is shift-invariant), padding labels at _PAD_LOGIT."""
+    k, n = neg_unary.shape
+    neg_unary -= neg_unary.max(axis=0)
+    out = np.empty((n, _padded_labels(k)), dtype=np.float32)
+    out[:, :k] = neg_unary.T
+    out[:, k:] = _PAD_LOGIT
+    return out
+
+
 def _mean_field(
     image: np.ndarray,
     neg_unary: np.ndarray,
@@ -466,13 +490,21 @@ def _mean_field(
     mf = _MeanField(kernels)
     nonneg = all(c >= 0 for _, _, c in kernels)
     for it in range(iterations):
-        logits = mf.messages(q)
-        logits += neg_unary
+        logits = mf.messages(q, neg_unary)
         # With compat >= 0 messages are >= 0 and every row max of neg_unary is 0, so each row
         # max is >= 0; if the global max is small, exp neither overflows nor underflows a row.
         safe = nonneg and float(logits.max()) < 60.0
         q = _softmax_rows(logits, subtract_max=not safe, out_k=k if it == iterations - 1 else None)
     return q
+
+
+def _marginals(
+    image: np.ndarray, neg_unary: np.ndarray, iterations: int, *kernels: float
+) -> np.ndarray:
+    """Mean-field marginals (K, H, W) for a (K, N) float32 -unary (shifted in place)."""
+    k = neg_unary.shape[0]
+    q = _mean_field(image, _padded_neg_unary(neg_unary), None, k, iterations, *kernels)
+    return q.reshape(k, *image.shape[:2])
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -537,23 +569,9 @@ def dense_crf_unary(
         raise ValueError(f"unary must have shape (K, {h}, {w}) matching image, got {unary.shape}")
     if not np.all(np.isfinite(unary)):
         raise ValueError("unary contains NaN or inf")
-    k = unary.shape[0]
-    u = unary.reshape(k, h * w).astype(np.float32)
-    neg_unary = np.full((h * w, _padded_labels(k)), _PAD_LOGIT, dtype=np.float32)
-    neg_unary[:, :k] = (u.min(axis=0) - u).T  # row max 0
-    q = _mean_field(
-        image,
-        neg_unary,
-        None,
-        k,
-        iterations,
-        gauss_sxy,
-        gauss_compat,
-        bilateral_sxy,
-        bilateral_srgb,
-        bilateral_compat,
-    )
-    return q.reshape(k, h, w)
+    neg_unary = np.negative(unary.reshape(unary.shape[0], h * w), dtype=np.float32)
+    kernels = (gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat)
+    return _marginals(image, neg_unary, iterations, *kernels)
 
 
 def dense_crf(
@@ -580,24 +598,20 @@ def dense_crf(
         raise ValueError(f"probs must have shape (K, {h}, {w}) matching image, got {probs.shape}")
     if probs.shape[0] < 2:
         raise ValueError(f"probs must have at least 2 labels (K >= 2), got K={probs.shape[0]}")
-    if np.isnan(probs).any():
-        raise ValueError("probs contains NaN")
-    if (probs < 0).any():
+    if not (probs >= 0).all():  # NaN fails this too
+        if np.isnan(probs).any():
+            raise ValueError("probs contains NaN")
         raise ValueError("probs must be non-negative")
-    sums = probs.sum(axis=0, dtype=np.float64)
+    sums = probs.sum(axis=0, dtype=np.result_type(probs.dtype, np.float32))
     if not np.allclose(sums, 1.0, atol=1e-3, rtol=0):
         worst = float(np.abs(sums - 1.0).max())
         raise ValueError(f"probs must sum to 1 over K (tolerance 1e-3); max deviation {worst:.3g}")
-    return dense_crf_unary(
-        image,
-        unary_from_probs(probs),
-        iterations,
-        gauss_sxy,
-        gauss_compat,
-        bilateral_sxy,
-        bilateral_srgb,
-        bilateral_compat,
-    )
+    iterations = _check_iterations(iterations)
+    k = probs.shape[0]
+    # -unary_from_probs(probs), computed in float32 without the intermediate copies
+    log_probs = np.log(np.clip(probs, _PROB_CLIP, 1.0), dtype=np.float32)
+    kernels = (gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat)
+    return _marginals(image, log_probs.reshape(k, h * w), iterations, *kernels)
 
 
 def _check_labels(labels: np.ndarray, n_labels: int, hw: tuple[int, int]) -> np.ndarray:
@@ -755,8 +769,7 @@ def crf_label_maps(
     if kernels:
         mf = _MeanField(kernels)
         for _ in range(iterations):
-            logits = mf.messages(q)
-            logits += neg_unary
+            logits = mf.messages(q, neg_unary)
             q = _softmax_blocks(logits, kp)
     best = q.reshape(h * w, len(unique), kp)[:, :, :n_labels].argmax(axis=2).astype(np.uint8)
     return np.stack([best[:, i].reshape(h, w) for i in which])
