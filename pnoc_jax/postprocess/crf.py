@@ -420,31 +420,39 @@ _SOFTMAX_BLOCK = 1 << 17  # floats per block of rows (512 KiB): stays in cache a
 
 
 def _softmax_rows(
-    logits: np.ndarray, subtract_max: bool | None = True, out_k: int | None = None
+    logits: np.ndarray,
+    subtract_max: bool | None = True,
+    out_k: int | None = None,
+    group: int | None = None,
 ) -> np.ndarray:
-    """Softmax over the last axis of a (N, Kp) float32 array (in place), in blocks of rows so
-    that the max, exp, sum and scale passes over a block run in cache.
+    """Softmax over each group of ``group`` columns (default: all) of a (N, C) float32 array,
+    in place, in blocks of rows so that the max, exp, sum and scale passes over a block run in
+    cache.
 
-    subtract_max: True shifts every row by its max; False never (the caller knows every row max
-    is 0); None only in blocks whose max is 60 or more, for rows whose max is known to be >= 0
-    (exp then neither overflows nor underflows a whole row). Row sums go through BLAS (a
-    (rows, Kp) @ (Kp,) product), much faster than ``sum(axis=1)``. With ``out_k`` the first
-    ``out_k`` labels are returned as a new C-contiguous (out_k, N) array.
+    subtract_max: True shifts every row (group) by its max; False never (the caller knows every
+    max is 0); None only in blocks whose max is 60 or more, for groups whose max is known to be
+    >= 0 (exp then neither overflows nor underflows a whole group). Group sums go through BLAS
+    (a product with a 0/1 (C, C / group) matrix), much faster than ``sum(axis=-1)``. With
+    ``out_k`` (one group) the first ``out_k`` labels are returned as a new C-contiguous
+    (out_k, N) array.
     """
-    n, kp = logits.shape
-    ones = np.ones(kp, dtype=np.float32)
+    n, width = logits.shape
+    group = group or width
+    groups = width // group
+    sums = np.repeat(np.eye(groups, dtype=np.float32), group, axis=0)  # (C, groups)
     out = None if out_k is None else np.empty((out_k, n), dtype=np.float32)
-    rows = max(1, _SOFTMAX_BLOCK // kp)
+    rows = max(1, _SOFTMAX_BLOCK // width)
     for start in range(0, n, rows):
         block = logits[start : start + rows]
+        grouped = block.reshape(len(block), groups, group)
         if subtract_max or (subtract_max is None and block.max() >= 60.0):
-            block -= block.max(axis=1, keepdims=True)
+            grouped -= grouped.max(axis=2, keepdims=True)
         np.exp(block, out=block)
-        inv = 1.0 / (block @ ones)
+        inv = 1.0 / (block @ sums)
         if out is None:
-            block *= inv[:, None]
+            grouped *= inv[:, :, None]
         else:
-            np.multiply(block[:, :out_k].T, inv[None, :], out=out[:, start : start + len(block)])
+            np.multiply(block[:, :out_k].T, inv.T, out=out[:, start : start + len(block)])
     return logits if out is None else out
 
 
@@ -457,6 +465,29 @@ def _padded_neg_unary(neg_unary: np.ndarray) -> np.ndarray:
     out[:, :k] = neg_unary.T
     out[:, k:] = _PAD_LOGIT
     return out
+
+
+def _kernels(
+    image: np.ndarray,
+    iterations: int,
+    gauss_sxy: float,
+    gauss_compat: float,
+    bilateral_sxy: float,
+    bilateral_srgb: float,
+    bilateral_compat: float,
+) -> list[tuple[PermutohedralLattice, np.ndarray, float]]:
+    """The pairwise kernels of a mean field on ``image``: (lattice, normalisation, compat) for
+    each kernel whose compat is not 0 (none when there are no iterations)."""
+    h, w = image.shape[:2]
+    kernels = []
+    if iterations > 0 and gauss_compat != 0:
+        _check_positive(gauss_sxy=gauss_sxy)
+        kernels.append((*_position_lattice(h, w, float(gauss_sxy)), float(gauss_compat)))
+    if iterations > 0 and bilateral_compat != 0:
+        _check_positive(bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb)
+        feats = _bilateral_features(image, bilateral_sxy, bilateral_srgb)
+        kernels.append((*_lattice_and_norm(feats), float(bilateral_compat)))
+    return kernels
 
 
 def _mean_field(
@@ -477,15 +508,9 @@ def _mean_field(
     shift-invariant), columns k.. set to _PAD_LOGIT (Kp = _padded_labels(k));
     q: softmax(neg_unary) if the caller has it cheaply, else None.
     """
-    h, w = image.shape[:2]
-    kernels = []
-    if iterations > 0 and gauss_compat != 0:
-        _check_positive(gauss_sxy=gauss_sxy)
-        kernels.append((*_position_lattice(h, w, float(gauss_sxy)), float(gauss_compat)))
-    if iterations > 0 and bilateral_compat != 0:
-        _check_positive(bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb)
-        feats = _bilateral_features(image, bilateral_sxy, bilateral_srgb)
-        kernels.append((*_lattice_and_norm(feats), float(bilateral_compat)))
+    kernels = _kernels(
+        image, iterations, gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat
+    )
     if not kernels:
         if q is None:
             return _softmax_rows(neg_unary.copy(), subtract_max=False, out_k=k)
@@ -710,15 +735,6 @@ def crf_label_map(
 # built once, and every distinct map's mean field runs in the same sparse products.
 
 
-def _softmax_blocks(logits: np.ndarray, kp: int) -> np.ndarray:
-    """Softmax over each block of `kp` columns of a (N, M * kp) float32 array (in place)."""
-    blocks = logits.reshape(logits.shape[0], -1, kp)
-    blocks -= blocks.max(axis=2, keepdims=True)
-    np.exp(blocks, out=blocks)
-    blocks /= blocks.sum(axis=2, keepdims=True)
-    return logits
-
-
 def crf_label_maps(
     image: np.ndarray,
     label_maps: np.ndarray,
@@ -762,19 +778,15 @@ def crf_label_maps(
     for block, labels in enumerate(unique):
         neg_unary[rows, block, labels.ravel()] = shift - p_energy
     neg_unary = neg_unary.reshape(h * w, len(unique) * kp)
-    q = _softmax_blocks(neg_unary.copy(), kp)
-    kernels = []
-    if iterations > 0 and gauss_compat != 0:
-        _check_positive(gauss_sxy=gauss_sxy)
-        kernels.append((*_position_lattice(h, w, float(gauss_sxy)), float(gauss_compat)))
-    if iterations > 0 and bilateral_compat != 0:
-        _check_positive(bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb)
-        feats = _bilateral_features(image, bilateral_sxy, bilateral_srgb)
-        kernels.append((*_lattice_and_norm(feats), float(bilateral_compat)))
+    q = _softmax_rows(neg_unary.copy(), subtract_max=False, group=kp)
+    kernels = _kernels(
+        image, iterations, gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat
+    )
     if kernels:
         mf = _MeanField(kernels)
+        shift = None if all(c >= 0 for _, _, c in kernels) else True
         for _ in range(iterations):
             logits = mf.messages(q, neg_unary)
-            q = _softmax_blocks(logits, kp)
+            q = _softmax_rows(logits, subtract_max=shift, group=kp)
     best = q.reshape(h * w, len(unique), kp)[:, :, :n_labels].argmax(axis=2).astype(np.uint8)
     return np.stack([best[:, i].reshape(h, w) for i in which])
