@@ -492,6 +492,13 @@ def _kernels(
     return kernels
 
 
+def _logit_shift(kernels: list[tuple[PermutohedralLattice, np.ndarray, float]]) -> bool | None:
+    """`_softmax_rows`' subtract_max for the mean field's logits: with every compat >= 0 the
+    messages are >= 0 and every row max of -unary is 0, so every row max is >= 0 and only
+    blocks with large logits need shifting (None); otherwise every row is shifted (True)."""
+    return None if all(compat >= 0 for _, _, compat in kernels) else True
+
+
 def _mean_field(
     image: np.ndarray,
     neg_unary: np.ndarray,
@@ -520,12 +527,9 @@ def _mean_field(
     if q is None:
         q = _softmax_rows(neg_unary.copy(), subtract_max=False)
     mf = _MeanField(kernels)
-    nonneg = all(c >= 0 for _, _, c in kernels)
+    shift = _logit_shift(kernels)
     for it in range(iterations):
         logits = mf.messages(q, neg_unary)
-        # With compat >= 0 messages are >= 0 and every row max of neg_unary is 0, so every row
-        # max is >= 0: only blocks with large logits need shifting.
-        shift = None if nonneg else True
         q = _softmax_rows(logits, subtract_max=shift, out_k=k if it == iterations - 1 else None)
     return q
 
@@ -786,7 +790,7 @@ def crf_label_maps(
     )
     if kernels:
         mf = _MeanField(kernels)
-        shift = None if all(c >= 0 for _, _, c in kernels) else True
+        shift = _logit_shift(kernels)
         for _ in range(iterations):
             logits = mf.messages(q, neg_unary)
             q = _softmax_rows(logits, subtract_max=shift, group=kp)
