@@ -492,55 +492,69 @@ def _kernels(
     return kernels
 
 
-def _logit_shift(kernels: list[tuple[PermutohedralLattice, np.ndarray, float]]) -> bool | None:
-    """`_softmax_rows`' subtract_max for the mean field's logits: with every compat >= 0 the
-    messages are >= 0 and every row max of -unary is 0, so every row max is >= 0 and only
-    blocks with large logits need shifting (None); otherwise every row is shifted (True)."""
-    return None if all(compat >= 0 for _, _, compat in kernels) else True
-
-
 def _mean_field(
-    image: np.ndarray,
+    kernels: list[tuple[PermutohedralLattice, np.ndarray, float]],
     neg_unary: np.ndarray,
     q: np.ndarray | None,
-    k: int,
     iterations: int,
-    gauss_sxy: float,
-    gauss_compat: float,
-    bilateral_sxy: float,
-    bilateral_srgb: float,
-    bilateral_compat: float,
+    out_k: int | None = None,
+    group: int | None = None,
 ) -> np.ndarray:
-    """Mean-field inference; returns Q of the first ``k`` labels as a (k, N) float32 array.
+    """Mean-field inference on (N, C) float32 columns, softmax over each group of ``group``
+    columns (default: all; a sweep's maps side by side); returns Q (N, C), or with ``out_k``
+    (one group) its first ``out_k`` labels as a (out_k, N) array.
 
-    neg_unary: (N, Kp) float32 -unary shifted so that every row max is 0 (softmax is
-    shift-invariant), columns k.. set to _PAD_LOGIT (Kp = _padded_labels(k));
-    q: softmax(neg_unary) if the caller has it cheaply, else None.
+    neg_unary: -unary shifted so that every group's row max is 0 (softmax is shift-invariant),
+    padding labels at _PAD_LOGIT; q: softmax(neg_unary) if the caller has it cheaply, else None.
     """
-    kernels = _kernels(
-        image, iterations, gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat
-    )
     if not kernels:
         if q is None:
-            return _softmax_rows(neg_unary.copy(), subtract_max=False, out_k=k)
-        return np.ascontiguousarray(q[:, :k].T)
+            return _softmax_rows(neg_unary.copy(), subtract_max=False, out_k=out_k, group=group)
+        return q if out_k is None else np.ascontiguousarray(q[:, :out_k].T)
     if q is None:
-        q = _softmax_rows(neg_unary.copy(), subtract_max=False)
+        q = _softmax_rows(neg_unary.copy(), subtract_max=False, group=group)
     mf = _MeanField(kernels)
-    shift = _logit_shift(kernels)
+    # With every compat >= 0 the messages are >= 0 and every row max of -unary is 0, so every
+    # row max is >= 0: only blocks with large logits need shifting.
+    shift = None if all(compat >= 0 for _, _, compat in kernels) else True
     for it in range(iterations):
         logits = mf.messages(q, neg_unary)
-        q = _softmax_rows(logits, subtract_max=shift, out_k=k if it == iterations - 1 else None)
+        last = it == iterations - 1
+        q = _softmax_rows(logits, subtract_max=shift, out_k=out_k if last else None, group=group)
     return q
 
 
 def _marginals(
-    image: np.ndarray, neg_unary: np.ndarray, iterations: int, *kernels: float
+    image: np.ndarray, neg_unary: np.ndarray, iterations: int, *kernel_params: float
 ) -> np.ndarray:
     """Mean-field marginals (K, H, W) for a (K, N) float32 -unary (shifted in place)."""
     k = neg_unary.shape[0]
-    q = _mean_field(image, _padded_neg_unary(neg_unary), None, k, iterations, *kernels)
+    kernels = _kernels(image, iterations, *kernel_params)
+    q = _mean_field(kernels, _padded_neg_unary(neg_unary), None, iterations, out_k=k)
     return q.reshape(k, *image.shape[:2])
+
+
+def _label_unary(
+    maps: list[np.ndarray], n_labels: int, gt_prob: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """pydensecrf's ``unary_from_labels(..., zero_unsure=False)`` of M label maps (N,) side by
+    side: -unary (N, M * Kp) float32, each map's rows shifted to max 0 and padded with
+    _PAD_LOGIT, and its softmax Q_0 in closed form (the unary is two-valued)."""
+    n_energy = np.float32(-np.log((1.0 - gt_prob) / (n_labels - 1)))
+    p_energy = np.float32(-np.log(gt_prob))
+    shift = min(n_energy, p_energy)
+    e_n, e_p = np.exp(np.float64(shift - n_energy)), np.exp(np.float64(shift - p_energy))
+    z = e_p + (n_labels - 1) * e_n
+    n, kp = maps[0].size, _padded_labels(n_labels)
+    neg_unary = np.full((n, len(maps), kp), shift - n_energy, dtype=np.float32)
+    neg_unary[:, :, n_labels:] = _PAD_LOGIT
+    q0 = np.full((n, len(maps), kp), e_n / z, dtype=np.float32)
+    q0[:, :, n_labels:] = 0.0
+    rows = np.arange(n)
+    for block, labels in enumerate(maps):
+        neg_unary[rows, block, labels.ravel()] = shift - p_energy
+        q0[rows, block, labels.ravel()] = e_p / z
+    return neg_unary.reshape(n, -1), q0.reshape(n, -1)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -606,8 +620,8 @@ def dense_crf_unary(
     if not np.all(np.isfinite(unary)):
         raise ValueError("unary contains NaN or inf")
     neg_unary = np.negative(unary.reshape(unary.shape[0], h * w), dtype=np.float32)
-    kernels = (gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat)
-    return _marginals(image, neg_unary, iterations, *kernels)
+    kernel_params = (gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat)
+    return _marginals(image, neg_unary, iterations, *kernel_params)
 
 
 def dense_crf(
@@ -646,8 +660,8 @@ def dense_crf(
     k = probs.shape[0]
     # -unary_from_probs(probs), computed in float32 without the intermediate copies
     log_probs = np.log(np.clip(probs, _PROB_CLIP, 1.0), dtype=np.float32)
-    kernels = (gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat)
-    return _marginals(image, log_probs.reshape(k, h * w), iterations, *kernels)
+    kernel_params = (gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat)
+    return _marginals(image, log_probs.reshape(k, h * w), iterations, *kernel_params)
 
 
 def _check_labels(labels: np.ndarray, n_labels: int, hw: tuple[int, int]) -> np.ndarray:
@@ -691,34 +705,11 @@ def dense_crf_labels(
     labels = _check_labels(labels, n_labels, image.shape[:2])
     if not 0.0 < gt_prob < 1.0:
         raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}")
-    h, w = labels.shape
-    n_energy = np.float32(-np.log((1.0 - gt_prob) / (n_labels - 1)))
-    p_energy = np.float32(-np.log(gt_prob))
-    # Two-valued unary: shift so the row max is 0; softmax(-unary) in closed form.
-    shift = min(n_energy, p_energy)
-    rows, cols = np.arange(h * w), labels.ravel()
-    kp = _padded_labels(n_labels)
-    neg_unary = np.full((h * w, kp), shift - n_energy, dtype=np.float32)
-    neg_unary[:, n_labels:] = _PAD_LOGIT
-    neg_unary[rows, cols] = shift - p_energy
-    e_n, e_p = np.exp(np.float64(shift - n_energy)), np.exp(np.float64(shift - p_energy))
-    z = e_p + (n_labels - 1) * e_n
-    q0 = np.full((h * w, kp), e_n / z, dtype=np.float32)
-    q0[:, n_labels:] = 0.0
-    q0[rows, cols] = e_p / z
-    q = _mean_field(
-        image,
-        neg_unary,
-        q0,
-        n_labels,
-        iterations,
-        gauss_sxy,
-        gauss_compat,
-        bilateral_sxy,
-        bilateral_srgb,
-        bilateral_compat,
-    )
-    return q.reshape(n_labels, h, w)
+    neg_unary, q0 = _label_unary([labels], n_labels, gt_prob)
+    kernel_params = (gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat)
+    kernels = _kernels(image, iterations, *kernel_params)
+    q = _mean_field(kernels, neg_unary, q0, iterations, out_k=n_labels)
+    return q.reshape(n_labels, *labels.shape)
 
 
 def crf_label_map(
@@ -775,24 +766,9 @@ def crf_label_maps(
     which = [distinct.setdefault(m.tobytes(), len(distinct)) for m in maps]
     unique = [maps[which.index(i)] for i in range(len(distinct))]
     kp = _padded_labels(n_labels)
-    n_energy = np.float32(-np.log((1.0 - gt_prob) / (n_labels - 1)))
-    p_energy = np.float32(-np.log(gt_prob))
-    shift = min(n_energy, p_energy)
-    rows = np.arange(h * w)
-    neg_unary = np.full((h * w, len(unique), kp), shift - n_energy, dtype=np.float32)
-    neg_unary[:, :, n_labels:] = _PAD_LOGIT
-    for block, labels in enumerate(unique):
-        neg_unary[rows, block, labels.ravel()] = shift - p_energy
-    neg_unary = neg_unary.reshape(h * w, len(unique) * kp)
-    q = _softmax_rows(neg_unary.copy(), subtract_max=False, group=kp)
-    kernels = _kernels(
-        image, iterations, gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat
-    )
-    if kernels:
-        mf = _MeanField(kernels)
-        shift = _logit_shift(kernels)
-        for _ in range(iterations):
-            logits = mf.messages(q, neg_unary)
-            q = _softmax_rows(logits, subtract_max=shift, group=kp)
+    neg_unary, q0 = _label_unary(unique, n_labels, gt_prob)
+    kernel_params = (gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat)
+    kernels = _kernels(image, iterations, *kernel_params)
+    q = _mean_field(kernels, neg_unary, q0, iterations, group=kp)
     best = q.reshape(h * w, len(unique), kp)[:, :, :n_labels].argmax(axis=2).astype(np.uint8)
     return np.stack([best[:, i].reshape(h, w) for i in which])
