@@ -189,8 +189,14 @@ class PermutohedralLattice:
     alpha: float
 
     @classmethod
-    def build(cls, features: np.ndarray) -> PermutohedralLattice:
-        """Build the lattice for ``features`` of shape (N, d)."""
+    def build(cls, features: np.ndarray, code_order: bool = False) -> PermutohedralLattice:
+        """Build the lattice for ``features`` of shape (N, d).
+
+        code_order: number the vertices in the order of their lattice codes (one argsort of
+        the M codes) rather than the hash table's. A blur neighbour's code is the vertex's plus
+        a constant per axis, so each blur then reads its neighbours in increasing order; wide
+        (N, K) messages run faster (see `_CODE_ORDER_WIDTH`), narrow ones do not pay the sort.
+        """
         ft = np.ascontiguousarray(np.asarray(features, dtype=np.float32).T)  # (d, N)
         d, n = ft.shape
         d1 = d + 1
@@ -266,15 +272,18 @@ class PermutohedralLattice:
         del codes
         m = table.size
         # Blur neighbours along axis j: (key - 1, key[j] + d) and (key + 1, key[j] - d).
-        ukeys = np.empty((d, m), dtype=np.int64)
-        rest = table.codes
-        for i in range(d):
-            ukeys[i], rest = np.divmod(rest, radix[i])
-        base = (ukeys - 1).T @ radix  # code of key - 1 (ukeys are offset by lo_k)
-        shift = np.append(d1 * radix, 0)[:, None]  # axis d moves no stored coordinate
-        # n1 = key - 1 + (d+1) e_j is looked up; n2 = key + 1 - (d+1) e_j is its inverse
-        # (u = n1(v) exactly when v = n2(u)), so n2 needs no lookup.
-        n1 = table.lookup((base + shift).ravel()).reshape(d1, m)
+        # n1 = key - 1 + (d+1) e_j is looked up (the code of key - 1 is code - sum(radix)); n2 =
+        # key + 1 - (d+1) e_j is its inverse (u = n1(v) exactly when v = n2(u)), so n2 needs no
+        # lookup. Codes in the table's order hash to nearby slots: the lookup reads it in order.
+        shift = np.append(d1 * radix, 0)[:, None] - radix.sum()  # axis d moves no coordinate
+        n1 = table.lookup((table.codes + shift).ravel()).reshape(d1, m)
+        ids = table.ids
+        if code_order:
+            order = np.argsort(table.codes)
+            new_id = np.empty(m + 1, dtype=np.int32)  # index m (missing) stays m
+            new_id[order] = np.arange(m, dtype=np.int32)
+            new_id[m] = m
+            ids, n1 = new_id[ids], new_id[n1[:, order]]
         n2 = np.full((d1, m), m, dtype=np.int32)
         vertices = np.arange(m, dtype=np.int32)
         for j in range(d1):
@@ -282,7 +291,7 @@ class PermutohedralLattice:
             n2[j, n1[j, found]] = vertices[found]
         blur_idx = np.stack([n1, n2], axis=1)
         return cls(
-            vertex=table.ids.reshape(n, d1),
+            vertex=ids.reshape(n, d1),
             weight=np.ascontiguousarray(weight.T),
             blur_idx=blur_idx,
             n_vertices=m,
@@ -392,9 +401,11 @@ class _MeanField:
         return out
 
 
-def _lattice_and_norm(features: np.ndarray) -> tuple[PermutohedralLattice, np.ndarray]:
+def _lattice_and_norm(
+    features: np.ndarray, code_order: bool = False
+) -> tuple[PermutohedralLattice, np.ndarray]:
     """Lattice plus NORMALIZE_SYMMETRIC factors 1 / sqrt(lattice(1) + 1e-20), float32 (N,)."""
-    lat = PermutohedralLattice.build(features)
+    lat = PermutohedralLattice.build(features, code_order)
     norm = lat.compute(np.ones(features.shape[0], dtype=np.float32))
     return lat, (1.0 / np.sqrt(norm.astype(np.float64) + 1e-20)).astype(np.float32)
 
@@ -469,17 +480,26 @@ def _padded_neg_unary(neg_unary: np.ndarray) -> np.ndarray:
     return out
 
 
+# Messages at least this wide use a bilateral lattice in code order. Measured on 5 photographs
+# (interleaved, best of 5), same maps: DeepLab's 21-class softmax (24 columns) 7 % faster end to
+# end, a 16-map CRF sweep (64 columns) 6 % at t 10 and 2 % at t 1; with 4-8 columns the argsort
+# costs more than it saves (t 10 +2 %, t 1 +10 %).
+_CODE_ORDER_WIDTH = 16
+
+
 def _kernels(
     image: np.ndarray,
     iterations: int,
+    width: int,
     gauss_sxy: float,
     gauss_compat: float,
     bilateral_sxy: float,
     bilateral_srgb: float,
     bilateral_compat: float,
 ) -> list[tuple[PermutohedralLattice, np.ndarray, float]]:
-    """The pairwise kernels of a mean field on ``image``: (lattice, normalisation, compat) for
-    each kernel whose compat is not 0 (none when there are no iterations)."""
+    """The pairwise kernels of a mean field on ``image`` over (N, ``width``) messages:
+    (lattice, normalisation, compat) for each kernel whose compat is not 0 (none when there
+    are no iterations)."""
     h, w = image.shape[:2]
     kernels = []
     if iterations > 0 and gauss_compat != 0:
@@ -488,7 +508,8 @@ def _kernels(
     if iterations > 0 and bilateral_compat != 0:
         _check_positive(bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb)
         feats = _bilateral_features(image, bilateral_sxy, bilateral_srgb)
-        kernels.append((*_lattice_and_norm(feats), float(bilateral_compat)))
+        code_order = width >= _CODE_ORDER_WIDTH
+        kernels.append((*_lattice_and_norm(feats, code_order), float(bilateral_compat)))
     return kernels
 
 
@@ -529,7 +550,7 @@ def _marginals(
 ) -> np.ndarray:
     """Mean-field marginals (K, H, W) for a (K, N) float32 -unary (shifted in place)."""
     k = neg_unary.shape[0]
-    kernels = _kernels(image, iterations, *kernel_params)
+    kernels = _kernels(image, iterations, _padded_labels(k), *kernel_params)
     q = _mean_field(kernels, _padded_neg_unary(neg_unary), None, iterations, out_k=k)
     return q.reshape(k, *image.shape[:2])
 
@@ -707,7 +728,7 @@ def dense_crf_labels(
         raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}")
     neg_unary, q0 = _label_unary([labels], n_labels, gt_prob)
     kernel_params = (gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat)
-    kernels = _kernels(image, iterations, *kernel_params)
+    kernels = _kernels(image, iterations, neg_unary.shape[1], *kernel_params)
     q = _mean_field(kernels, neg_unary, q0, iterations, out_k=n_labels)
     return q.reshape(n_labels, *labels.shape)
 
@@ -768,7 +789,7 @@ def crf_label_maps(
     kp = _padded_labels(n_labels)
     neg_unary, q0 = _label_unary(unique, n_labels, gt_prob)
     kernel_params = (gauss_sxy, gauss_compat, bilateral_sxy, bilateral_srgb, bilateral_compat)
-    kernels = _kernels(image, iterations, *kernel_params)
+    kernels = _kernels(image, iterations, neg_unary.shape[1], *kernel_params)
     q = _mean_field(kernels, neg_unary, q0, iterations, group=kp)
     best = q.reshape(h * w, len(unique), kp)[:, :, :n_labels].argmax(axis=2).astype(np.uint8)
     return np.stack([best[:, i].reshape(h, w) for i in which])

@@ -120,6 +120,51 @@ def test_pixel_order_renumbering_filters_the_same(photo, features):
     np.testing.assert_array_equal(lat.compute(values), renumbered.compute(values))
 
 
+def test_code_order_filters_the_same(photo):
+    from pnoc_jax.postprocess import crf
+
+    feats = crf._bilateral_features(photo, 50.0, 5.0)
+    hashed = PermutohedralLattice.build(feats)
+    ordered = PermutohedralLattice.build(feats, code_order=True)
+    assert ordered.n_vertices == hashed.n_vertices
+    assert sorted(np.unique(ordered.vertex)) == list(range(ordered.n_vertices))
+
+    # a blur neighbour's code is the vertex's plus a constant per axis: in code order every
+    # axis reads its neighbours in increasing order (in hash order it does not)
+    def increasing(lat: PermutohedralLattice) -> bool:
+        m = lat.n_vertices
+        return all(bool(np.all(np.diff(n[n < m]) > 0)) for pair in lat.blur_idx for n in pair)
+
+    assert increasing(ordered) and not increasing(hashed)
+    values = np.random.default_rng(1).random(H * W, dtype=np.float32)
+    np.testing.assert_array_equal(hashed.compute(values), ordered.compute(values))
+
+
+def test_wide_messages_use_the_code_order(photo, monkeypatch):
+    """DeepLab's 21-class softmax (24 columns) takes the code-ordered bilateral lattice, a
+    3-label map (4 columns) the hash-ordered one; both give pydensecrf's marginals, so the
+    results do not depend on the order."""
+    from pnoc_jax.postprocess import crf
+
+    seen = []  # code_order of each bilateral (5-D) lattice built
+    build = PermutohedralLattice.build.__func__
+
+    def recording_build(cls, features, code_order=False):
+        if features.shape[1] == 5:
+            seen.append(code_order)
+        return build(cls, features, code_order)
+
+    monkeypatch.setattr(PermutohedralLattice, "build", classmethod(recording_build))
+    probs = synthetic_probs(H, W, 21, seed=4)
+    wide = dense_crf(photo, probs, 2, gauss_sxy=1, bilateral_sxy=67, bilateral_srgb=3)
+    assert seen == [True]
+    monkeypatch.setattr(crf, "_CODE_ORDER_WIDTH", 1 << 20)
+    hashed = dense_crf(photo, probs, 2, gauss_sxy=1, bilateral_sxy=67, bilateral_srgb=3)
+    np.testing.assert_array_equal(wide, hashed)
+    dense_crf_labels(photo, probs.argmax(0) % 3, 3, iterations=1)
+    assert seen == [True, False, False]
+
+
 def test_position_kernel_cache_is_not_mutated(photo):
     labels = synthetic_probs(H, W, 3, seed=3).argmax(0)
     a = dense_crf_labels(photo, labels, 3, iterations=3)
