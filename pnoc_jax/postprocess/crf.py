@@ -21,7 +21,8 @@ codes), Q is kept as (N, K) rows with K padded to a multiple of 4 for scipy's mu
 kernels, the products write into reused buffers (a blur adds x through the product's initial value,
 the slices accumulate into the logits), each kernel is splatted, blurred and sliced on its own, the
 softmax runs in cache-sized blocks, the image-independent position lattice is cached per image size
-with its vertices in pixel order, and for wide Q the bilateral lattice's vertices are in code order.
+with its vertices in pixel order, and for a long or wide mean field the bilateral lattice's vertices
+are in code order.
 
 No jax import: this runs in CPU worker processes.
 """
@@ -194,8 +195,8 @@ class PermutohedralLattice:
 
         code_order: number the vertices in the order of their lattice codes (one argsort of
         the M codes) rather than the hash table's. A blur neighbour's code is the vertex's plus
-        a constant per axis, so each blur then reads its neighbours in increasing order; wide
-        (N, K) messages run faster (see `_CODE_ORDER_WIDTH`), narrow ones do not pay the sort.
+        a constant per axis, so each blur then reads its neighbours in increasing order: faster
+        messages, which a long or wide mean field repays the sort with (`_CODE_ORDER_WORK`).
         """
         ft = np.ascontiguousarray(np.asarray(features, dtype=np.float32).T)  # (d, N)
         d, n = ft.shape
@@ -480,11 +481,13 @@ def _padded_neg_unary(neg_unary: np.ndarray) -> np.ndarray:
     return out
 
 
-# Messages at least this wide use a bilateral lattice in code order. Measured on 5 photographs
-# (interleaved, best of 5), same maps: DeepLab's 21-class softmax (24 columns) 7 % faster end to
-# end, a 16-map CRF sweep (64 columns) 6 % at t 10 and 2 % at t 1; with 4-8 columns the argsort
-# costs more than it saves (t 10 +2 %, t 1 +10 %).
-_CODE_ORDER_WIDTH = 16
+# The bilateral lattice is numbered in code order when the mean field's messages are at least
+# this much work (iterations x columns): the argsort is then repaid. Measured on 5 photographs
+# (interleaved, best of 5), code / hash order, same maps: DeepLab's 21-class softmax (24 columns,
+# t 10) 0.93 end to end, 6 labels (8 columns) at t 10 0.94-0.95, a 16-map sweep (64 columns) 0.94
+# at t 10 and 0.98 at t 1; 2-3 labels (4 columns) at t 10 0.99-1.02; and the pseudo-labels' t 1
+# with 4-8 columns 1.03-1.05, where one iteration does not repay the sort.
+_CODE_ORDER_WORK = 64
 
 
 def _kernels(
@@ -497,9 +500,9 @@ def _kernels(
     bilateral_srgb: float,
     bilateral_compat: float,
 ) -> list[tuple[PermutohedralLattice, np.ndarray, float]]:
-    """The pairwise kernels of a mean field on ``image`` over (N, ``width``) messages:
-    (lattice, normalisation, compat) for each kernel whose compat is not 0 (none when there
-    are no iterations)."""
+    """The pairwise kernels of a mean field of ``iterations`` on ``image`` over (N, ``width``)
+    messages: (lattice, normalisation, compat) for each kernel whose compat is not 0 (none when
+    there are no iterations)."""
     h, w = image.shape[:2]
     kernels = []
     if iterations > 0 and gauss_compat != 0:
@@ -508,7 +511,7 @@ def _kernels(
     if iterations > 0 and bilateral_compat != 0:
         _check_positive(bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb)
         feats = _bilateral_features(image, bilateral_sxy, bilateral_srgb)
-        code_order = width >= _CODE_ORDER_WIDTH
+        code_order = iterations * width >= _CODE_ORDER_WORK
         kernels.append((*_lattice_and_norm(feats, code_order), float(bilateral_compat)))
     return kernels
 

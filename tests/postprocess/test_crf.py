@@ -140,10 +140,10 @@ def test_code_order_filters_the_same(photo):
     np.testing.assert_array_equal(hashed.compute(values), ordered.compute(values))
 
 
-def test_wide_messages_use_the_code_order(photo, monkeypatch):
-    """DeepLab's 21-class softmax (24 columns) takes the code-ordered bilateral lattice, a
-    3-label map (4 columns) the hash-ordered one; both give pydensecrf's marginals, so the
-    results do not depend on the order."""
+def test_long_or_wide_mean_fields_use_the_code_order(photo, monkeypatch):
+    """The bilateral lattice is in code order when iterations x columns >= 64: DeepLab's 21-class
+    softmax (24 columns) at t 3, 7 labels (8 columns) at t 10, not 3 labels (4 columns) at t 1.
+    Both orders give the same marginals bit for bit."""
     from pnoc_jax.postprocess import crf
 
     seen = []  # code_order of each bilateral (5-D) lattice built
@@ -156,13 +156,14 @@ def test_wide_messages_use_the_code_order(photo, monkeypatch):
 
     monkeypatch.setattr(PermutohedralLattice, "build", classmethod(recording_build))
     probs = synthetic_probs(H, W, 21, seed=4)
-    wide = dense_crf(photo, probs, 2, gauss_sxy=1, bilateral_sxy=67, bilateral_srgb=3)
-    assert seen == [True]
-    monkeypatch.setattr(crf, "_CODE_ORDER_WIDTH", 1 << 20)
-    hashed = dense_crf(photo, probs, 2, gauss_sxy=1, bilateral_sxy=67, bilateral_srgb=3)
-    np.testing.assert_array_equal(wide, hashed)
+    deeplab = dict(gauss_sxy=1, bilateral_sxy=67, bilateral_srgb=3)
+    ordered = dense_crf(photo, probs, 3, **deeplab)
+    dense_crf_labels(photo, probs.argmax(0) % 7, 7, iterations=10)
     dense_crf_labels(photo, probs.argmax(0) % 3, 3, iterations=1)
-    assert seen == [True, False, False]
+    assert seen == [True, True, False]
+    monkeypatch.setattr(crf, "_CODE_ORDER_WORK", 1 << 20)
+    np.testing.assert_array_equal(ordered, dense_crf(photo, probs, 3, **deeplab))
+    assert seen[-1] is False
 
 
 def test_position_kernel_cache_is_not_mutated(photo):
