@@ -14,15 +14,15 @@ results agree with `pydensecrf.densecrf.DenseCRF2D` up to float32 rounding:
   (no self-message subtraction, as in pydensecrf).
 
 Speed (single core, real photographs at VOC size, `python -m pnoc_jax.cpu_benchmark --photos-only`,
-two runs): 0.59-0.90x pydensecrf2's time in the paper's settings, 0.83-1.13x in DeepLab's (21
-labels, position sxy 1 and bilateral srgb 3: lattices of ~200k vertices each; at parity on the most
-colourful photograph). The lattice is built with a vectorised hash (no sort of the N (d+1) corner
-codes), Q is kept as (N, K) rows with K padded to a multiple of 4 for scipy's multi-vector sparse
-kernels, the products write into reused buffers (a blur adds x through the product's initial value,
-the slices accumulate into the logits), each kernel is splatted, blurred and sliced on its own, the
-softmax runs in cache-sized blocks, the image-independent position lattice is cached per image size
-with its vertices in pixel order, and for a long or wide mean field the bilateral lattice's vertices
-are in code order.
+two runs): 0.61-0.98x pydensecrf2's time in the paper's settings, 0.78-0.98x in DeepLab's (21
+labels, position sxy 1 and bilateral srgb 3: lattices of ~200k vertices each; near parity on the
+most colourful photograph). The lattice is built with a vectorised hash (no sort of the N (d+1)
+corner codes), Q is kept as (N, K) rows with K padded to a multiple of 4 for scipy's multi-vector
+sparse kernels, the products write into reused buffers (a blur adds x through the product's initial
+value, the slices accumulate into the logits), each kernel is splatted, blurred and sliced on its
+own, the softmax runs in cache-sized blocks, the image-independent position lattice is cached per
+image size with its vertices in pixel order, and for a long or wide mean field the bilateral
+lattice's vertices are in code order.
 
 No jax import: this runs in CPU worker processes.
 """
