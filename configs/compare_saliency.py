@@ -11,10 +11,12 @@ Arguments: `:seeds=3,epochs=5`.
 
 from pnoc_jax import config_lib
 
+common = config_lib.import_beside(__file__, "common")
+
 
 def get_config(arg: str | None = None):
     args = config_lib.parse_arg(arg, seeds=3, epochs=5)
-    config = config_lib.synthetic_config("pnoc", epochs=args.epochs)
+    config = common.synthetic_config("pnoc", epochs=args.epochs)
     config.stages = ("compare_saliency",)
     config.compare_saliency.seeds = tuple(range(args.seeds))
     return config

@@ -8,10 +8,12 @@ Arguments: `:seeds=3,epochs=5,strategies=cam+puzzle+poc+pnoc`.
 
 from pnoc_jax import config_lib
 
+common = config_lib.import_beside(__file__, "common")
+
 
 def get_config(arg: str | None = None):
     args = config_lib.parse_arg(arg, seeds=3, epochs=5, strategies="cam+puzzle+poc+pnoc")
-    config = config_lib.synthetic_config("cam", epochs=args.epochs)
+    config = common.synthetic_config("cam", epochs=args.epochs)
     config.stages = ("compare",)
     config.compare.update(
         strategies=tuple(args.strategies.split("+")), seeds=tuple(range(args.seeds))

@@ -5,14 +5,15 @@ r"""P-NOC on MS COCO 2014 (spec §1, §11, §14): priors, RW pseudo-labels, then
 
 `manual_dir` holds train2014/, val2014/ and annotations/instances_{train,val}2014.json (the
 official download; `pnoc_jax/data/builders/coco2014.py`). `resnest269.npz` is the ResNeSt
-authors' ImageNet checkpoint converted once (README); without config.model.pretrained the run
-stops in validation unless --config.model.allow_random_init=True.
+authors' ImageNet checkpoint converted once (docs/recipes.md); without
+config.model.pretrained the run stops in validation unless
+--config.model.allow_random_init=True.
 
 Arguments (`configs/pnoc_coco.py:strategy=poc,backbone=resnet101,ls=0.1`):
   strategy  cam | puzzle | occse | poc | pnoc (default pnoc; cam skips the OC stage)
   backbone  resnest269 (default, the paper's) | any name of the backbone registry
-  ls        label smoothing of the strategy (default 0.0: the published COCO P-NOC, README
-            "P-NOC (OC+ra)", was trained without it)
+  ls        label smoothing of the strategy (default 0.0: the published COCO P-NOC,
+            docs/recipes.md "P-NOC (OC+ra)", was trained without it)
   saliency  detector | masks | none, as configs/pnoc_voc.py (default detector)
 
 Recipe (HEAD runner for COCO where it states a value, spec §11/§14; the rest as VOC):
@@ -22,7 +23,7 @@ Recipe (HEAD runner for COCO where it states a value, spec §11/§14; the rest a
   OC        vanilla CAM, RandAugment + cutout, LS 0.1, B32, SGD m0 lr 0.05, 15 epochs.
   P-NOC     B16 x accumulate 2 (summed, as the reference), lr 0.05, colorjitter, 15 epochs,
             noc from the OC (frozen BN), λ_noc 0->1, δ_noc 0.2, k_noc 1, CSE gradient into noc.
-  C²AM-H    as VOC (config_lib.add_paper_saliency) with the COCO values lr 0.0005, δ_fg 0.3;
+  C²AM-H    as VOC (common.add_paper_saliency) with the COCO values lr 0.0005, δ_fg 0.3;
             PoolNet on its masks; saliency-guided affinity labels. Table 6 on val2014.
   RW        affinity labels from the train CAMs and saliency, IRN boundary net on the frozen
             ImageNet backbone, β 10, 2^8 steps, bg 0.3, CRF t1 gt .9.
@@ -30,12 +31,13 @@ Recipe (HEAD runner for COCO where it states a value, spec §11/§14; the rest a
             pseudo-labels, kept by the val pseudo-labels' mIoU; and its fully supervised bound.
 Evaluation: the plain sweep, and the RW sweep with the pseudo-labels' CRF. The priors' CRF
 sweep is off (`eval.crf_iterations=0`): 16 CRF-refined maps of each of val2014's 40,504 images
-take ~6.4 CPU-s per image, ~72 CPU-hours (README, "Performance"); set
+take ~6.4 CPU-s per image, ~72 CPU-hours (docs/performance.md); set
 --config.eval.crf_iterations=10 to add it.
 """
 
 from pnoc_jax import config_lib
-from pnoc_jax.cam import strategies
+
+common = config_lib.import_beside(__file__, "common")
 
 
 def get_config(arg: str | None = None):
@@ -67,22 +69,15 @@ def get_config(arg: str | None = None):
     config.eval.update(split="val", crf_iterations=0)
     config.affinity_labels.split = "train"
     config.rw.update(splits=("train", "val"), max_image_size=640)
-    config.stages = ("train_oc", "train_cam", "infer_cam", "eval_cam")
-    if not strategies.reads_oc(config.train):
-        config.stages = config.stages[1:]
-    config_lib.add_paper_saliency(
+    config.stages = common.prior_stages(config.train)
+    common.add_paper_saliency(
         config, args.saliency, "configs/pnoc_coco.py", split="train", lr=0.0005,
         hint_threshold=0.3, max_image_size=640,
     )  # fmt: skip
-    config.stages += ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
-    # ---------------------------------------------------------------- segmentation (issue 11)
+    config.stages += common.LABEL_STAGES
     # DeepLabV3+ as on VOC (spec §10) with lr 0.004, on the train pseudo-labels, the checkpoint
     # kept by the val pseudo-labels' mIoU, evaluated on val; and its fully supervised bound.
     config.segmentation.update(split="train", val_split="val", lr=0.004)
     config.segmentation_infer.update(splits=("val",), max_image_size=640)
-    config.stages += (
-        "train_segmentation", "infer_segmentation", "eval_segmentation",
-        "train_segmentation_gt", "infer_segmentation_gt", "eval_segmentation_gt",
-    )  # fmt: skip
-    # ---------------------------------------------------------------- (end of issue 11)
+    config.stages += common.SEGMENTATION_STAGES
     return config

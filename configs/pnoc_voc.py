@@ -4,7 +4,7 @@ the segmentation model trained on them (and its fully supervised bound).
     python -m pnoc_jax.main --config configs/pnoc_voc.py --workdir runs/voc \
         --config.data.manual_dir=/data/VOCdevkit --config.model.pretrained=resnest269.npz
 
-`resnest269.npz` is the ResNeSt authors' ImageNet checkpoint converted once (README):
+`resnest269.npz` is the ResNeSt authors' ImageNet checkpoint converted once (docs/recipes.md):
     python -m pnoc_jax.models.convert --torch_checkpoint resnest269-0cc87c48.pth \
         --arch resnest269 --out resnest269.npz
 Without config.model.pretrained the run stops in validation (saying where the weights come
@@ -31,7 +31,7 @@ Recipe (spec §14, paper-era runner where HEAD differs):
             λ_noc 0->1, δ_noc 0.2, k_noc 1, and the CSE gradient into noc (official code).
 The 2 accumulated gradients are summed, as the reference code does, so lr and weight decay are
 the reference's. Priors and RW scores are evaluated plain and with the CRF (t 10 gt .7; RW t 1
-gt .9). Deviations that remain: README, "Deviations from the reference code".
+gt .9). Deviations that remain: docs/deviations.md.
   C²AM-H    (spec §7, HEAD runner) the CAM backbone from ImageNet, OS16, B64 x accumulate 2,
             lr 0.001, 10 epochs, 448 crops of 515 squares, α 0.25, hint weight 1,
             δ_fg 0.4, LS 0.1; masks: TTA maps > 0.2 + CRF (t 10, gt 0.7).
@@ -40,7 +40,7 @@ gt .9). Deviations that remain: README, "Deviations from the reference code".
             8 divides 1, 2, 4 or 8 devices; Adam makes the step size independent of the count).
   Labels    saliency > 0.1 (CRF) as the salient region, CAM fg threshold 0.4 (HEAD; PE 0.3).
 
-Segmentation (issue 11; argument `segmentation=deeplabv3plus|deeplabv2`, spec §10):
+Segmentation (argument `segmentation=deeplabv3plus|deeplabv2`, spec §10):
   DeepLabV3+  (HEAD runner) the CAM network's backbone from ImageNet, OS16, ASPP 6/12/18 GN,
               trained on the train_aug RW pseudo-labels: SGD m.9 Nesterov lr .007 wd 4e-5,
               poly .9, head 10x/20x, B32, 15 epochs, LS .1, colorjitter, resize 320-640, crop
@@ -54,7 +54,8 @@ Segmentation (issue 11; argument `segmentation=deeplabv3plus|deeplabv2`, spec §
 """
 
 from pnoc_jax import config_lib
-from pnoc_jax.cam import strategies
+
+common = config_lib.import_beside(__file__, "common")
 
 
 def get_config(arg: str | None = None):
@@ -101,15 +102,12 @@ def get_config(arg: str | None = None):
     # 2^8 steps, bg 0.3, CRF t1 gt .9.
     config.affinity_labels.split = train_split
     config.rw.update(splits=inferred)
-    config.stages = ("train_oc", "train_cam", "infer_cam", "eval_cam")
-    if not strategies.reads_oc(config.train):
-        config.stages = config.stages[1:]
-    config_lib.add_paper_saliency(
+    config.stages = common.prior_stages(config.train)
+    common.add_paper_saliency(
         config, args.saliency, "configs/pnoc_voc.py", split=train_split, lr=0.001,
         hint_threshold=0.4, max_image_size=500,
     )  # fmt: skip
-    config.stages += ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
-    # ---------------------------------------------------------------- segmentation (issue 11)
+    config.stages += common.LABEL_STAGES
     if args.segmentation not in ("deeplabv3plus", "deeplabv2"):
         raise ValueError(
             f"configs/pnoc_voc.py:segmentation={args.segmentation!r}: expected deeplabv3plus "
@@ -124,9 +122,5 @@ def get_config(arg: str | None = None):
             label_smoothing=0.0, augment="", crop_size=321, min_size=250, max_size=750,
         )  # fmt: skip
     config.segmentation_infer.update(splits=("val",), max_image_size=500, crf_iterations=10)
-    config.stages += (
-        "train_segmentation", "infer_segmentation", "eval_segmentation",
-        "train_segmentation_gt", "infer_segmentation_gt", "eval_segmentation_gt",
-    )  # fmt: skip
-    # ---------------------------------------------------------------- (end of issue 11)
+    config.stages += common.SEGMENTATION_STAGES
     return config

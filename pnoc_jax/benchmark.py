@@ -25,6 +25,9 @@ reported too; `--compile_only` stops there, which says whether a batch fits a de
 running it (compiled for the present backend: a CPU's assignment only approximates a GPU's).
 `--profile_dir DIR` traces one more P-NOC/CAM train step (open DIR in TensorBoard's profiler or
 the perfetto_trace.json.gz in ui.perfetto.dev) and adds its op time by kind to the JSON.
+
+`launch/benchmark.sh` runs the suite (this module, `cpu_benchmark` and the PyTorch P-NOC step);
+the measured figures are in docs/performance.md.
 """
 
 import functools
@@ -62,18 +65,18 @@ _INFER_IMAGES = flags.DEFINE_integer("infer_images", 0, "Images for TTA timing (
 _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only", False, "Compile the train updates and report FLOPs and memory; run nothing."
 )
-# saliency (issue 10)
+# saliency
 _SALIENCY = flags.DEFINE_enum(
     "saliency", "", ["", "ccamh", "detector"], "Time a saliency train step instead."
 )
 _HEAD_DIVISOR = flags.DEFINE_integer("head_divisor", 1, "PoolNet head widths divided by this.")
-# segmentation (issue 11)
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir",
     "",
     "Trace one more train step into this folder (TensorBoard / Perfetto) and report where its "
     "time goes: the compiled ops' time grouped by kind (convolutions, fusions, copies, ...).",
 )
+# segmentation
 _TASK = flags.DEFINE_enum("task", "cam", ["cam", "segmentation"], "What to time.")
 _SEG_MODEL = flags.DEFINE_enum(
     "segmentation_model", "deeplabv3plus", ["deeplabv3plus", "deeplabv2"], "Segmentation model."
@@ -232,7 +235,7 @@ def benchmark_tta() -> dict:
     return {"tta_images_per_s": n / median, "tta_batch_s": median, "tta_images_per_batch": n}
 
 
-# ---------------------------------------------------------------------------- saliency (issue 10)
+# ----------------------------------------------------------------------------------------- saliency
 def _time_update(update, state, batch, mesh, name: str) -> dict:
     """Median step time, images/s, XLA FLOPs and MFU of one jitted update."""
     box = {"state": state}
@@ -292,10 +295,7 @@ def benchmark_saliency(mesh) -> dict:
     return _time_update(update, state, distributed.to_global(batch, mesh), mesh, _SALIENCY.value)
 
 
-# ---------------------------------------------------------------------------- (end of issue 10)
-
-
-# ------------------------------------------------------------------------ segmentation (issue 11)
+# ------------------------------------------------------------------------------------- segmentation
 def _compiled_flops(jitted, *args) -> float:
     cost = jitted.lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -368,9 +368,6 @@ def benchmark_segmentation_inference() -> dict:
     return result
 
 
-# ---------------------------------------------------------------------------- (end of issue 11)
-
-
 def main(argv) -> None:
     del argv
     mesh = distributed.make_mesh()
@@ -384,13 +381,13 @@ def main(argv) -> None:
         "device_kind": jax.devices()[0].device_kind,
         "jax": jax.__version__,
     }
-    if _SALIENCY.value:  # saliency (issue 10)
+    if _SALIENCY.value:
         result.update(saliency=_SALIENCY.value, head_divisor=_HEAD_DIVISOR.value)
         result.update(benchmark_saliency(mesh))
         result["peak_memory_bytes"] = peak_memory_bytes()
         print(json.dumps(result, indent=2))
         return
-    if _TASK.value == "segmentation":  # segmentation (issue 11)
+    if _TASK.value == "segmentation":
         result.update(task="segmentation", model=_SEG_MODEL.value)
         del result["strategy"]
         result.update(benchmark_segmentation_train(mesh))

@@ -5,6 +5,18 @@ the random walk, and of the host input pipeline per core.
 Run ``python -m pnoc_jax.cpu_benchmark``; prints one JSON object. Single-threaded: run as
 a script, the BLAS/OpenMP thread variables are pinned to 1 before NumPy is imported. Also provides
 the synthetic photograph-like images and CAM-like probability maps used by the tests.
+
+How it measures: ours and pydensecrf2 get the same inputs and are called in turn (interleaved,
+so machine load affects both alike), keeping the best wall and process-CPU time of ``--repeats``
+calls; the argmax agreement (and, on synthetic images, the marginals' difference) is reported
+beside the times. On synthetic images ours is timed with the position lattice cached per image
+size, as in a worker, and cold; peak memory is the RSS increase of one call in a fresh child
+process, so C++ allocations count too. ``--photos`` (default: scikit-image's colour photographs,
+read as files) resizes each photograph to VOC's 500 px and runs every setting of
+`pipeline_crf_settings` on CAM-like label maps (k-means regions of colour and position) or, for
+DeepLab's setting, a softmax around them; ``--photos-only`` runs nothing else, ``--sweep-only``
+only the 16-threshold CRF sweep at VOC and COCO sizes. The measured figures are in
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -112,8 +124,8 @@ def _peak_mib(fn: Callable[[], Any]) -> float:
     return peak / 2**20
 
 
-# The paper's CRF kernels (spec §9): pydensecrf Gaussian(sxy 3, compat 3) + bilateral(sxy 50,
-# srgb 5, compat 10); the defaults of `postprocess.crf`.
+# The paper's CRF kernels (method.md §9.8): pydensecrf Gaussian(sxy 3, compat 3) +
+# bilateral(sxy 50, srgb 5, compat 10); the defaults of `postprocess.crf`.
 _PAPER_KERNELS = {
     "gauss_sxy": 3.0,
     "gauss_compat": 3.0,
@@ -255,10 +267,10 @@ def bench_crf(h: int = 375, w: int = 500, k: int = 21, repeats: int = 3) -> dict
 
 
 def pipeline_crf_settings() -> dict[str, tuple[str, int, float, int, dict[str, float]]]:
-    """The dense-CRF settings of the pipeline (spec §9): name -> (unary, classes, gt_prob,
-    iterations, kernels). "labels": a label map of `classes` labels (background included:
-    2 for saliency masks, 1 + the classes present for affinity and pseudo-labels); "probs":
-    a segmentation network's softmax over every class (DeepLab's test time)."""
+    """The dense-CRF settings of the pipeline (method.md §9.8): name -> (unary, classes,
+    gt_prob, iterations, kernels). "labels": a label map of `classes` labels (background
+    included: 2 for saliency masks, 1 + the classes present for affinity and pseudo-labels);
+    "probs": a segmentation network's softmax over every class (DeepLab's test time)."""
     from pnoc_jax.segmentation.tasks import CRF_KERNELS  # no jax import
 
     return {

@@ -9,11 +9,11 @@ its current config (its sections plus the fingerprints of the stages it reads), 
 stage reruns, and so does everything downstream of it. A stage folder left by a different config
 is moved aside (`<stage>.stale-N`), never deleted. `config.runtime` is in no stage's sections.
 
-The `compare` stage (the paper's strategy ablation) runs sub-pipelines, so it lives here too.
+The experiments that run sub-pipelines (`compare`, `compare_saliency`) live in
+`pnoc_jax.experiments` and receive `run_stage` from here.
 """
 
 import contextlib
-import copy
 import dataclasses
 import os
 import sys
@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 
 import ml_collections
-import numpy as np
 from absl import logging
 
 from pnoc_jax import config_lib
@@ -30,27 +29,24 @@ from pnoc_jax.affinity import make_labels, walk
 from pnoc_jax.affinity import train as affinity_train
 from pnoc_jax.cam import evaluate as cam_evaluate
 from pnoc_jax.cam import infer as cam_infer
-from pnoc_jax.cam import strategies
 from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import artifacts, distributed, fileio
 from pnoc_jax.core.errors import UserError
 from pnoc_jax.data import datasets
 from pnoc_jax.evaluation import sweep
+from pnoc_jax.experiments import saliency as compare_saliency
+from pnoc_jax.experiments import strategies as compare_strategies
 from pnoc_jax.models import backbones
-
-# -------------------------------------------------------------------- saliency (issue 10)
 from pnoc_jax.saliency import evaluate as saliency_evaluate
 from pnoc_jax.saliency import infer as saliency_infer
 from pnoc_jax.saliency import infer_detector, train_detector
 from pnoc_jax.saliency import train as saliency_train
-
-# -------------------------------------------------------------------- (end of issue 10)
-# -------------------------------------------------------------------- segmentation (issue 11)
 from pnoc_jax.segmentation import evaluate as seg_evaluate
 from pnoc_jax.segmentation import infer as seg_infer
 from pnoc_jax.segmentation import train as seg_train
 
-# -------------------------------------------------------------------- (end of issue 11)
+# A row a stage adds to the summary: (key in summary.json, title, line, numbers).
+SummaryRow = tuple[str, str, str, dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,284 +59,10 @@ class Stage:
     headline: Callable[[dict], str] | None = None  # one line from its metrics.json
     # Its outputs that do not exist after it ran (a stage is done only when this is empty).
     missing: Callable[[ml_collections.ConfigDict, str], list[str]] | None = None
-
-
-# ---------------------------------------------------------------------------- the comparison
-
-
-def compare_sub_config(
-    config: ml_collections.ConfigDict, seed: int, strategy: str, oc_weights: str
-) -> ml_collections.ConfigDict:
-    """The config of one (seed, strategy) run: train -> infer (the evaluated split) -> eval."""
-    sub = copy.deepcopy(config)
-    with sub.unlocked():
-        sub.seed = seed
-        sub.train.strategy = strategy
-        sub.train.oc_weights = oc_weights if strategies.reads_oc(sub.train) else ""
-        sub.stages = ("train_cam", "infer_cam", "eval_cam")
-        sub.infer.splits = (sub.eval.split,)  # only the evaluated split's CAMs are needed
-    return sub
-
-
-def compare_tables(results: dict[str, list[dict]], class_names: list[str]) -> tuple[str, str]:
-    """Markdown and CSV tables from {strategy: [eval_cam metrics of each seed]}."""
-    names = ["background", *class_names]
-    header = ["strategy", "seeds", "miou_mean", "miou_std", *names]
-    md = [
-        "| strategy | mIoU (mean ± std) | seeds | " + " | ".join(names) + " |",
-        "|---|---|---|" + "---|" * len(names),
-    ]
-    csv = [",".join(header)]
-    for strategy, runs in results.items():
-        mious = 100 * np.array([r["miou"] for r in runs])
-        per_class = [100 * np.mean([r["per_class_iou"][n] for r in runs]) for n in names]
-        std = mious.std(ddof=1) if len(mious) > 1 else 0.0
-        md.append(
-            f"| {strategy} | {mious.mean():.1f} ± {std:.1f} | {len(runs)} | "
-            + " | ".join(f"{v:.1f}" for v in per_class)
-            + " |"
-        )
-        csv.append(
-            ",".join([strategy, str(len(runs)), f"{mious.mean():.3f}", f"{std:.3f}"])
-            + ","
-            + ",".join(f"{v:.3f}" for v in per_class)
-        )
-    return "\n".join(md) + "\n", "\n".join(csv) + "\n"
-
-
-def run_compare(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """For every seed, one ordinary classifier shared by every strategy's train -> infer -> eval.
-
-    Sub-runs are ordinary stage runs in `compare/seed<k>/<strategy>/`, so an interrupted
-    comparison resumes where it stopped. Writes `compare/results.{md,csv}` and `metrics.json`.
-    """
-    results: dict[str, list[dict]] = {s: [] for s in config.compare.strategies}
-    for seed in config.compare.seeds:
-        seed_dir = artifacts.compare_seed_dir(workdir, seed)
-        run_stage("train_oc", compare_sub_config(config, seed, "cam", ""), seed_dir)
-        oc_weights = artifacts.weights_file(seed_dir, "train_oc")
-        for strategy in config.compare.strategies:
-            sub_dir = artifacts.compare_run_dir(workdir, seed, strategy)
-            logging.info("compare: seed %d, strategy %s -> %s", seed, strategy, sub_dir)
-            sub = compare_sub_config(config, seed, strategy, oc_weights)
-            for name in sub.stages:
-                run_stage(name, sub, sub_dir)
-            results[strategy].append(fileio.read_json(artifacts.metrics_file(sub_dir, "eval_cam")))
-    if not distributed.is_chief():
-        return
-    class_names = list(datasets.get_info(config.data.name).class_names)
-    md, csv = compare_tables(results, class_names)
-    out_dir = artifacts.stage_dir(workdir, "compare")
-    fileio.write_text(os.path.join(out_dir, "results.md"), md)
-    fileio.write_text(os.path.join(out_dir, "results.csv"), csv)
-    mious = {s: 100 * np.array([r["miou"] for r in runs]) for s, runs in results.items()}
-    fileio.write_json(
-        artifacts.metrics_file(workdir, "compare"),
-        {
-            "table": md,
-            "strategies": {
-                s: {
-                    "miou_mean": float(m.mean()) / 100,
-                    "miou_std": float(m.std(ddof=1)) / 100 if len(m) > 1 else 0.0,
-                    "seeds": len(m),
-                }
-                for s, m in mious.items()
-            },
-        },
-    )
-
-
-def validate_compare(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
-    """Checks of `config.compare`."""
-    del topology
-    chosen = tuple(config.compare.strategies)
-    config_lib.check(
-        bool(chosen) and set(chosen) <= set(strategies.STRATEGIES),
-        "compare.strategies",
-        chosen,
-        f"a non-empty subset of {sorted(strategies.STRATEGIES)}",
-    )
-    seeds = tuple(config.compare.seeds)
-    config_lib.check(
-        bool(seeds) and len(set(seeds)) == len(seeds) and all(isinstance(s, int) for s in seeds),
-        "compare.seeds",
-        seeds,
-        "distinct integer seeds",
-    )
-
-
-# ---------------------------------------------------------------------------- saliency (issue 10)
-# The saliency comparison (stage `compare_saliency`, Table 6 and the Table 7 saliency rows): per
-# seed, the full recipe ("ccamh": priors, C²AM-H, detector, labels from the detector's maps, RW)
-# and three variants that reuse its finished stages through symlinks: plain C²AM, labels from
-# the C²AM-H masks, and conventional labels (no saliency).
-PRIOR_STAGES = ("train_oc", "train_cam", "infer_cam", "eval_cam")
-SALIENCY_STAGES = ("train_saliency", "infer_saliency", "train_detector", "infer_detector")
-LABEL_STAGES = ("affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels")
-
-
-@dataclasses.dataclass(frozen=True)
-class SaliencyVariant:
-    name: str
-    title: str  # the row of the table
-    overrides: dict  # dotted config keys -> values
-    stages: tuple[str, ...]  # run in the variant's folder
-    shared: tuple[str, ...] = ()  # finished stages of "ccamh" it links to
-
-
-SALIENCY_VARIANTS = (
-    SaliencyVariant(
-        "ccamh",
-        "C²AM-H -> detector",
-        {"saliency.method": "ccamh", "affinity_labels.saliency": "infer_detector"},
-        (*PRIOR_STAGES, *SALIENCY_STAGES, "eval_saliency", *LABEL_STAGES),
-    ),
-    SaliencyVariant(
-        "ccam",
-        "C²AM (no hints), CRF masks",
-        {"saliency.method": "ccam", "saliency_eval.sources": ("infer_saliency",)},
-        ("train_saliency", "infer_saliency", "eval_saliency"),
-        PRIOR_STAGES,
-    ),
-    SaliencyVariant(
-        "ccamh_masks",
-        "C²AM-H, CRF masks",
-        {"saliency.method": "ccamh", "affinity_labels.saliency": "infer_saliency"},
-        LABEL_STAGES,
-        (*PRIOR_STAGES, "train_saliency", "infer_saliency"),
-    ),
-    SaliencyVariant(
-        "conventional",
-        "none: conventional affinity labels",
-        {"affinity_labels.saliency": "", "affinity_labels.saliency_dir": ""},
-        LABEL_STAGES,
-        PRIOR_STAGES,
-    ),
-)
-
-
-def compare_saliency_sub_config(
-    config: ml_collections.ConfigDict, seed: int, variant: SaliencyVariant
-) -> ml_collections.ConfigDict:
-    sub = copy.deepcopy(config)
-    with sub.unlocked():
-        sub.seed = seed
-        sub.stages = variant.stages
-        for key, value in variant.overrides.items():
-            section, _, leaf = key.rpartition(".")
-            config_lib.get(sub, section)[leaf] = value
-    return sub
-
-
-def _link_shared(workdir: str, seed: int, variant: SaliencyVariant) -> None:
-    """Links the variant's shared stage folders to those of the seed's "ccamh" run."""
-    source_dir = artifacts.compare_saliency_dir(workdir, seed, "ccamh")
-    target_dir = artifacts.compare_saliency_dir(workdir, seed, variant.name)
-    fileio.makedirs(target_dir)
-    for stage in variant.shared:  # a copy, DONE.json last, on an object store (no links)
-        fileio.link_tree(
-            artifacts.stage_dir(source_dir, stage), artifacts.stage_dir(target_dir, stage)
-        )
-
-
-def _mean_std(values: list[float]) -> str:
-    v = 100 * np.asarray(values, np.float64)
-    return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}"
-
-
-def compare_saliency_table(results: list[dict]) -> tuple[str, dict]:
-    """Markdown table and its numbers from one dict per seed {variant: {stage: metrics}}."""
-    rows = [
-        ("C²AM (no hints), CRF masks", "ccam", "infer_saliency", None),
-        ("C²AM-H, CRF masks", "ccamh", "infer_saliency", "ccamh_masks"),
-        ("C²AM-H -> detector", "ccamh", "infer_detector", "ccamh"),
-        ("none: conventional affinity labels", None, None, "conventional"),
-    ]
-    header = (
-        "| saliency | saliency mIoU | GT oracle | priors + saliency as background | "
-        "priors alone | RW pseudo-labels |"
-    )
-    md = [header, "|---|---|---|---|---|---|"]
-    numbers: dict = {}
-    priors = [r["ccamh"]["eval_saliency"]["priors_miou"] for r in results]
-    for title, run, source, labels in rows:
-        cells, entry = [], {}
-        for key in ("saliency_miou", "oracle_miou", "priors_with_saliency_miou"):
-            if run is None:
-                cells.append("-")
-                continue
-            values = [r[run]["eval_saliency"]["sources"][source][key] for r in results]
-            cells.append(_mean_std(values))
-            entry[key] = values
-        cells.append(_mean_std(priors))
-        entry["priors_miou"] = priors
-        if labels is None:
-            cells.append("-")
-        else:
-            values = [r[labels]["eval_pseudo_labels"]["pseudo_label_miou"] for r in results]
-            cells.append(_mean_std(values))
-            entry["pseudo_label_miou"] = values
-        md.append(f"| {title} | " + " | ".join(cells) + " |")
-        numbers[title] = {
-            k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-            for k, v in entry.items()
-        }
-    return "\n".join(md) + "\n", numbers
-
-
-def run_compare_saliency(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """For every seed, the recipe and its variants (`SALIENCY_VARIANTS`) as ordinary stage runs
-    in `compare_saliency/seed<k>/<variant>/` (resumable); writes `compare_saliency/results.md`
-    and `metrics.json` (mean ± std over seeds)."""
-    results = []
-    for seed in config.compare_saliency.seeds:
-        per_seed: dict[str, dict] = {}
-        for variant in SALIENCY_VARIANTS:
-            sub_dir = artifacts.compare_saliency_dir(workdir, seed, variant.name)
-            if distributed.is_chief():
-                _link_shared(workdir, seed, variant)
-            distributed.barrier(f"compare_saliency-{seed}-{variant.name}")
-            sub = compare_saliency_sub_config(config, seed, variant)
-            logging.info("compare_saliency: seed %d, %s -> %s", seed, variant.name, sub_dir)
-            for name in sub.stages:
-                run_stage(name, sub, sub_dir)
-            per_seed[variant.name] = {
-                name: fileio.read_json(artifacts.metrics_file(sub_dir, name))
-                for name in ("eval_saliency", "eval_pseudo_labels")
-                if fileio.exists(artifacts.metrics_file(sub_dir, name))
-            }
-        results.append(per_seed)
-    if not distributed.is_chief():
-        return
-    md, numbers = compare_saliency_table(results)
-    folder = artifacts.stage_dir(workdir, "compare_saliency")
-    fileio.write_text(os.path.join(folder, "results.md"), md)
-    fileio.write_json(
-        artifacts.metrics_file(workdir, "compare_saliency"),
-        {"table": md, "seeds": len(results), "rows": numbers},
-    )
-
-
-def validate_compare_saliency(
-    config: ml_collections.ConfigDict, topology: config_lib.Topology
-) -> None:
-    """Checks of `config.compare_saliency`."""
-    del topology
-    seeds = tuple(config.compare_saliency.seeds)
-    config_lib.check(
-        bool(seeds) and len(set(seeds)) == len(seeds) and all(isinstance(s, int) for s in seeds),
-        "compare_saliency.seeds",
-        seeds,
-        "distinct integer seeds",
-    )
-
-
-def _missing_compare_saliency(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    folder = artifacts.stage_dir(workdir, "compare_saliency")
-    return artifacts.missing(os.path.join(folder, n) for n in ("results.md", "metrics.json"))
-
-
-# ---------------------------------------------------------------------------- (end of issue 10)
+    # Its line in summary.md, from its metrics.json (default: the headline).
+    summary: Callable[[dict], str] | None = None
+    # Rows it adds to the summary below its own, from the workdir's metrics.
+    summary_rows: Callable[[ml_collections.ConfigDict, str], list[SummaryRow]] | None = None
 
 
 # ---------------------------------------------------------------------------- the stage graph
@@ -358,78 +80,35 @@ SECTION_CHECKS: dict[str, config_lib.Check] = {
     "affinity_labels": make_labels.validate,
     "affinity": affinity_train.validate,
     "rw": walk.validate,
-    "compare": validate_compare,
-    # saliency (issue 10)
     "saliency": saliency_train.validate,
     "saliency_infer": saliency_infer.validate,
     "detector": train_detector.validate,
     "detector_infer": infer_detector.validate,
     "saliency_eval": saliency_evaluate.validate,
-    "compare_saliency": validate_compare_saliency,
-    # segmentation (issue 11)
     "segmentation": seg_train.validate,
     "segmentation_infer": seg_infer.validate,
+    "compare": compare_strategies.validate,
+    "compare_saliency": compare_saliency.validate,
 }
 
 
-def _missing_compare(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    folder = artifacts.stage_dir(workdir, "compare")
-    names = ("results.md", "results.csv", "metrics.json")
-    return artifacts.missing(os.path.join(folder, name) for name in names)
+def _run_compare(config: ml_collections.ConfigDict, workdir: str) -> None:
+    compare_strategies.run(config, workdir, run_stage)
 
 
-_TRAIN = ("seed", "data", "model")
-# fmt: off
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    #     name                  run                    sections             reads
-    Stage("train_oc",           cam_train.train_oc,    (*_TRAIN, "oc"),
-          missing=cam_train.missing_oc),
-    Stage("train_cam",          cam_train.train_cam,   (*_TRAIN, "train"),  cam_train.cam_deps,
-          missing=cam_train.missing_cam),
-    Stage("infer_cam",          cam_infer.run,         ("data", "model", "infer"), cam_infer.deps,
-          missing=cam_infer.missing),
-    Stage("eval_cam",           cam_evaluate.run,      ("data", "eval"),    ("infer_cam",),
-          checks=(cam_evaluate.validate,), headline=cam_evaluate.headline,
-          missing=cam_evaluate.missing),
-    # saliency (issue 10): C²AM(-H), its maps and masks, the detector, Table 6
-    Stage("train_saliency",     saliency_train.run,    (*_TRAIN, "saliency"), saliency_train.deps,
-          missing=saliency_train.missing),
-    Stage("infer_saliency",     saliency_infer.run,    ("data", "saliency_infer"),
-          ("train_saliency",), missing=saliency_infer.missing),
-    Stage("train_detector",     train_detector.run,    ("seed", "data", "detector"),
-          train_detector.deps, missing=train_detector.missing),
-    Stage("infer_detector",     infer_detector.run,    ("data", "detector", "detector_infer"),
-          infer_detector.deps, missing=infer_detector.missing),
-    Stage("eval_saliency",      saliency_evaluate.run, ("data", "eval", "saliency_eval"),
-          saliency_evaluate.deps, headline=saliency_evaluate.headline,
-          missing=saliency_evaluate.missing),
-    Stage("compare_saliency",   run_compare_saliency,
-          (*_TRAIN, "oc", "train", "infer", "eval", "saliency", "saliency_infer", "detector",
-           "detector_infer", "saliency_eval", "affinity_labels", "affinity", "rw",
-           "compare_saliency"),
-          headline=lambda metrics: metrics["table"], missing=_missing_compare_saliency),
-    # (end of issue 10)
-    Stage("affinity_labels",    make_labels.run,       ("data", "affinity_labels"),
-          make_labels.deps, headline=make_labels.headline, missing=make_labels.missing),
-    Stage("train_affinity",     affinity_train.run,    (*_TRAIN, "affinity"), affinity_train.deps,
-          missing=affinity_train.missing),
-    Stage("random_walk",        walk.run,              ("data", "rw"),
-          ("train_affinity", "infer_cam"), missing=walk.missing),
-    Stage("eval_pseudo_labels", affinity_evaluate.run, ("data", "eval", "rw"), ("random_walk",),
-          checks=(affinity_evaluate.validate,), headline=affinity_evaluate.headline,
-          missing=affinity_evaluate.missing),
-    Stage("compare",            run_compare,
-          (*_TRAIN, "oc", "train", "infer", "eval", "compare"),
-          headline=lambda metrics: metrics["table"], missing=_missing_compare),
-)}
-# fmt: on
+def _run_compare_saliency(config: ml_collections.ConfigDict, workdir: str) -> None:
+    compare_saliency.run(config, workdir, run_stage)
 
 
-# ---- segmentation (issue 11): DeepLab on the pseudo-labels, and the fully supervised bound.
-# The bound is the same three stages trained on the ground-truth masks, under their own names
-# (`*_gt`): both live in one workdir, and the bound depends on no weakly supervised stage (only
-# on the backbone it starts from), so changing the priors or pseudo-labels never retrains it.
+def _table(metrics: dict) -> str:
+    return metrics["table"]
+
+
 def _segmentation_stages(labels: str) -> tuple[Stage, ...]:
+    """DeepLab's train -> infer -> eval on the pseudo-labels ("pseudo") or, for the fully
+    supervised bound, on the ground-truth masks (the same stages named `*_gt`). The bound reads
+    no weakly supervised stage (only the one whose backbone it starts from), so changing the
+    priors or the pseudo-labels never retrains it."""
     train_name, infer_name, eval_name = seg_train.STAGES[labels]
     weak = labels == "pseudo"
     train_run = seg_train.train_segmentation if weak else seg_train.train_segmentation_gt
@@ -442,13 +121,57 @@ def _segmentation_stages(labels: str) -> tuple[Stage, ...]:
         Stage(infer_name, infer_run, ("data", "segmentation_infer"), (train_name,),
               missing=seg_infer.missing_for(labels)),
         Stage(eval_name, eval_run, ("data",), (infer_name,),
-              headline=seg_evaluate.headline, missing=seg_evaluate.missing_for(labels)),
+              headline=seg_evaluate.headline, missing=seg_evaluate.missing_for(labels),
+              summary_rows=None if weak else seg_evaluate.summary_rows),
     )  # fmt: skip
 
 
-STAGES.update({stage.name: stage for labels in seg_train.LABELS
-               for stage in _segmentation_stages(labels)})  # fmt: skip
-# ---- end segmentation
+_TRAIN = ("seed", "data", "model")
+_SALIENCY_SECTIONS = ("saliency", "saliency_infer", "detector", "detector_infer", "saliency_eval")
+# fmt: off
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    #     name                  run                    sections             reads
+    Stage("train_oc",           cam_train.train_oc,    (*_TRAIN, "oc"),
+          missing=cam_train.missing_oc),
+    Stage("train_cam",          cam_train.train_cam,   (*_TRAIN, "train"),  cam_train.cam_deps,
+          missing=cam_train.missing_cam),
+    Stage("infer_cam",          cam_infer.run,         ("data", "model", "infer"), cam_infer.deps,
+          missing=cam_infer.missing),
+    Stage("eval_cam",           cam_evaluate.run,      ("data", "eval"),    ("infer_cam",),
+          checks=(cam_evaluate.validate,), headline=cam_evaluate.headline,
+          missing=cam_evaluate.missing),
+    Stage("train_saliency",     saliency_train.run,    (*_TRAIN, "saliency"), saliency_train.deps,
+          missing=saliency_train.missing),
+    Stage("infer_saliency",     saliency_infer.run,    ("data", "saliency_infer"),
+          ("train_saliency",), missing=saliency_infer.missing),
+    Stage("train_detector",     train_detector.run,    ("seed", "data", "detector"),
+          train_detector.deps, missing=train_detector.missing),
+    Stage("infer_detector",     infer_detector.run,    ("data", "detector", "detector_infer"),
+          infer_detector.deps, missing=infer_detector.missing),
+    Stage("eval_saliency",      saliency_evaluate.run, ("data", "eval", "saliency_eval"),
+          saliency_evaluate.deps, headline=saliency_evaluate.headline,
+          missing=saliency_evaluate.missing),
+    Stage("affinity_labels",    make_labels.run,       ("data", "affinity_labels"),
+          make_labels.deps, headline=make_labels.headline, missing=make_labels.missing),
+    Stage("train_affinity",     affinity_train.run,    (*_TRAIN, "affinity"), affinity_train.deps,
+          missing=affinity_train.missing),
+    Stage("random_walk",        walk.run,              ("data", "rw"),
+          ("train_affinity", "infer_cam"), missing=walk.missing),
+    Stage("eval_pseudo_labels", affinity_evaluate.run, ("data", "eval", "rw"), ("random_walk",),
+          checks=(affinity_evaluate.validate,), headline=affinity_evaluate.headline,
+          missing=affinity_evaluate.missing),
+    *(stage for labels in seg_train.LABELS for stage in _segmentation_stages(labels)),
+    Stage("compare",            _run_compare,
+          (*_TRAIN, "oc", "train", "infer", "eval", "compare"),
+          headline=_table, missing=compare_strategies.missing,
+          summary=lambda metrics: "strategy table in results.md"),
+    Stage("compare_saliency",   _run_compare_saliency,
+          (*_TRAIN, "oc", "train", "infer", "eval", *_SALIENCY_SECTIONS, "affinity_labels",
+           "affinity", "rw", "compare_saliency"),
+          headline=_table, missing=compare_saliency.missing,
+          summary=lambda metrics: "saliency table in results.md"),
+)}
+# fmt: on
 
 
 # ---------------------------------------------------------------------------- the runner
@@ -641,29 +364,19 @@ def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
     selected stage with metrics, also the skipped ones; returns the table."""
     numbers, rows = {}, []
     for name in config.stages:
-        path = artifacts.metrics_file(workdir, name)
+        stage, path = STAGES[name], artifacts.metrics_file(workdir, name)
         if not fileio.exists(path):
             continue
         metrics = fileio.read_json(path)
         numbers[name] = _numbers(metrics)
-        headline = STAGES[name].headline
-        line = headline(metrics).replace("\n", " ") if headline else ""
-        if name == "compare":
-            line = "strategy table in results.md"
-        if name == "compare_saliency":  # saliency (issue 10)
-            line = "saliency table in results.md"
+        line_of = stage.summary or stage.headline
+        line = line_of(metrics).replace("\n", " ") if line_of else ""
         rows.append(f"| {name} | {line} | {artifacts.stage_dir(workdir, name)} |")
-    # ---- segmentation (issue 11): how much of full supervision weak supervision reaches.
-    weak, full = seg_train.STAGES["pseudo"][2], seg_train.STAGES["ground_truth"][2]
-    if weak in numbers and full in numbers:
-        line = seg_evaluate.weak_vs_supervised(
-            fileio.read_json(artifacts.metrics_file(workdir, weak)),
-            fileio.read_json(artifacts.metrics_file(workdir, full)),
-        )
-        if line:
-            rows.append(f"| weak vs fully supervised | {line} | |")
-            numbers["weak_vs_supervised"] = {"ratio": numbers[weak]["miou"] / numbers[full]["miou"]}
-    # ---- end segmentation
+        for key, title, extra_line, extra_numbers in (
+            stage.summary_rows(config, workdir) if stage.summary_rows else ()
+        ):
+            rows.append(f"| {title} | {extra_line} | |")
+            numbers[key] = extra_numbers
     table = "\n".join(["| stage | result | outputs |", "|---|---|---|", *rows]) + "\n"
     json_path, md_path = artifacts.summary_files(workdir)
     fileio.write_json(json_path, numbers)

@@ -82,7 +82,7 @@ def pseudo_label_grid(
     return _grid(columns, size)
 
 
-# ---------------------------------------------------------------- a run at a glance (issue 11)
+# ---------------------------------------------------------------- a run at a glance
 # What the notebook shows of a finished run: its stages' outputs side by side, one image's CAM
 # per class, per-class IoU through the pipeline, and the training curves. Everything is read
 # from the workdir; nothing is trained.

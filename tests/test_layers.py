@@ -18,6 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("data", "models", "postprocess"),
     ("evaluation", "inference", "visualize"),
     ("cam", "affinity", "saliency", "segmentation"),  # stage families
+    ("experiments",),  # drivers of sub-pipelines, given the runner's run_stage
     ("pipeline",),
     ("main", "benchmark", "cpu_benchmark", "predict"),
 )

@@ -5,7 +5,9 @@ import os
 import ml_collections
 import pytest
 
+from configs import common
 from pnoc_jax import config_lib, pipeline
+from pnoc_jax.experiments import strategies as compare_strategies
 
 TOPOLOGY = config_lib.Topology(device_count=8)
 
@@ -72,7 +74,7 @@ BAD_VALUES = {
     "runtime.predict_batch_size": 0,
     "runtime.keep_stale": -1,
     "runtime.input_workers": -2,
-    # saliency (issue 10)
+    # saliency
     "affinity_labels.saliency": "infer_cam",
     "saliency.method": "ccamx",
     "saliency.split": "test",
@@ -120,7 +122,7 @@ BAD_VALUES = {
     "detector_infer.weights": "/no/such/file.npz",
     "saliency_eval.sources": ("infer_saliency", "infer_cam"),
     "compare_saliency.seeds": (1, 1),
-    # segmentation (issue 11)
+    # segmentation
     "segmentation.model": "deeplabv4",
     "segmentation.backbone": "vgg16",
     "segmentation.output_stride": 32,
@@ -274,10 +276,10 @@ def test_fingerprints_follow_sections_and_propagate_downstream(tiny_config):
     assert changed == {
         "train_cam", "infer_cam", "eval_cam", "affinity_labels", "train_affinity",
         "random_walk", "eval_pseudo_labels", "compare",
-        # saliency (issue 10): C²AM-H's hints are the CAMs
+        # saliency: C²AM-H's hints are the CAMs
         "train_saliency", "infer_saliency", "train_detector", "infer_detector", "eval_saliency",
         "compare_saliency",
-        # segmentation (issue 11)
+        # segmentation
         "train_segmentation", "infer_segmentation", "eval_segmentation",
     }  # fmt: skip
     # The fully supervised bound reads no weakly supervised stage: only its backbone's.
@@ -308,7 +310,7 @@ def test_runtime_knobs_never_change_a_fingerprint(tiny_config, tmp_path):
 
 def test_stage_graph_reads_only_finished_upstream_stages(tiny_config):
     """Every dependency of a stage comes before it in the quickstart's order."""
-    config = config_lib.synthetic_config()
+    config = common.synthetic_config()
     order = list(config.stages)
     for name in order:
         for dep in pipeline.deps_of(name, config):
@@ -321,12 +323,12 @@ def test_stage_graph_reads_only_finished_upstream_stages(tiny_config):
 
 
 def test_compare_sub_config_reads_oc_only_when_needed_and_infers_the_eval_split():
-    config = config_lib.synthetic_config("cam")  # f's backbone starts from the OC
+    config = common.synthetic_config("cam")  # f's backbone starts from the OC
     for strategy in ("cam", "pnoc"):
-        sub = pipeline.compare_sub_config(config, 2, strategy, "/oc/f.npz")
+        sub = compare_strategies.sub_config(config, 2, strategy, "/oc/f.npz")
         assert sub.seed == 2 and sub.train.strategy == strategy
         assert sub.train.oc_weights == "/oc/f.npz"
         assert sub.infer.splits == (config.eval.split,)
     config.train.init_backbone_from = ""
-    assert pipeline.compare_sub_config(config, 0, "cam", "/oc/f.npz").train.oc_weights == ""
-    assert pipeline.compare_sub_config(config, 0, "poc", "/oc/f.npz").train.oc_weights
+    assert compare_strategies.sub_config(config, 0, "cam", "/oc/f.npz").train.oc_weights == ""
+    assert compare_strategies.sub_config(config, 0, "poc", "/oc/f.npz").train.oc_weights

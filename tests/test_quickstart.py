@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from pnoc_jax import config_lib, pipeline, visualize
+from configs import common
+from pnoc_jax import pipeline, visualize
 from pnoc_jax.core import artifacts, fileio, scores, weights
 from tests.conftest import make_tiny_config
 
@@ -26,7 +27,7 @@ def finished_run(synthetic_data_dir, tmp_path_factory):
     # conventional affinity labels feed the random walk here.
     saliency = ("train_saliency", "infer_saliency", "train_detector", "infer_detector")
     config.stages = tuple(
-        s for s in config_lib.synthetic_config().stages if s not in (*saliency, "eval_saliency")
+        s for s in common.synthetic_config().stages if s not in (*saliency, "eval_saliency")
     )
     assert config.stages[: len(STAGES)] == STAGES and config.stages[-1] == "eval_segmentation_gt"
     config.affinity_labels.saliency = ""

@@ -45,7 +45,7 @@ def test_recipes_default_to_resnest269_and_keep_the_backbone_argument():
     assert coco.eval.split == "val" and datasets.get_info("coco2014").num_classes == 80
     voc = _recipe("pnoc_voc")
     assert voc.train.lr == 0.1 and voc.train.accumulate_steps == 2  # summed: no doubling
-    # segmentation (issue 11): DeepLabV3+ (HEAD runner) by default, the V2 rows by argument;
+    # Segmentation: DeepLabV3+ (HEAD runner) by default, the V2 rows by argument;
     # both recipes end with the model and its fully supervised bound.
     for config in (voc, coco):
         assert config.stages[-6:] == (
@@ -121,7 +121,7 @@ def test_pnoc_coco_runs_on_the_fixture_with_a_tiny_backbone(tmp_path):
     )
     config.rw.update(max_image_size=64, exp_times=2, radius=3)
     config.runtime.update(log_every=1, ckpt_every=100, predict_batch_size=4, num_workers=1)
-    # segmentation (issue 11): the weak model on its 81 classes (the bound is the same code).
+    # Segmentation: the weak model on its 81 classes (the bound is the same code).
     config.segmentation.update(
         head_channels=8, low_level_channels=4, atrous_rates=(1, 2, 3), batch_size=8, epochs=0,
         steps=2, crop_size=32, min_size=32, max_size=48,

@@ -77,7 +77,7 @@ ALLOWED = {
     ("data/builders/coco2014.py", "pathlib.Path"): "the COCO folder (manual_dir)",
     ("data/builders/coco2014.py", "open"): "COCO's annotation files and images",
     ("data/builders/coco2014.py", "os.scandir"): "COCO's image folders (fingerprint)",
-    # segmentation (issue 11): the user's images, opened by fileio.open_read, decoded by PIL
+    # the user's images, opened by fileio.open_read, decoded by PIL
     ("predict.py", "PIL.Image.open"): "decodes a file object from fileio.open_read",
 }
 

@@ -22,7 +22,6 @@ from pnoc_jax.core import artifacts, distributed, fileio, pool, progress, scores
 from pnoc_jax.data import pipeline
 
 
-# ---------------------------------------------------------------------------- saliency (issue 10)
 def saliency_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     """The folder of `<id>.png` saliency maps the labels use: those the stage named by
     `saliency` made for the split, or the user's `saliency_dir`; "" = conventional labels."""
@@ -48,9 +47,6 @@ def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The CAMs, and the stage whose saliency the labels use (`affinity_labels.saliency`)."""
     saliency = config.affinity_labels.saliency
     return ("infer_cam", *((saliency,) if saliency else ()))
-
-
-# ---------------------------------------------------------------------------- (end of issue 10)
 
 
 def label_tasks(

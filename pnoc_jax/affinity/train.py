@@ -55,12 +55,12 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
     )
 
 
-def backbone_path(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """The frozen backbone's weights file (`config.affinity.backbone_weights`): ImageNet
-    weights (`config.model.pretrained`, "" = random) or the CAM network's ("train_cam")."""
-    if config.affinity.backbone_weights == "train_cam":
-        return artifacts.weights_file(workdir, "train_cam")
-    return config.model.pretrained
+def backbone_start(config: ml_collections.ConfigDict) -> backbones.BackboneStart:
+    """The frozen backbone's start (`config.affinity.backbone_weights`): ImageNet weights
+    (`config.model.pretrained` for the CAM network's architecture, "" = random) or the CAM
+    network's ("train_cam")."""
+    arch = config.affinity.backbone or config.model.backbone
+    return backbones.BackboneStart.from_section(config, "train_affinity", "affinity", arch)
 
 
 def load_variables(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -143,12 +143,7 @@ def run(
     model = build_model(config)
     tx, step_stats = make_optimizer(cfg, plan.total_steps)
     shape = (1, cfg.crop_size, cfg.crop_size, 3)
-    path = backbone_path(config, workdir)
-    if path:
-        init = weights.initializer(path, modules=("backbone",))
-    else:
-        logging.warning("train_affinity: no config.model.pretrained; frozen RANDOM backbone")
-        init = None
+    init = backbone_start(config).initializer(workdir, model, shape)
     key = rng.init_key(config.seed)
     states = {STATE: create_state(model, tx, key, shape, mesh, init, step_stats)}
     run_training(
@@ -169,9 +164,7 @@ def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
 
 
 def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    if config.affinity.backbone_weights == "train_cam":
-        return ("affinity_labels", "train_cam")
-    return ("affinity_labels",)
+    return ("affinity_labels", *backbone_start(config).deps())
 
 
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
@@ -180,16 +173,7 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     config_lib.check_choice(config, f"{key}.backbone", ("", *backbones.backbone_names()))
     config_lib.check_choice(config, f"{key}.output_stride", backbones.OUTPUT_STRIDES)
     config_lib.check_choice(config, f"{key}.backbone_weights", ("pretrained", "train_cam"))
-    natural = datasets.get_info(config.data.name).needs_pretrained
-    if cfg.backbone_weights == "pretrained" and natural:
-        backbones.check_pretrained(config, cfg.backbone or config.model.backbone, "train_affinity")
-    if cfg.backbone_weights == "train_cam":
-        config_lib.check(
-            cfg.backbone in ("", config.model.backbone),
-            f"{key}.backbone",
-            cfg.backbone,
-            f"'' or {config.model.backbone!r} to load train_cam's backbone",
-        )
+    backbone_start(config).validate(config, datasets.get_info(config.data.name).needs_pretrained)
     config_lib.check_training(config, key, topology)
     number(config, f"{key}.crop_size", low=4, integer=True)
     config_lib.check(cfg.crop_size % 4 == 0, f"{key}.crop_size", cfg.crop_size, "a multiple of 4")

@@ -7,18 +7,15 @@ keys, rw) and `random_walk/<split>_pseudo/<id>.png` (palette). Images whose outp
 skipped. Each process handles its own shard of every split.
 """
 
-from collections.abc import Iterator, Sequence
-
 import ml_collections
 import numpy as np
-from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import tasks
 from pnoc_jax.affinity import train as aff_train
-from pnoc_jax.core import artifacts, distributed, fileio, pool, progress, scores
-from pnoc_jax.data import datasets, pipeline
-from pnoc_jax.inference import predictor, tta
+from pnoc_jax.core import artifacts, scores
+from pnoc_jax.data import datasets
+from pnoc_jax.inference import per_image, predictor, tta
 from pnoc_jax.inference.predictor import Predict
 
 
@@ -33,18 +30,32 @@ def edge_maps(
     ]
 
 
-def walk_tasks(
-    source: Sequence[dict],
-    split: str,
-    workdir: str,
-    params: tasks.WalkParams,
-    edges,
-    batch_size: int,
-) -> Iterator[tasks.WalkTask]:
-    """Tasks for the images of `source` whose outputs are missing; boundaries are computed for
-    `batch_size` images at a time by `edges(examples)`, as the pool consumes the tasks."""
+def outputs(workdir: str) -> per_image.Outputs:
+    """An image's pseudo-label PNG, and its score file when it has classes."""
 
-    def task(example: dict, edge: np.ndarray | None) -> tasks.WalkTask:
+    def files(split: str, image_id: str, labelled: bool) -> list[str]:
+        png = artifacts.pseudo_label_file(workdir, split, image_id)
+        return (
+            [png, scores.locate(artifacts.rw_dir(workdir, split), image_id)] if labelled else [png]
+        )
+
+    return files
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    cfg = config.rw
+    model = aff_train.build_model(config)
+    predict, batch_multiple = predictor.local_predictor(
+        lambda v, x: model.apply(v, x), aff_train.load_variables(config, workdir)
+    )
+    canvas = tta.canvas_size(cfg.max_image_size, 1.0)
+    params = config_lib.from_section(tasks.WalkParams, cfg)
+
+    def edges(examples: list[dict]) -> list[np.ndarray]:
+        tta.check_fits(examples, cfg.max_image_size, "rw.max_image_size")
+        return edge_maps([e["image"] for e in examples], predict, canvas, batch_multiple)
+
+    def make_task(split: str, example: dict, edge: np.ndarray | None) -> tasks.WalkTask:
         image_id = example["id"]
         return tasks.WalkTask(
             image=example["image"],
@@ -55,60 +66,14 @@ def walk_tasks(
             params=params,
         )
 
-    rw_dir = artifacts.rw_dir(workdir, split)
-    pending: list[dict] = []
-    for index in progress.iterate(range(len(source)), f"random_walk {split}"):
-        example = source[index]
-        done = task(example, None)
-        if fileio.exists(done.png_path) and (
-            example["labels"].sum() == 0 or scores.exists(rw_dir, example["id"])
-        ):
-            continue
-        if example["labels"].sum() == 0:  # no classes: all background, no score file
-            yield done
-            continue
-        pending.append(example)
-        if len(pending) == batch_size:
-            yield from map(task, pending, edges(pending))
-            pending = []
-    if pending:
-        yield from map(task, pending, edges(pending))
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-    cfg = config.rw
-    model = aff_train.build_model(config)
-    predict, batch_multiple = predictor.local_predictor(
-        lambda v, x: model.apply(v, x), aff_train.load_variables(config, workdir)
+    per_image.run(
+        "random_walk", config, cfg.splits, outputs(workdir), edges, make_task, tasks.random_walk
     )
-    canvas = tta.canvas_size(cfg.max_image_size, 1.0)
-
-    def edges(examples: list[dict]) -> list[np.ndarray]:
-        tta.check_fits(examples, cfg.max_image_size, "rw.max_image_size")
-        return edge_maps([e["image"] for e in examples], predict, canvas, batch_multiple)
-
-    params = config_lib.from_section(tasks.WalkParams, cfg)
-    for split in cfg.splits:
-        source = pipeline.open_split(config, split)
-        todo = walk_tasks(source, split, workdir, params, edges, config.runtime.predict_batch_size)
-        done = sum(1 for _ in pool.run_tasks(tasks.random_walk, todo, config.runtime.num_workers))
-        logging.info(
-            "random_walk %s: %d computed, %d already there", split, done, len(source) - done
-        )
-    distributed.barrier("random_walk")
 
 
 def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     """Pseudo-labels of every image and scores of every labelled image that do not exist."""
-
-    def outputs():
-        for split in config.rw.splits:
-            for image_id, labelled in pipeline.split_index(config, split):
-                yield artifacts.pseudo_label_file(workdir, split, image_id)
-                if labelled:
-                    yield scores.locate(artifacts.rw_dir(workdir, split), image_id)
-
-    return artifacts.missing(outputs())
+    return per_image.missing(config, config.rw.splits, outputs(workdir))
 
 
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:

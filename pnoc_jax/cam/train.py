@@ -14,12 +14,14 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.cam import strategies
-from pnoc_jax.core import artifacts, distributed, optim, rng, weights
+from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, weights
 from pnoc_jax.core.loop import run_training
 from pnoc_jax.core.train_state import TrainState, create_state
 from pnoc_jax.data import datasets, pipeline, transforms
-from pnoc_jax.models import backbones
+from pnoc_jax.models.backbones import BackboneStart
 from pnoc_jax.models.classifier import CAMClassifier
+
+STAGE_OF = {"oc": "train_oc", "train": "train_cam"}  # the stage of each training section
 
 
 def build_model(
@@ -38,19 +40,25 @@ def build_model(
 
 def oc_weights(section: ml_collections.ConfigDict, workdir: str) -> str:
     """The ordinary classifier a training section reads: its `oc_weights`, or train_oc's."""
-    return section.oc_weights or artifacts.weights_file(workdir, "train_oc")
+    if section.oc_weights:
+        return fileio.expand(section.oc_weights)
+    return artifacts.weights_file(workdir, "train_oc")
 
 
-def backbone_init(
-    config: ml_collections.ConfigDict, section: ml_collections.ConfigDict, workdir: str
-) -> Callable[[dict], dict] | None:
+def backbone_start(config: ml_collections.ConfigDict, section_name: str) -> BackboneStart:
     """Where f's backbone starts: the trained OC's (`init_backbone_from="train_oc"`, a stand-in
-    for ImageNet pre-training where none exists), `config.model.pretrained`, or random (None)."""
-    if section.init_backbone_from == "train_oc":
-        return weights.initializer(oc_weights(section, workdir), modules=("backbone",))
-    if config.model.pretrained:
-        return weights.initializer(config.model.pretrained, modules=("backbone",))
-    return None
+    for ImageNet pre-training where none exists; `oc_weights` when set), or ImageNet weights
+    (`config.model.pretrained`, "" = random)."""
+    section = config[section_name]
+    trained = section.init_backbone_from == "train_oc"
+    return BackboneStart(
+        stage=STAGE_OF[section_name],
+        arch=config.model.backbone,
+        source="train_oc" if trained else "pretrained",
+        choice_key=f"{section_name}.init_backbone_from",
+        pretrained=config.model.pretrained,
+        trained_weights=section.oc_weights if trained else "",
+    )
 
 
 def optimizer_config(
@@ -150,7 +158,7 @@ def run(
     frozen = ("bn",) if config.model.frozen_bn else ()
     tx, step_stats = optim.make_optimizer(optimizer_config(section, plan.total_steps, frozen))
     input_shape = (1, config.data.image_size, config.data.image_size, 3)
-    init = backbone_init(config, section, workdir)
+    init = backbone_start(config, section_name).initializer(workdir, model, input_shape)
     key = rng.init_key(config.seed)
     states = {"f": create_state(model, tx, key, input_shape, mesh, init, step_stats)}
     oc_model = None
@@ -217,6 +225,8 @@ def _validate_section(
         raise config_lib.ConfigError(f"config.{name}.augment={section.augment!r}: {e}") from None
     number(config, f"{name}.noc_lr_mult", low=0, low_open=True)
     config_lib.check_file(config, f"{name}.oc_weights", "the ordinary classifier's weights")
+    needs_pretrained = datasets.get_info(config.data.name).needs_pretrained
+    backbone_start(config, name).validate(config, needs_pretrained)
     if "puzzle" in strategies.STRATEGIES[section.strategy]:
         tile = 2 * config.model.output_stride
         check(
@@ -228,14 +238,8 @@ def _validate_section(
         )
 
 
-def _check_pretrained(config: ml_collections.ConfigDict, who: str) -> None:
-    if datasets.get_info(config.data.name).needs_pretrained:
-        backbones.check_pretrained(config, config.model.backbone, who)
-
-
 def validate_oc(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
     _validate_section(config, "oc", topology)
-    _check_pretrained(config, "train_oc")
     config_lib.check_choice(config, "oc.init_backbone_from", ("",))
     config_lib.check(
         not strategies.needs_oc(config.oc.strategy),
@@ -248,5 +252,3 @@ def validate_oc(config: ml_collections.ConfigDict, topology: config_lib.Topology
 def validate_train(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
     _validate_section(config, "train", topology)
     config_lib.check_choice(config, "train.init_backbone_from", ("", "train_oc"))
-    if config.train.init_backbone_from != "train_oc":
-        _check_pretrained(config, "train_cam")

@@ -124,7 +124,7 @@ def compare_run_dir(workdir: str, seed: int, strategy: str) -> str:
     return os.path.join(compare_seed_dir(workdir, seed), strategy)
 
 
-# ---------------------------------------------------------------------------- saliency (issue 10)
+# ---------------------------------------------------------------------------- saliency
 # train_saliency: `weights/f.npz` (C²AM) and `orientation.json`; infer_saliency: per split the
 # maps (`<split>/<id>.npz`, keys [0, 1], cam, hr_cam) and the CRF masks (`<split>_masks/<id>.png`,
 # greyscale 0/255); train_detector: `weights/detector.npz`; infer_detector: `<split>/<id>.png`
@@ -166,7 +166,7 @@ def compare_saliency_dir(workdir: str, seed: int, variant: str) -> str:
     return os.path.join(workdir, "compare_saliency", f"seed{seed}", variant)
 
 
-# ---------------------------------------------------------------- segmentation (issue 11)
+# ---------------------------------------------------------------------------- segmentation
 # Stages train_segmentation / infer_segmentation / eval_segmentation (pseudo-labels) and their
 # fully supervised twins *_gt (ground-truth masks) share these names, by stage.
 

@@ -519,7 +519,7 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-# ---------------------------------------------------------------------------- saliency (issue 10)
+# ---------------------------------------------------------------------------- saliency
 class SaliencyMapError(UserError, ValueError):
     """A saliency PNG that is missing, unreadable or of another size than its image."""
 

@@ -10,10 +10,12 @@ freshly initialised variables, which checks every shape.
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pnoc_jax.core import fileio
+from pnoc_jax.core.errors import UserError
 
 Variables = dict[str, Any]
 
@@ -128,3 +130,45 @@ def initializer(
             raise KeyError(f"{path}: no {missing} module in the weights")
         loaded = {col: {m: tree[m] for m in modules if m in tree} for col, tree in loaded.items()}
     return lambda variables: merge(variables, loaded)
+
+
+class WeightsError(UserError, ValueError):
+    """A weights file that does not fit the network it is loaded into."""
+
+
+def _fresh_variables(model: Any, input_shape: tuple[int, ...]) -> dict:
+    """Zero-filled host variables of `model` (shapes only; nothing is compiled)."""
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=False)
+    )
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(shapes))
+
+
+def _merge_checked(fresh: dict, loaded: dict, path: str, what: str) -> dict:
+    try:
+        return merge(fresh, loaded)
+    except (KeyError, ValueError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise WeightsError(f"{path}: not {what}: {message}") from None
+
+
+def checked_initializer(
+    path: str, model: Any, input_shape: tuple[int, ...], what: str, modules=("backbone",)
+) -> Callable[[dict], dict]:
+    """Loads the `modules` of the weights file `path` into fresh variables, as `initializer`,
+    but checked now against `model` (a linen module taking `(x, train=False)`): a file of
+    another architecture is a `WeightsError` naming the file, the first differing variable and
+    `what` it should hold, before anything is compiled or written."""
+    loaded = load(path)
+    absent = [m for m in modules if m not in loaded.get("params", {})]
+    if absent:
+        raise WeightsError(f"{path}: not {what}: it has no {absent} module")
+    subset = {col: {m: t[m] for m in modules if m in t} for col, t in loaded.items()}
+    _merge_checked(_fresh_variables(model, input_shape), subset, path, what)
+    return lambda model_variables: merge(model_variables, subset)
+
+
+def load_checked(path: str, model: Any, input_shape: tuple[int, ...], what: str) -> dict:
+    """A trained network's variables from the weights file `path`, checked against `model`
+    (`WeightsError` naming the file for another architecture)."""
+    return _merge_checked(_fresh_variables(model, input_shape), load(path), path, what)

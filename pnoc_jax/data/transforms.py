@@ -237,7 +237,9 @@ def make_affinity_transform(
     return AffinityTransform(crop_size, min_size, max_size)
 
 
-# ---------------------------------------------------------------------------- saliency (issue 10)
+# ---------------------------------------------------------------------------- saliency
+
+
 @dataclasses.dataclass(frozen=True)
 class SaliencyTransform:
     """Picklable ``(example, rng) -> {"image", "hint"}`` for C²AM / C²AM-H training (spec §7).

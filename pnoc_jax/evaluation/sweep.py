@@ -15,9 +15,10 @@ import ml_collections
 import numpy as np
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import distributed, fileio, pool, progress, scores
+from pnoc_jax.core import fileio, pool, progress, scores
 from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.evaluation import crf_tasks, miou
+from pnoc_jax.evaluation.confusion import ConfusionSum, class_summary
 
 
 def _examples(source: Sequence[dict], desc: str):
@@ -38,30 +39,30 @@ def _scores(
 
 def sweep_confusions(
     source: Sequence[dict], score_dir: str, key: str, thresholds: np.ndarray, num_labels: int
-) -> np.ndarray:
+) -> ConfusionSum:
     """Per-threshold confusion matrices [T, L, L] of this process's share of a split.
 
     `key` names the full-resolution [K, H, W] scores in the image's score file in `score_dir`
     (`core.scores`: "hr_cam" for CAM files, "rw" for random-walk files). Images without
     classes predict background everywhere.
     """
-    total = np.zeros((len(thresholds), num_labels, num_labels), np.int64)
+    total = ConfusionSum(num_labels, (len(thresholds),))
     for example in _examples(source, f"sweep {os.path.basename(score_dir)}"):
         gt = example["mask"]
         if example["labels"].sum() == 0:
             keys, maps = np.zeros(1, np.int64), np.zeros((0, *gt.shape), np.float32)
         else:
             keys, maps = _scores(score_dir, example["id"], key, gt.shape)
-        total += miou.sweep_confusions(gt, maps, keys, thresholds, num_labels)
+        total.add(miou.sweep_confusions(gt, maps, keys, thresholds, num_labels))
     return total
 
 
-def label_map_confusion(source: Sequence[dict], label_dir: str, num_labels: int) -> np.ndarray:
+def label_map_confusion(source: Sequence[dict], label_dir: str, num_labels: int) -> ConfusionSum:
     """Confusion matrix [L, L] of the label PNGs `<label_dir>/<id>.png` on this process's share."""
-    total = np.zeros((num_labels, num_labels), np.int64)
+    total = ConfusionSum(num_labels)
     for example in _examples(source, f"evaluate {os.path.basename(label_dir)}"):
         label = fileio.read_png(os.path.join(label_dir, f"{example['id']}.png"))
-        total += miou.confusion(example["mask"], label, num_labels)
+        total.add(miou.confusion(example["mask"], label, num_labels))
     return total
 
 
@@ -74,8 +75,7 @@ def sweep(
 ) -> dict:
     """The threshold sweep of a split's score files, summed over processes (`miou.sweep_scores`)."""
     thresholds = np.asarray(thresholds, np.float64)
-    local = sweep_confusions(source, score_dir, key, thresholds, len(class_names) + 1)
-    confs = distributed.allgather(local).sum(axis=0)
+    confs = sweep_confusions(source, score_dir, key, thresholds, len(class_names) + 1).total()
     return miou.sweep_scores(confs, thresholds, list(class_names))
 
 
@@ -108,12 +108,10 @@ def crf_sweep(
                 gt_prob=gt_prob,
             )
 
-    n = len(class_names) + 1
-    local = np.zeros((len(thresholds), n, n), np.int64)
+    total = ConfusionSum(len(class_names) + 1, (len(thresholds),))
     for confs in pool.run_tasks(crf_tasks.crf_confusions, tasks(), num_workers):
-        local += confs
-    confs = distributed.allgather(local).sum(axis=0)
-    summary = miou.sweep_scores(confs, np.asarray(thresholds), list(class_names))
+        total.add(confs)
+    summary = miou.sweep_scores(total.total(), np.asarray(thresholds), list(class_names))
     return {"iterations": iterations, "gt_prob": gt_prob, **summary}
 
 
@@ -151,15 +149,8 @@ def evaluate_split(
 
 def label_maps(source: Sequence[dict], label_dir: str, class_names: Sequence[str]) -> dict:
     """mIoU, FPR, FNR and per-class IoU of a split's label PNGs, summed over processes."""
-    local = label_map_confusion(source, label_dir, len(class_names) + 1)
-    scores = miou.scores(distributed.allgather(local).sum(axis=0))
-    names = ["background", *class_names]
-    return {
-        "miou": scores["miou"],
-        "fpr": scores["fpr"],
-        "fnr": scores["fnr"],
-        "per_class_iou": {n: float(v) for n, v in zip(names, scores["iou"], strict=True)},
-    }
+    conf = label_map_confusion(source, label_dir, len(class_names) + 1).total()
+    return class_summary(conf, ["background", *class_names])
 
 
 def headline(name: str, metrics: dict) -> str:

@@ -5,6 +5,8 @@ A backbone is a linen module whose `__call__(x [B, H, W, 3], train)` returns the
 stages (strides 4, 8, min(16, OS), OS for output stride OS in 8 / 16 / 32).
 """
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -12,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import weights
+from pnoc_jax.core import artifacts, fileio, weights
 from pnoc_jax.models import resnest, resnet
 
 FEATURE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -133,23 +136,118 @@ def validate_model(config: ml_collections.ConfigDict, topology: config_lib.Topol
     config_lib.check_file(config, "model.pretrained", "ImageNet weights (.npz)")
 
 
-def check_pretrained(
-    config: ml_collections.ConfigDict,
-    arch: str,
-    who: str,
-    key: str = "model.pretrained",
-    path: str | None = None,
-) -> None:
-    """ConfigError unless `path` (default: `config.<key>`) is set or random initialisation is
-    allowed (`config.model.allow_random_init`): `who` (a stage) would start `arch` from random
-    weights. The message says where the weights come from and how to convert them."""
-    section, name = key.rsplit(".", 1)
-    path = config[section][name] if path is None else path
-    config_lib.check(
-        bool(path) or config.model.allow_random_init,
-        key,
-        config[section][name],
-        f"ImageNet weights of {arch} for {who} (the paper's numbers need them): "
-        f"{weights_help(arch)}; or set --config.model.allow_random_init=True to train from "
-        "random weights on purpose",
-    )
+TRAINED_SOURCES = ("train_oc", "train_cam")  # stages whose classifier backbone can start one
+BACKBONE_SOURCES = ("pretrained", *TRAINED_SOURCES)  # the values of `<section>.backbone_weights`
+
+
+def imagenet_weights(
+    config: ml_collections.ConfigDict, section: str, arch: str, fallback: bool = True
+) -> tuple[str, str]:
+    """(path as configured, its config key) of the ImageNet weights of a section's `arch`
+    backbone: `<section>.pretrained` when set; else, with `fallback` and when `arch` is the
+    CAM network's, `model.pretrained`; else the section's own empty key."""
+    own = config[section].get("pretrained", "") if section in config else ""
+    own_key = f"{section}.pretrained" if "pretrained" in config.get(section, {}) else ""
+    if own:
+        return own, own_key
+    if (fallback and arch == config.model.backbone) or not own_key:
+        return config.model.pretrained, "model.pretrained"
+    return "", own_key
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneStart:
+    """Where one stage's network starts its backbone, resolved from the config once.
+
+    `source` is "pretrained" (ImageNet weights `pretrained`, named by the key `pretrained_key`;
+    "" = random) or a trained classifier's stage ("train_oc" / "train_cam", a stand-in for
+    ImageNet weights where none exist); `choice_key` is the config key that chose it.
+    `trained_weights` replaces the source stage's exported file (a user's own classifier), which
+    is then no dependency of the stage.
+    """
+
+    stage: str
+    arch: str
+    source: str
+    choice_key: str
+    pretrained: str = ""
+    pretrained_key: str = "model.pretrained"
+    trained_weights: str = ""
+
+    @classmethod
+    def from_section(
+        cls,
+        config: ml_collections.ConfigDict,
+        stage: str,
+        section: str,
+        arch: str,
+        fallback: bool = True,
+    ) -> "BackboneStart":
+        """The start chosen by `<section>.backbone_weights` (with `imagenet_weights`)."""
+        pretrained, key = imagenet_weights(config, section, arch, fallback)
+        return cls(
+            stage=stage,
+            arch=arch,
+            source=config[section].backbone_weights,
+            choice_key=f"{section}.backbone_weights",
+            pretrained=pretrained,
+            pretrained_key=key,
+        )
+
+    @property
+    def trained(self) -> bool:
+        return self.source in TRAINED_SOURCES
+
+    def deps(self) -> tuple[str, ...]:
+        """The stage whose exported weights it reads, if any."""
+        return (self.source,) if self.trained and not self.trained_weights else ()
+
+    def path(self, workdir: str) -> str:
+        """The weights file it loads ("~" expanded), or "" for random weights."""
+        if self.trained and self.trained_weights:
+            return fileio.expand(self.trained_weights)
+        if self.trained:
+            return artifacts.weights_file(workdir, self.source)
+        return fileio.expand(self.pretrained) if self.pretrained else ""
+
+    def validate(self, config: ml_collections.ConfigDict, needs_pretrained: bool) -> None:
+        """ConfigError unless the start can work: an existing ImageNet file, ImageNet weights
+        on natural images (unless `model.allow_random_init`), and a trained classifier's
+        backbone only for the CAM network's architecture. (The caller checks which sources
+        its `choice_key` admits.)"""
+        if self.pretrained_key != "model.pretrained":
+            config_lib.check_file(config, self.pretrained_key, "ImageNet weights (.npz)")
+        if self.source == "pretrained" and needs_pretrained:
+            config_lib.check(
+                bool(self.pretrained) or config.model.allow_random_init,
+                self.pretrained_key,
+                config_lib.get(config, self.pretrained_key),
+                f"ImageNet weights of {self.arch} for {self.stage} (the paper's numbers need "
+                f"them): {weights_help(self.arch)}; or set --config.model.allow_random_init=True "
+                "to train from random weights on purpose",
+            )
+        if self.trained:
+            config_lib.check(
+                self.arch == config.model.backbone,
+                self.choice_key,
+                self.source,
+                f"'pretrained' for backbone {self.arch!r}: {self.source} trains "
+                f"config.model.backbone={config.model.backbone!r}",
+            )
+
+    def initializer(
+        self, workdir: str, model: nn.Module, input_shape: tuple[int, ...]
+    ) -> Callable[[dict], dict] | None:
+        """The initializer of `model`'s backbone (checked against `model` now: a file of another
+        architecture is a `weights.WeightsError` naming it), or None with a warning: random."""
+        path = self.path(workdir)
+        if not path:
+            logging.warning(
+                "%s: no ImageNet weights for its %s backbone (config.%s): RANDOM backbone",
+                self.stage,
+                self.arch,
+                self.pretrained_key,
+            )
+            return None
+        what = f"a {self.arch} backbone (config.{self.choice_key}={self.source!r})"
+        return weights.checked_initializer(path, model, input_shape, what)

@@ -13,16 +13,15 @@ results agree with `pydensecrf.densecrf.DenseCRF2D` up to float32 rounding:
 * ``Q_0 = softmax(-unary)``; each iteration ``Q <- softmax(-unary + sum_k w_k filter_k(Q))``
   (no self-message subtraction, as in pydensecrf).
 
-Speed (single core, real photographs at VOC size, `python -m pnoc_jax.cpu_benchmark --photos-only`,
-two runs): 0.61-0.98x pydensecrf2's time in the paper's settings, 0.78-0.98x in DeepLab's (21
-labels, position sxy 1 and bilateral srgb 3: lattices of ~200k vertices each; near parity on the
-most colourful photograph). The lattice is built with a vectorised hash (no sort of the N (d+1)
-corner codes), Q is kept as (N, K) rows with K padded to a multiple of 4 for scipy's multi-vector
-sparse kernels, the products write into reused buffers (a blur adds x through the product's initial
-value, the slices accumulate into the logits), each kernel is splatted, blurred and sliced on its
-own, the softmax runs in cache-sized blocks, the image-independent position lattice is cached per
-image size with its vertices in pixel order, and for a long or wide mean field the bilateral
-lattice's vertices are in code order.
+How it is made fast: the lattice is built with a vectorised hash (no sort of the N (d+1) corner
+codes); Q is kept as (N, K) rows with K padded to a multiple of 4 for scipy's multi-vector sparse
+kernels; the products write into reused buffers (a blur adds x through the product's initial
+value, the slices accumulate into the logits); each kernel is splatted, blurred and sliced on its
+own; the softmax runs in cache-sized blocks; the image-independent position lattice is cached per
+image size with its vertices in pixel order; and for a long or wide mean field (iterations x
+columns >= 64) the bilateral lattice's vertices are in code order, so each blur reads its
+neighbours in increasing order. Timings against pydensecrf2 (`python -m pnoc_jax.cpu_benchmark
+--photos-only`) are in docs/performance.md.
 
 No jax import: this runs in CPU worker processes.
 """
@@ -752,8 +751,8 @@ def crf_label_map(
 
 
 # ---------------------------------------------------------------------------------------------
-# Many label maps of one image (the CRF variant of a threshold sweep, spec §6): the kernels are
-# built once, and every distinct map's mean field runs in the same sparse products.
+# Many label maps of one image (the CRF variant of a threshold sweep, method.md §6.3): the kernels
+# are built once, and every distinct map's mean field runs in the same sparse products.
 
 
 def crf_label_maps(

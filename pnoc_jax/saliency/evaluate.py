@@ -22,12 +22,15 @@ from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed, fileio, progress, scores
 from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.evaluation import miou, sweep
+from pnoc_jax.evaluation.confusion import ConfusionSum, class_summary
 from pnoc_jax.saliency import metrics
 
 NAMES = {"infer_saliency": "C²AM masks", "infer_detector": "detector"}
 
 
-def split_confusions(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+def split_confusions(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, dict[str, ConfusionSum]]:
     """{source: {"saliency" [T,2,2], "oracle" [T,L,L], "priors_with_saliency" [L,L]}} summed over
     this process's share of the split."""
     split = config.eval.split
@@ -36,9 +39,9 @@ def split_confusions(config: ml_collections.ConfigDict, workdir: str) -> dict[st
     t = len(thresholds)
     totals = {
         name: {
-            "saliency": np.zeros((t, 2, 2), np.int64),
-            "oracle": np.zeros((t, labels_count, labels_count), np.int64),
-            "priors_with_saliency": np.zeros((labels_count, labels_count), np.int64),
+            "saliency": ConfusionSum(2, (t,)),
+            "oracle": ConfusionSum(labels_count, (t,)),
+            "priors_with_saliency": ConfusionSum(labels_count),
         }
         for name in config.saliency_eval.sources
     }
@@ -55,12 +58,14 @@ def split_confusions(config: ml_collections.ConfigDict, workdir: str) -> dict[st
         for name, total in totals.items():
             path = artifacts.saliency_png_file(workdir, name, split, image_id)
             s = fileio.read_saliency(path, gt.shape)
-            total["saliency"] += metrics.saliency_confusions(gt, s, thresholds)
-            total["oracle"] += metrics.oracle_confusions(
-                gt, s, thresholds, labels_count, example["labels"], metrics.image_seed(image_id)
+            total["saliency"].add(metrics.saliency_confusions(gt, s, thresholds))
+            total["oracle"].add(
+                metrics.oracle_confusions(
+                    gt, s, thresholds, labels_count, example["labels"], metrics.image_seed(image_id)
+                )
             )
-            total["priors_with_saliency"] += metrics.priors_with_saliency_confusion(
-                gt, cams, keys, s, labels_count
+            total["priors_with_saliency"].add(
+                metrics.priors_with_saliency_confusion(gt, cams, keys, s, labels_count)
             )
     return totals
 
@@ -69,8 +74,7 @@ def source_metrics(confusions: dict, thresholds, class_names: list[str]) -> dict
     """The Table 6 numbers of one saliency source from its summed confusions."""
     saliency = miou.sweep_scores(confusions["saliency"], thresholds, ["foreground"])
     oracle = miou.sweep_scores(confusions["oracle"], thresholds, class_names)
-    combined = miou.scores(confusions["priors_with_saliency"])
-    names = ["background", *class_names]
+    combined = class_summary(confusions["priors_with_saliency"], ["background", *class_names])
     return {
         "saliency_miou": saliency["miou"],
         "saliency_threshold": saliency["best_threshold"],
@@ -80,9 +84,7 @@ def source_metrics(confusions: dict, thresholds, class_names: list[str]) -> dict
         "priors_with_saliency_miou": combined["miou"],
         "priors_with_saliency_fpr": combined["fpr"],
         "priors_with_saliency_fnr": combined["fnr"],
-        "priors_with_saliency_per_class_iou": {
-            n: float(v) for n, v in zip(names, combined["iou"], strict=True)
-        },
+        "priors_with_saliency_per_class_iou": combined["per_class_iou"],
     }
 
 
@@ -93,7 +95,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     local = split_confusions(config, workdir)
     per_source = {}
     for name, confusions in local.items():
-        summed = {k: distributed.allgather(v).sum(axis=0) for k, v in confusions.items()}
+        summed = {k: v.total() for k, v in confusions.items()}
         per_source[name] = source_metrics(summed, thresholds, class_names)
     priors = sweep.sweep(
         pipeline.open_split(config, split),

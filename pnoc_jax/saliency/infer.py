@@ -10,17 +10,14 @@ target. An image without classes gets an all-background mask and no map file (as
 reference). Images whose outputs exist are skipped.
 """
 
-from collections.abc import Callable, Iterator, Sequence
-
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, distributed, fileio, pool, progress, scores
-from pnoc_jax.data import datasets, pipeline
-from pnoc_jax.inference import predictor, tta
+from pnoc_jax.core import artifacts, scores, weights
+from pnoc_jax.data import datasets
+from pnoc_jax.inference import per_image, predictor, tta
 from pnoc_jax.saliency import tasks
 from pnoc_jax.saliency import train as saliency_train
 
@@ -30,7 +27,7 @@ def map_predictor(config: ml_collections.ConfigDict, workdir: str):
     model = saliency_train.build_model(config)
     path = artifacts.weights_file(workdir, "train_saliency")
     what = f"a C²AM with a {saliency_train.backbone_name(config)} backbone (config.saliency)"
-    model_variables = saliency_train.load_checked(path, model, (1, 64, 64, 3), what)
+    model_variables = weights.load_checked(path, model, (1, 64, 64, 3), what)
     sign = saliency_train.read_orientation(workdir)
 
     def predict(v, x):
@@ -40,54 +37,23 @@ def map_predictor(config: ml_collections.ConfigDict, workdir: str):
     return predictor.local_predictor(predict, model_variables)
 
 
-def mask_tasks(
-    source: Sequence[dict],
-    split: str,
-    workdir: str,
-    maps_of: Callable[[list[dict]], list[list[np.ndarray]]],
-    stride: int,
-    params: tasks.MaskParams,
-    batch_size: int,
-) -> Iterator[tasks.MaskTask]:
-    """Tasks for the images whose outputs are missing; TTA maps are computed `batch_size` images
-    at a time by `maps_of(examples)` as the pool consumes the tasks."""
+def outputs(workdir: str) -> per_image.Outputs:
+    """An image's mask PNG, and its map file when it has classes."""
 
-    def task(example: dict, per_scale: list[np.ndarray] | None) -> tasks.MaskTask:
-        image_id = example["id"]
-        return tasks.MaskTask(
-            image=example["image"],
-            maps_per_scale=per_scale,
-            stride=stride,
-            map_path=artifacts.saliency_map_file(workdir, split, image_id),
-            mask_path=artifacts.saliency_png_file(workdir, "infer_saliency", split, image_id),
-            params=params,
-        )
-
-    map_dir = artifacts.saliency_map_dir(workdir, split)
-    pending: list[dict] = []
-    for index in progress.iterate(range(len(source)), f"infer_saliency {split}"):
-        example = source[index]
-        labelled = example["labels"].sum() > 0
-        done = task(example, None)
-        if fileio.exists(done.mask_path) and (
-            not labelled or scores.exists(map_dir, example["id"])
-        ):
-            continue
+    def files(split: str, image_id: str, labelled: bool) -> list[str]:
+        mask = artifacts.saliency_png_file(workdir, "infer_saliency", split, image_id)
         if not labelled:
-            yield done
-            continue
-        pending.append(example)
-        if len(pending) == batch_size:
-            yield from map(task, pending, maps_of(pending))
-            pending = []
-    if pending:
-        yield from map(task, pending, maps_of(pending))
+            return [mask]
+        return [mask, scores.locate(artifacts.saliency_map_dir(workdir, split), image_id)]
+
+    return files
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     cfg = config.saliency_infer
     predict, batch_multiple = map_predictor(config, workdir)
     stride = config.saliency.output_stride
+    params = config_lib.from_section(tasks.MaskParams, cfg)
 
     def maps_of(examples: list[dict]) -> list[list[np.ndarray]]:
         tta.check_fits(examples, cfg.max_image_size, "saliency_infer.max_image_size")
@@ -100,30 +66,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             batch_multiple,
         )
 
-    params = config_lib.from_section(tasks.MaskParams, cfg)
-    for split in cfg.splits:
-        source = pipeline.open_split(config, split)
-        todo = mask_tasks(
-            source, split, workdir, maps_of, stride, params, config.runtime.predict_batch_size
+    def make_task(split: str, example: dict, per_scale: list[np.ndarray] | None) -> tasks.MaskTask:
+        image_id = example["id"]
+        return tasks.MaskTask(
+            image=example["image"],
+            maps_per_scale=per_scale,
+            stride=stride,
+            map_path=artifacts.saliency_map_file(workdir, split, image_id),
+            mask_path=artifacts.saliency_png_file(workdir, "infer_saliency", split, image_id),
+            params=params,
         )
-        done = sum(1 for _ in pool.run_tasks(tasks.saliency_mask, todo, config.runtime.num_workers))
-        logging.info(
-            "infer_saliency %s: %d computed, %d already there", split, done, len(source) - done
-        )
-    distributed.barrier("infer_saliency")
+
+    per_image.run(
+        "infer_saliency", config, cfg.splits, outputs(workdir), maps_of, make_task,
+        tasks.saliency_mask,
+    )  # fmt: skip
 
 
 def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     """Masks of every image and map files of labelled images that do not exist."""
-
-    def outputs():
-        for split in config.saliency_infer.splits:
-            for image_id, labelled in pipeline.split_index(config, split):
-                yield artifacts.saliency_png_file(workdir, "infer_saliency", split, image_id)
-                if labelled:
-                    yield scores.locate(artifacts.saliency_map_dir(workdir, split), image_id)
-
-    return artifacts.missing(outputs())
+    return per_image.missing(config, config.saliency_infer.splits, outputs(workdir))
 
 
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:

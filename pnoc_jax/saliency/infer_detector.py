@@ -14,10 +14,9 @@ import numpy as np
 from absl import logging
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, distributed, fileio, progress
+from pnoc_jax.core import artifacts, distributed, fileio, progress, weights
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.inference import predictor
-from pnoc_jax.saliency import train as saliency_train
 from pnoc_jax.saliency import train_detector
 
 
@@ -31,9 +30,7 @@ def detector_predictor(config: ml_collections.ConfigDict, workdir: str):
     model = train_detector.build_model(config)
     path = weights_path(config, workdir)
     shape = train_detector.input_shape(config)
-    model_variables = saliency_train.load_checked(
-        path, model, shape, train_detector.describe(config)
-    )
+    model_variables = weights.load_checked(path, model, shape, train_detector.describe(config))
     return predictor.local_predictor(
         lambda v, x: jax.nn.sigmoid(model.apply(v, x)), model_variables
     )

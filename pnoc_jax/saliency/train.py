@@ -26,8 +26,7 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, scores, weights
-from pnoc_jax.core.errors import UserError
+from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, scores
 from pnoc_jax.core.loop import Update, jit_update, run_training
 from pnoc_jax.core.train_state import TrainState, create_state, variables
 from pnoc_jax.data import datasets, pipeline, transforms
@@ -38,7 +37,6 @@ from pnoc_jax.saliency import losses, maps
 
 STATE = "f"
 METHODS = ("ccam", "ccamh")
-BACKBONE_WEIGHTS = ("pretrained", "train_oc", "train_cam")
 ORIENTATION_IMAGES = 64  # images of the split the orientation check looks at
 
 
@@ -51,61 +49,14 @@ def build_model(config: ml_collections.ConfigDict, dtype: str = "float32") -> CC
     return CCAM(backbone_name(config), cfg.output_stride, dtype=jnp.dtype(dtype))
 
 
-def backbone_file(section: ml_collections.ConfigDict, workdir: str, fallback: str = "") -> str:
-    """Where a saliency network's backbone starts (`<section>.backbone_weights`): a trained
-    classifier's (`train_oc` / `train_cam`, a stand-in for ImageNet weights where none exist),
-    or `<section>.pretrained` (else `fallback`); "" = random."""
-    if section.backbone_weights in ("train_oc", "train_cam"):
-        return artifacts.weights_file(workdir, section.backbone_weights)
-    return fileio.expand(section.pretrained or fallback)
-
-
-class WeightsError(UserError, ValueError):
-    """A weights file that does not fit the network it is loaded into."""
-
-
-def _fresh_variables(model: Any, input_shape: tuple[int, ...]) -> dict:
-    """Zero-filled host variables of `model` (shapes only; nothing is compiled)."""
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=False)
+def backbone_start(config: ml_collections.ConfigDict) -> backbones.BackboneStart:
+    """Where C²AM's backbone starts (`config.saliency.backbone_weights`): a trained classifier's
+    (`train_oc` / `train_cam`, a stand-in for ImageNet weights where none exist), or ImageNet
+    weights (`saliency.pretrained`, else `model.pretrained` for the CAM network's
+    architecture; "" = random)."""
+    return backbones.BackboneStart.from_section(
+        config, "train_saliency", "saliency", backbone_name(config)
     )
-    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(shapes))
-
-
-def _merge_checked(fresh: dict, loaded: dict, path: str, what: str) -> dict:
-    try:
-        return weights.merge(fresh, loaded)
-    except (KeyError, ValueError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise WeightsError(f"{path}: not {what}: {message}") from None
-
-
-def checked_initializer(
-    path: str, model: Any, input_shape: tuple[int, ...], what: str, modules=("backbone",)
-) -> Callable[[dict], dict]:
-    """Loads the `modules` of the weights file `path` into fresh variables, as
-    `weights.initializer`, but checked now against `model`: a file of another architecture is a
-    `WeightsError` naming the file, the first differing variable and `what` it should hold,
-    before anything is compiled or written."""
-    loaded = weights.load(path)
-    absent = [m for m in modules if m not in loaded.get("params", {})]
-    if absent:
-        raise WeightsError(f"{path}: not {what}: it has no {absent} module")
-    subset = {col: {m: t[m] for m in modules if m in t} for col, t in loaded.items()}
-    _merge_checked(_fresh_variables(model, input_shape), subset, path, what)
-    return lambda model_variables: weights.merge(model_variables, subset)
-
-
-def load_checked(path: str, model: Any, input_shape: tuple[int, ...], what: str) -> dict:
-    """A trained network's variables from the weights file `path`, checked against `model`
-    (`WeightsError` naming the file for another architecture)."""
-    return _merge_checked(_fresh_variables(model, input_shape), weights.load(path), path, what)
-
-
-def pretrained_fallback(config: ml_collections.ConfigDict) -> str:
-    """`config.model.pretrained` when C²AM's backbone is the CAM network's, else ""."""
-    same = backbone_name(config) == config.model.backbone
-    return config.model.pretrained if same else ""
 
 
 def attach_hint(cam_dir: str, example: dict) -> dict:
@@ -291,14 +242,8 @@ def run(
     )
     model = build_model(config, cfg.dtype)
     tx, step_stats = make_optimizer(cfg, plan.total_steps)
-    path = backbone_file(cfg, workdir, pretrained_fallback(config))
     shape = (1, cfg.crop_size, cfg.crop_size, 3)
-    if path:
-        what = f"a {backbone_name(config)} backbone (config.saliency.backbone_weights)"
-        init = checked_initializer(path, model, shape, what, modules=("backbone",))
-    else:
-        logging.warning("train_saliency: no pretrained backbone; C²AM starts from RANDOM weights")
-        init = None
+    init = backbone_start(config).initializer(workdir, model, shape)
     state = create_state(model, tx, rng.init_key(config.seed), shape, mesh, init, step_stats)
     states = run_training(
         workdir=workdir,
@@ -326,34 +271,8 @@ def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
 
 def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The priors' CAMs (C²AM-H hints) and the classifier whose backbone C²AM starts from."""
-    cfg = config.saliency
-    out = ("infer_cam",) if cfg.method == "ccamh" else ()
-    if cfg.backbone_weights in ("train_oc", "train_cam"):
-        out += (cfg.backbone_weights,)
-    return out
-
-
-def check_backbone_weights(
-    config: ml_collections.ConfigDict, key: str, backbone: str, stage: str, fallback: str = ""
-) -> None:
-    """`<key>.backbone_weights` is known; a trained classifier's backbone must be `backbone`;
-    on natural images, ImageNet weights (`<key>.pretrained`, else `fallback`) are required
-    unless `config.model.allow_random_init`."""
-    section = config_lib.get(config, key)
-    config_lib.check_choice(config, f"{key}.backbone_weights", BACKBONE_WEIGHTS)
-    config_lib.check_file(config, f"{key}.pretrained", "ImageNet weights (.npz)")
-    natural = datasets.get_info(config.data.name).needs_pretrained
-    if section.backbone_weights == "pretrained" and natural:
-        path = section.pretrained or fallback
-        backbones.check_pretrained(config, backbone, stage, f"{key}.pretrained", path)
-    if section.backbone_weights != "pretrained":
-        config_lib.check(
-            backbone == config.model.backbone,
-            f"{key}.backbone_weights",
-            section.backbone_weights,
-            f"'pretrained' for backbone {backbone!r}: {section.backbone_weights} trains "
-            f"config.model.backbone={config.model.backbone!r}",
-        )
+    hints = ("infer_cam",) if config.saliency.method == "ccamh" else ()
+    return (*hints, *backbone_start(config).deps())
 
 
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
@@ -371,9 +290,8 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
         )
     config_lib.check_choice(config, f"{key}.backbone", ("", *backbones.backbone_names()))
     config_lib.check_choice(config, f"{key}.output_stride", (8, 16))
-    check_backbone_weights(
-        config, key, backbone_name(config), "train_saliency", pretrained_fallback(config)
-    )
+    config_lib.check_choice(config, f"{key}.backbone_weights", backbones.BACKBONE_SOURCES)
+    backbone_start(config).validate(config, datasets.get_info(config.data.name).needs_pretrained)
     config_lib.check_batch_and_duration(config, key, topology, min_batch=2)  # pairs to contrast
     number(config, f"{key}.lr", low=0, low_open=True)
     number(config, f"{key}.momentum", low=0, high=1, high_open=True)

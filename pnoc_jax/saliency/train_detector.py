@@ -35,12 +35,11 @@ from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed, fileio, optim, rng
 from pnoc_jax.core.loop import Update, jit_update, run_training
 from pnoc_jax.core.train_state import TrainState, create_state
-from pnoc_jax.data import pipeline, transforms
+from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.inference import tta
 from pnoc_jax.models import backbones, poolnet
 from pnoc_jax.models.poolnet import PoolNet
 from pnoc_jax.saliency import losses
-from pnoc_jax.saliency import train as saliency_train
 
 STATE = "detector"
 FROZEN = ("bn",)  # BatchNorm statistics and affine parameters never move (`net.eval()`)
@@ -172,13 +171,7 @@ def run(
     model = build_model(config, cfg.dtype)
     tx, step_stats = make_optimizer(cfg)
     shape = input_shape(config)
-    path = saliency_train.backbone_file(cfg, workdir)
-    if path:
-        what = f"a {cfg.backbone} backbone (config.detector.backbone_weights)"
-        init = saliency_train.checked_initializer(path, model, shape, what)
-    else:
-        logging.warning("train_detector: no config.detector.pretrained; RANDOM backbone")
-        init = None
+    init = backbone_start(config).initializer(workdir, model, shape)
     key = rng.init_key(config.seed)
     states = {STATE: create_state(model, tx, key, shape, mesh, init, step_stats)}
     run_training(
@@ -193,6 +186,16 @@ def run(
     )
 
 
+def backbone_start(config: ml_collections.ConfigDict) -> backbones.BackboneStart:
+    """Where PoolNet's backbone starts (`config.detector.backbone_weights`): ImageNet weights of
+    its own architecture (`detector.pretrained` only: the stage does not read `config.model`),
+    or a trained classifier's."""
+    cfg = config.detector
+    return backbones.BackboneStart.from_section(
+        config, "train_detector", "detector", cfg.backbone, fallback=False
+    )
+
+
 def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     del config
     return artifacts.missing([weights_path(workdir)])
@@ -200,8 +203,7 @@ def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
 
 def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The masks it learns from, and the classifier whose backbone it starts from."""
-    init = config.detector.backbone_weights
-    return ("infer_saliency", *((init,) if init in ("train_oc", "train_cam") else ()))
+    return ("infer_saliency", *backbone_start(config).deps())
 
 
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
@@ -215,7 +217,8 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
         f"{tuple(config.saliency_infer.splits)})",
     )
     config_lib.check_choice(config, f"{key}.backbone", backbones.backbone_names())
-    saliency_train.check_backbone_weights(config, key, cfg.backbone, "train_detector")
+    config_lib.check_choice(config, f"{key}.backbone_weights", backbones.BACKBONE_SOURCES)
+    backbone_start(config).validate(config, datasets.get_info(config.data.name).needs_pretrained)
     number(config, f"{key}.head_divisor", low=1, integer=True)
     config_lib.check(
         512 % cfg.head_divisor == 0 and 128 % cfg.head_divisor == 0,

@@ -21,15 +21,16 @@ from absl import logging
 from pnoc_jax.core import artifacts, distributed, fileio, progress
 from pnoc_jax.data import datasets, pipeline
 from pnoc_jax.evaluation import miou
+from pnoc_jax.evaluation.confusion import ConfusionSum, class_summary
 from pnoc_jax.segmentation import train as seg_train
 
 
 def confusions(
     source: Sequence[dict], label_dirs: Sequence[str], num_labels: int, desc: str
-) -> np.ndarray:
+) -> ConfusionSum:
     """[len(label_dirs), L, L]: per folder, the confusion matrix of its `<id>.png` maps against
     this process's share of a split (rows ground truth, columns prediction)."""
-    total = np.zeros((len(label_dirs), num_labels, num_labels), np.int64)
+    total = ConfusionSum(num_labels, (len(label_dirs),))
     for index in progress.iterate(range(len(source)), desc):
         example = source[index]
         for k, folder in enumerate(label_dirs):
@@ -40,18 +41,8 @@ def confusions(
                     f"{path}: prediction {label.shape} does not match the mask "
                     f"{example['mask'].shape}"
                 )
-            total[k] += miou.confusion(example["mask"], label, num_labels)
+            total.add(miou.confusion(example["mask"], label, num_labels), k)
     return total
-
-
-def summary(conf: np.ndarray, names: Sequence[str]) -> dict:
-    scores = miou.scores(conf)
-    return {
-        "miou": scores["miou"],
-        "fpr": scores["fpr"],
-        "fnr": scores["fnr"],
-        "per_class_iou": {n: float(v) for n, v in zip(names, scores["iou"], strict=True)},
-    }
 
 
 def confusion_figure(conf: np.ndarray, names: Sequence[str], title: str, path: str) -> None:
@@ -95,14 +86,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, labels: str) -> None
         folders = [artifacts.segmentation_dir(workdir, infer_stage, split)]
         if crf:
             folders.append(artifacts.segmentation_dir(workdir, infer_stage, split, crf=False))
-        local = confusions(pipeline.open_split(config, split), folders, len(names), stage)
-        conf = distributed.allgather(local).sum(axis=0)
+        conf = confusions(pipeline.open_split(config, split), folders, len(names), stage).total()
         if conf[0].sum() == 0:
             splits[split] = {"ground_truth": False}
             continue
-        entry = {"ground_truth": True, **summary(conf[0], names)}
+        entry = {"ground_truth": True, **class_summary(conf[0], names)}
         if crf:
-            entry["no_crf"] = summary(conf[1], names)
+            entry["no_crf"] = class_summary(conf[1], names)
         splits[split] = entry
         matrices[split] = conf[0]
     evaluated = [s for s, e in splits.items() if e["ground_truth"]]
@@ -178,3 +168,20 @@ def weak_vs_supervised(weak: dict, supervised: dict) -> str | None:
         f"{100 * weak['miou']:.2f} of {100 * supervised['miou']:.2f} mIoU ({weak['split']}): "
         f"weak supervision reaches {100 * ratio:.1f} % of full supervision"
     )
+
+
+def summary_rows(
+    config: ml_collections.ConfigDict, workdir: str
+) -> list[tuple[str, str, str, dict]]:
+    """The summary row (key, title, line, numbers) that says how much of the fully supervised
+    bound the weakly supervised model reaches, when both were evaluated on the same split."""
+    weak_stage, full_stage = seg_train.STAGES["pseudo"][2], seg_train.STAGES["ground_truth"][2]
+    paths = [artifacts.metrics_file(workdir, s) for s in (weak_stage, full_stage)]
+    if weak_stage not in config.stages or artifacts.missing(paths):
+        return []
+    weak, full = (fileio.read_json(p) for p in paths)
+    line = weak_vs_supervised(weak, full)
+    if not line:
+        return []
+    ratio = weak["miou"] / full["miou"]
+    return [("weak_vs_supervised", "weak vs fully supervised", line, {"ratio": ratio})]

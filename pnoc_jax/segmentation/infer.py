@@ -11,17 +11,16 @@ the evaluation server's layout. Images whose PNG exists are skipped (resumable);
 handles its own shard of every split.
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
-from absl import logging
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, distributed, fileio, pool, progress, weights
+from pnoc_jax.core import artifacts, weights
 from pnoc_jax.core.masks import IGNORE
-from pnoc_jax.data import datasets, pipeline
-from pnoc_jax.inference import dense, predictor
+from pnoc_jax.data import datasets
+from pnoc_jax.inference import dense, per_image, predictor
 from pnoc_jax.segmentation import tasks
 from pnoc_jax.segmentation import train as seg_train
 
@@ -34,44 +33,15 @@ def load_predictor(workdir: str, train_stage: str) -> tuple[dense.DensePredict, 
     return predictor.local_predictor(seg_train.inference_fn(model), variables)
 
 
-def segment_tasks(
-    source: Sequence[dict],
-    split: str,
-    stage: str,
-    workdir: str,
-    logits_of: Callable[[list[np.ndarray]], list[np.ndarray]],
-    crf_iterations: int,
-    batch_size: int,
-) -> Iterator[tasks.SegmentTask]:
-    """Tasks for the images of `source` whose label PNG is missing; logits are computed for
-    `batch_size` images at a time, as the pool consumes the tasks."""
+def outputs(workdir: str, stage: str, crf: bool) -> per_image.Outputs:
+    """An image's label PNG and, with the CRF on, its PNG without it."""
+    kinds = (True, False) if crf else (True,)
 
-    def make(example: dict, logits: np.ndarray) -> tasks.SegmentTask:
-        image_id = example["id"]
-        no_truth = bool(np.all(example["mask"] == IGNORE))
-        return tasks.SegmentTask(
-            image=example["image"],
-            logits=logits,
-            label_path=artifacts.segmentation_file(workdir, stage, split, image_id),
-            plain_path=(
-                artifacts.segmentation_file(workdir, stage, split, image_id, crf=False)
-                if crf_iterations
-                else ""
-            ),
-            server_path=artifacts.server_file(workdir, stage, image_id) if no_truth else "",
-            crf_iterations=crf_iterations,
-        )
+    def files(split: str, image_id: str, labelled: bool) -> list[str]:
+        del labelled
+        return [artifacts.segmentation_file(workdir, stage, split, image_id, k) for k in kinds]
 
-    pending: list[dict] = []
-    for index in progress.iterate(range(len(source)), f"{stage} {split}"):
-        example = source[index]
-        if not fileio.exists(artifacts.segmentation_file(workdir, stage, split, example["id"])):
-            pending.append(example)
-        if len(pending) == batch_size:
-            yield from map(make, pending, logits_of([e["image"] for e in pending]))
-            pending = []
-    if pending:
-        yield from map(make, pending, logits_of([e["image"] for e in pending]))
+    return files
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, labels: str) -> None:
@@ -79,7 +49,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, labels: str) -> None
     train_stage, stage, _ = seg_train.STAGES[labels]
     predict, batch_multiple = load_predictor(workdir, train_stage)
 
-    def logits_of(images: list[np.ndarray]) -> list[np.ndarray]:
+    def logits_of(examples: list[dict]) -> list[np.ndarray]:
+        images = [e["image"] for e in examples]
         too_big = [im.shape[:2] for im in images if max(im.shape[:2]) > cfg.max_image_size]
         if too_big:
             raise ValueError(
@@ -90,22 +61,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, labels: str) -> None
             images, predict, cfg.scales, cfg.max_image_size, batch_multiple, cfg.flip
         )
 
-    for split in cfg.splits:
-        source = pipeline.open_split(config, split)
-        todo = segment_tasks(
-            source,
-            split,
-            stage,
-            workdir,
-            logits_of,
-            cfg.crf_iterations,
-            config.runtime.predict_batch_size,
+    def make_task(split: str, example: dict, logits: np.ndarray) -> tasks.SegmentTask:
+        image_id = example["id"]
+        no_truth = bool(np.all(example["mask"] == IGNORE))
+        plain = artifacts.segmentation_file(workdir, stage, split, image_id, crf=False)
+        return tasks.SegmentTask(
+            image=example["image"],
+            logits=logits,
+            label_path=artifacts.segmentation_file(workdir, stage, split, image_id),
+            plain_path=plain if cfg.crf_iterations else "",
+            server_path=artifacts.server_file(workdir, stage, image_id) if no_truth else "",
+            crf_iterations=cfg.crf_iterations,
         )
-        done = sum(pool.run_tasks(tasks.segment, todo, config.runtime.num_workers))
-        logging.info(
-            "%s %s: %d predicted, %d already there", stage, split, done, len(source) - done
-        )
-    distributed.barrier(stage)
+
+    files = outputs(workdir, stage, cfg.crf_iterations > 0)
+    per_image.run(
+        stage, config, cfg.splits, files, logits_of, make_task, tasks.segment,
+        compute_unlabelled=True,
+    )  # fmt: skip
 
 
 def infer_segmentation(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -122,15 +95,8 @@ def missing_for(labels: str) -> Callable[[ml_collections.ConfigDict, str], list[
 
     def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
         cfg = config.segmentation_infer
-        kinds = (True, False) if cfg.crf_iterations else (True,)
-
-        def outputs():
-            for split in cfg.splits:
-                for image_id, _ in pipeline.split_index(config, split):
-                    for crf in kinds:
-                        yield artifacts.segmentation_file(workdir, stage, split, image_id, crf)
-
-        return artifacts.missing(outputs())
+        files = outputs(workdir, stage, cfg.crf_iterations > 0)
+        return per_image.missing(config, cfg.splits, files)
 
     return missing
 

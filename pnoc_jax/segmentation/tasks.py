@@ -65,9 +65,7 @@ class SegmentTask:
 
 
 def segment(task: SegmentTask) -> bool:
-    """Writes the task's PNGs unless its label PNG exists; returns whether it computed them."""
-    if fileio.exists(task.label_path):
-        return False
+    """Writes the task's PNGs (the label PNG last, so it marks the image done); returns True."""
     plain, refined = predict_labels(task.image, task.logits, task.crf_iterations)
     final = plain if refined is None else refined
     if task.plain_path:

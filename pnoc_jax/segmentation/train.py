@@ -37,6 +37,7 @@ from pnoc_jax.core.loop import Update, jit_update, run_training
 from pnoc_jax.core.train_state import TrainState, create_state, variables
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.evaluation import miou
+from pnoc_jax.evaluation.confusion import ConfusionSum
 from pnoc_jax.inference import dense, tta
 from pnoc_jax.models import backbones
 from pnoc_jax.models.deeplab import DeepLabV2, DeepLabV3Plus
@@ -49,7 +50,6 @@ STAGES = {
     "ground_truth": ("train_segmentation_gt", "infer_segmentation_gt", "eval_segmentation_gt"),
 }
 MODELS = ("deeplabv3plus", "deeplabv2")
-BACKBONE_WEIGHTS = ("pretrained", "train_oc", "train_cam")
 STATE = "f"
 
 
@@ -251,7 +251,7 @@ class Validator:
 
     def __call__(self, state: TrainState) -> np.ndarray:
         v = jax.device_put(distributed.to_host(variables(state)), self._repl)
-        total = np.zeros((self._labels, self._labels), np.int64)
+        total = ConfusionSum(self._labels)
         for start in range(0, len(self._source), self._batch):
             pairs = [
                 fit_to_canvas(e["image"], e["mask"], self._canvas)
@@ -265,8 +265,8 @@ class Validator:
             predicted = np.asarray(self._predict(v, jax.device_put(batch, self._data)))
             for i, (image, label) in enumerate(pairs):
                 h, w = image.shape[:2]
-                total += miou.confusion(label, predicted[i, :h, :w], self._labels)
-        return distributed.allgather(total).sum(axis=0)
+                total.add(miou.confusion(label, predicted[i, :h, :w], self._labels))
+        return total.total()
 
 
 def validation_points(every: int, total: int) -> list[int]:
@@ -283,16 +283,12 @@ def read_history(path: str) -> list[dict]:
 # ---------------------------------------------------------------------------- the stage
 
 
-def backbone_path(config: ml_collections.ConfigDict, workdir: str) -> str:
+def backbone_start(config: ml_collections.ConfigDict, stage: str) -> backbones.BackboneStart:
     """Where the backbone starts (`config.segmentation.backbone_weights`): a trained
     classifier's, or ImageNet weights: `config.segmentation.pretrained`, else
     `config.model.pretrained` when the backbone is the CAM network's ("" = random)."""
-    cfg = config.segmentation
-    if cfg.backbone_weights in ("train_oc", "train_cam"):
-        return artifacts.weights_file(workdir, cfg.backbone_weights)
-    same = (cfg.backbone or config.model.backbone) == config.model.backbone
-    path = cfg.pretrained or (config.model.pretrained if same else "")
-    return fileio.expand(path) if path else ""
+    arch = config.segmentation.backbone or config.model.backbone
+    return backbones.BackboneStart.from_section(config, stage, "segmentation", arch)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
@@ -345,11 +341,8 @@ def run(
     )
     model = spec.build(frozen_bn=cfg.frozen_bn, dtype=cfg.dtype)
     tx, step_stats = make_optimizer(cfg, plan.total_steps)
-    path = backbone_path(config, workdir)
-    init = weights.initializer(path, modules=("backbone",)) if path else None
-    if init is None:
-        logging.warning("%s: no backbone weights (segmentation.pretrained): RANDOM backbone", stage)
     shape = (1, cfg.crop_size, cfg.crop_size, 3)
+    init = backbone_start(config, stage).initializer(workdir, model, shape)
     states = {
         STATE: create_state(model, tx, rng.init_key(config.seed), shape, mesh, init, step_stats)
     }
@@ -469,8 +462,7 @@ def deps_for(labels: str) -> Callable[[ml_collections.ConfigDict], tuple[str, ..
     """The pseudo-labels' stage (random_walk), and the stage whose backbone starts it."""
 
     def deps(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-        start = config.segmentation.backbone_weights
-        own = (start,) if start in ("train_oc", "train_cam") else ()
+        own = backbone_start(config, STAGES[labels][0]).deps()
         return (("random_walk",) if labels == "pseudo" else ()) + own
 
     return deps
@@ -496,29 +488,9 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     for name in ("head_channels", "low_level_channels"):
         number(config, f"{key}.{name}", low=4, integer=True)
         check(cfg[name] % 4 == 0, f"{key}.{name}", cfg[name], "a multiple of 4 (GroupNorm(4))")
-    config_lib.check_choice(config, f"{key}.backbone_weights", BACKBONE_WEIGHTS)
-    config_lib.check_file(config, f"{key}.pretrained", "ImageNet weights (.npz)")
-    arch = cfg.backbone or config.model.backbone
-    natural = datasets.get_info(config.data.name).needs_pretrained
-    if cfg.backbone_weights == "pretrained" and natural and not cfg.pretrained:
-        if arch == config.model.backbone:
-            backbones.check_pretrained(config, arch, "train_segmentation")
-        else:
-            check(
-                config.model.allow_random_init,
-                f"{key}.pretrained",
-                cfg.pretrained,
-                f"ImageNet weights of {arch} (segmentation.backbone; config.model.pretrained is "
-                f"{config.model.backbone}'s): {backbones.weights_help(arch)}; or set "
-                "--config.model.allow_random_init=True to train from random weights on purpose",
-            )
-    if cfg.backbone_weights != "pretrained":
-        check(
-            cfg.backbone in ("", config.model.backbone),
-            f"{key}.backbone",
-            cfg.backbone,
-            f"'' or {config.model.backbone!r} to start from {cfg.backbone_weights}'s backbone",
-        )
+    config_lib.check_choice(config, f"{key}.backbone_weights", backbones.BACKBONE_SOURCES)
+    start = backbone_start(config, "train_segmentation")
+    start.validate(config, datasets.get_info(config.data.name).needs_pretrained)
     splits = datasets.get_info(config.data.name).splits
     config_lib.check_choice(config, f"{key}.split", splits)
     config_lib.check_choice(config, f"{key}.val_split", splits)

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import common
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.data import datasets
 from pnoc_jax.data import pipeline as data_pipeline
@@ -119,7 +120,7 @@ def test_identity_is_the_source_whatever_the_data_dir_and_manual_dir_form(tmp_pa
     assert datasets.prepare("voc2012", str(tmp_path / "tfds1"), str(forms[2])) == ident
     assert datasets.identity(_config("", tmp_path / "tfds1")) == ident
     # The generated dataset: name and version only, no data_dir involved.
-    synth = config_lib.synthetic_config()
+    synth = common.synthetic_config()
     synth.data.data_dir = str(tmp_path / "nowhere")
     version = str(synthetic.PnocSynthetic.VERSION)
     assert datasets.identity(synth) == {"name": "synthetic", "version": version}

@@ -29,7 +29,7 @@ def test_sweep_reads_ours_and_the_official_format(tmp_path):
     for ex in examples[1:]:
         record = np.array({"keys": keys, "hr_cam": ex["scores"]}, dtype=object)
         np.save(artifacts.official_score_file(directory, ex["id"]), record, allow_pickle=True)
-    total = sweep.sweep_confusions(examples, directory, "hr_cam", THRESHOLDS, 6)
+    total = sweep.sweep_confusions(examples, directory, "hr_cam", THRESHOLDS, 6).local
     expected = sum(
         miou.sweep_confusions(ex["mask"], ex["scores"], keys, THRESHOLDS, 6) for ex in examples
     )

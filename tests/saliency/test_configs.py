@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from pnoc_jax import config_lib, pipeline
+from pnoc_jax.experiments import saliency as compare_saliency
 from tests.data.voc_devkit import write_voc
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -69,11 +70,11 @@ def test_compare_saliency_config_and_table(tiny_config):
     config = _config("compare_saliency", "seeds=2")
     assert tuple(config.stages) == ("compare_saliency",)
     assert tuple(config.compare_saliency.seeds) == (0, 1)
-    variants = {v.name: v for v in pipeline.SALIENCY_VARIANTS}
-    sub = pipeline.compare_saliency_sub_config(config, 1, variants["ccam"])
+    variants = {v.name: v for v in compare_saliency.VARIANTS}
+    sub = compare_saliency.sub_config(config, 1, variants["ccam"])
     assert sub.seed == 1 and sub.saliency.method == "ccam"
     assert tuple(sub.saliency_eval.sources) == ("infer_saliency",)
-    sub = pipeline.compare_saliency_sub_config(config, 0, variants["conventional"])
+    sub = compare_saliency.sub_config(config, 0, variants["conventional"])
     assert sub.affinity_labels.saliency == "" and pipeline.deps_of("affinity_labels", sub) == (
         "infer_cam",
     )
@@ -92,7 +93,7 @@ def test_compare_saliency_config_and_table(tiny_config):
             "conventional": labels,
         }
 
-    md, numbers = pipeline.compare_saliency_table([seed(0.7, 0.6), seed(0.8, 0.6)])
+    md, numbers = compare_saliency.table([seed(0.7, 0.6), seed(0.8, 0.6)])
     lines = md.strip().splitlines()
     assert len(lines) == 6
     # mean 75.0, sample std of (70, 80) = 7.1

@@ -14,6 +14,7 @@ from PIL import Image
 
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.core import artifacts, fileio, scores, weights
+from pnoc_jax.core.weights import WeightsError
 from pnoc_jax.core.writers import read_metrics
 from pnoc_jax.data import pipeline as data_pipeline
 from pnoc_jax.evaluation import miou
@@ -21,7 +22,6 @@ from pnoc_jax.inference import tta
 from pnoc_jax.saliency import infer as saliency_infer
 from pnoc_jax.saliency import train as saliency_train
 from pnoc_jax.saliency import train_detector
-from pnoc_jax.saliency.train import WeightsError
 from tests.conftest import make_tiny_config
 
 STAGES = ("train_saliency", "infer_saliency", "train_detector", "infer_detector", "eval_saliency")

@@ -1,0 +1,97 @@
+"""The driver of every per-image stage: device work in batches, CPU work in `core.pool`.
+
+For each split, the images whose outputs do not all exist are read in order; their device
+inputs (TTA maps, boundaries, logits) are computed `runtime.predict_batch_size` images at a
+time, as the pool consumes the tasks, so device and CPU work overlap without holding a split
+in memory. Images without classes get a task without device work (all background) unless the
+stage computes them too. Each process handles its own share of a split (`open_split`) and
+meets the others at a barrier; `missing` lists the outputs that do not exist, over the whole
+split, for the runner's check that a stage finished.
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from pnoc_jax.core import artifacts, distributed, fileio, pool, progress
+from pnoc_jax.data import pipeline
+
+# The files a stage writes for one image: (split, image_id, labelled) -> paths.
+Outputs = Callable[[str, str, bool], Sequence[str]]
+
+
+def _tasks(
+    stage: str,
+    split: str,
+    source: Sequence[dict],
+    outputs: Outputs,
+    compute: Callable[[list[dict]], list[Any]],
+    make_task: Callable[[str, dict, Any], Any],
+    batch_size: int,
+    compute_unlabelled: bool,
+) -> Iterator[Any]:
+    pending: list[dict] = []
+
+    def flush() -> Iterator[Any]:
+        yield from (make_task(split, e, c) for e, c in zip(pending, compute(pending), strict=True))
+        pending.clear()
+
+    for index in progress.iterate(range(len(source)), f"{stage} {split}"):
+        example = source[index]
+        labelled = bool(example["labels"].sum() > 0)
+        if all(fileio.exists(p) for p in outputs(split, example["id"], labelled)):
+            continue
+        if not labelled and not compute_unlabelled:
+            yield make_task(split, example, None)
+            continue
+        pending.append(example)
+        if len(pending) == batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def run(
+    stage: str,
+    config: ml_collections.ConfigDict,
+    splits: Sequence[str],
+    outputs: Outputs,
+    compute: Callable[[list[dict]], list[Any]],
+    make_task: Callable[[str, dict, Any], Any],
+    worker: Callable[[Any], Any],
+    *,
+    compute_unlabelled: bool = False,
+) -> None:
+    """Runs `worker(make_task(split, example, computed))` in `core.pool` for every image of
+    `splits` whose `outputs` are missing; `computed` is the image's entry of `compute(examples)`
+    (None for an image without classes unless `compute_unlabelled`). `worker` must be a
+    module-level function that writes the image's outputs."""
+    for split in splits:
+        source = pipeline.open_split(config, split)
+        todo = _tasks(
+            stage,
+            split,
+            source,
+            outputs,
+            compute,
+            make_task,
+            config.runtime.predict_batch_size,
+            compute_unlabelled,
+        )
+        done = sum(1 for _ in pool.run_tasks(worker, todo, config.runtime.num_workers))
+        logging.info("%s %s: %d computed, %d already there", stage, split, done, len(source) - done)
+    distributed.barrier(stage)
+
+
+def missing(
+    config: ml_collections.ConfigDict, splits: Sequence[str], outputs: Outputs
+) -> list[str]:
+    """The outputs of every image of `splits` (all processes' shares) that do not exist."""
+    return artifacts.missing(
+        path
+        for split in splits
+        for image_id, labelled in pipeline.split_index(config, split)
+        for path in outputs(split, image_id, labelled)
+    )
