@@ -303,10 +303,10 @@ def _compiled_flops(jitted, *args) -> float:
 
 
 def _segmentation_spec():
-    from pnoc_jax.segmentation import train as seg_train
+    from pnoc_jax.segmentation import model as seg_model
 
     names = ("background", *(f"c{i}" for i in range(_CLASSES.value)))
-    return seg_train.ModelSpec(
+    return seg_model.ModelSpec(
         _SEG_MODEL.value, _BACKBONE.value, _CLASSES.value + 1, _STRIDE.value, (), 256, 48,
         names, "benchmark",
     )  # fmt: skip
@@ -333,12 +333,12 @@ def benchmark_segmentation_train(mesh) -> dict:
 def benchmark_segmentation_inference() -> dict:
     """Scales 0.5/1/1.5/2 x flip on `--size`² images, as infer_segmentation runs them."""
     from pnoc_jax.inference import dense, predictor
-    from pnoc_jax.segmentation import train as seg_train
+    from pnoc_jax.segmentation import model as seg_model
 
     spec = _segmentation_spec()
     model = spec.build(dtype=_DTYPE.value)
     variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))()
-    forward = seg_train.inference_fn(model)
+    forward = seg_model.inference_fn(model)
     predict, multiple = predictor.local_predictor(forward, jax.device_get(variables))
     n = _INFER_IMAGES.value or max(_BATCH.value // 2, 1)
     images = [

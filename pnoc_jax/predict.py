@@ -26,9 +26,10 @@ from absl import app, flags, logging
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pnoc_jax import visualize
-from pnoc_jax.core import artifacts, fileio, weights
+from pnoc_jax.core import artifacts, fileio
 from pnoc_jax.core.errors import UserError
-from pnoc_jax.inference import dense, predictor
+from pnoc_jax.inference import dense
+from pnoc_jax.segmentation import model as seg_model
 from pnoc_jax.segmentation import tasks
 from pnoc_jax.segmentation import train as seg_train
 
@@ -160,11 +161,8 @@ def segment_images(
     batch: int,
 ) -> tuple[list[str], list[str]]:
     """Segments `files` into `out_dir`. Returns (written label PNGs, problems)."""
-    spec = seg_train.ModelSpec.read(spec_path)
-    model = spec.build()
-    predict, multiple = predictor.local_predictor(
-        seg_train.inference_fn(model), weights.load(weights_path)
-    )
+    spec = seg_model.ModelSpec.read(spec_path)
+    predict, multiple = seg_model.load_predictor(spec, weights_path)
     problems, sizes = [], {}
     for path in files:  # sizes first: one canvas for all images, so each scale compiles once
         try:
@@ -231,7 +229,7 @@ def main(argv: list[str]) -> None:
         fail("--crf_iterations >= 0, --max_side >= 16 and --batch >= 1 expected")
     try:
         weights_path, spec_path = resolve_weights(_WORKDIR.value, _STAGE.value, _CHECKPOINT.value)
-        spec = seg_train.ModelSpec.read(spec_path)
+        spec = seg_model.ModelSpec.read(spec_path)
     except (UserError, ValueError, FileNotFoundError) as e:
         fail(str(e), 1)
     files, problems = collect(_IMAGES.value)

@@ -13,11 +13,11 @@ from PIL import Image
 
 from pnoc_jax import predict
 from pnoc_jax.core import fileio, weights
-from pnoc_jax.segmentation import train as seg_train
+from pnoc_jax.segmentation import model as seg_model
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 PHOTO = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
-SPEC = seg_train.ModelSpec(
+SPEC = seg_model.ModelSpec(
     "deeplabv3plus", "tiny", 7, 16, (1, 2, 3), 8, 4, ("background", *"abcdef"), "synthetic"
 )
 

@@ -18,7 +18,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from pnoc_jax import config_lib
-from pnoc_jax.affinity import loss as aff_loss
+from pnoc_jax.affinity import losses
 from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, weights
 from pnoc_jax.core.loop import Update, jit_update, run_training
 from pnoc_jax.core.masks import IGNORE
@@ -97,7 +97,7 @@ def affinity_update(
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         logits = model.apply(variables, batch["image"])
-        terms = aff_loss.affinity_loss(logits, batch["aff_label"], radius, num_labels)
+        terms = losses.affinity_loss(logits, batch["aff_label"], radius, num_labels)
         return terms["loss"], terms
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)

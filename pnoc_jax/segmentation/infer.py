@@ -17,20 +17,13 @@ import ml_collections
 import numpy as np
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, weights
+from pnoc_jax.core import artifacts
 from pnoc_jax.core.masks import IGNORE
 from pnoc_jax.data import datasets
-from pnoc_jax.inference import dense, per_image, predictor
+from pnoc_jax.inference import dense, per_image
+from pnoc_jax.segmentation import model as seg_model
 from pnoc_jax.segmentation import tasks
 from pnoc_jax.segmentation import train as seg_train
-
-
-def load_predictor(workdir: str, train_stage: str) -> tuple[dense.DensePredict, int]:
-    """The kept network of `train_stage` as a batch predictor on this process's devices."""
-    spec = seg_train.ModelSpec.read(artifacts.model_file(workdir, train_stage))
-    model = spec.build()
-    variables = weights.load(artifacts.segmentation_weights_file(workdir, train_stage))
-    return predictor.local_predictor(seg_train.inference_fn(model), variables)
 
 
 def outputs(workdir: str, stage: str, crf: bool) -> per_image.Outputs:
@@ -47,7 +40,10 @@ def outputs(workdir: str, stage: str, crf: bool) -> per_image.Outputs:
 def run(config: ml_collections.ConfigDict, workdir: str, *, labels: str) -> None:
     cfg = config.segmentation_infer
     train_stage, stage, _ = seg_train.STAGES[labels]
-    predict, batch_multiple = load_predictor(workdir, train_stage)
+    predict, batch_multiple = seg_model.load_predictor(
+        seg_model.ModelSpec.read(artifacts.model_file(workdir, train_stage)),
+        artifacts.segmentation_weights_file(workdir, train_stage),
+    )
 
     def logits_of(examples: list[dict]) -> list[np.ndarray]:
         images = [e["image"] for e in examples]

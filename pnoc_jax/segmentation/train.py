@@ -40,8 +40,9 @@ from pnoc_jax.evaluation import miou
 from pnoc_jax.evaluation.confusion import ConfusionSum
 from pnoc_jax.inference import dense, tta
 from pnoc_jax.models import backbones
-from pnoc_jax.models.deeplab import DeepLabV2, DeepLabV3Plus
+from pnoc_jax.models.deeplab import DeepLabV2
 from pnoc_jax.segmentation import losses
+from pnoc_jax.segmentation import model as seg_model
 
 LABELS = ("pseudo", "ground_truth")
 # The stage names of each kind of labels: (train, infer, eval).
@@ -49,89 +50,7 @@ STAGES = {
     "pseudo": ("train_segmentation", "infer_segmentation", "eval_segmentation"),
     "ground_truth": ("train_segmentation_gt", "infer_segmentation_gt", "eval_segmentation_gt"),
 }
-MODELS = ("deeplabv3plus", "deeplabv2")
 STATE = "f"
-
-
-# ---------------------------------------------------------------------------- the network
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a trained segmentation network: `weights/model.json`."""
-
-    model: str  # "deeplabv3plus" | "deeplabv2"
-    backbone: str
-    num_classes: int  # output channels, background included
-    output_stride: int
-    atrous_rates: tuple[int, ...]  # () = the model's default
-    head_channels: int
-    low_level_channels: int
-    class_names: tuple[str, ...]  # background first
-    dataset: str
-
-    def build(self, frozen_bn: bool = True, dtype: str = "float32") -> nn.Module:
-        dt = jnp.dtype(dtype)
-        if self.model == "deeplabv2":
-            kwargs = {"atrous_rates": self.atrous_rates} if self.atrous_rates else {}
-            return DeepLabV2(
-                self.backbone, self.num_classes, self.output_stride, frozen_bn, dt, **kwargs
-            )
-        return DeepLabV3Plus(
-            self.backbone,
-            self.num_classes,
-            self.output_stride,
-            frozen_bn,
-            dt,
-            atrous_rates=self.atrous_rates or None,
-            head_channels=self.head_channels,
-            low_level_channels=self.low_level_channels,
-        )
-
-    def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), "format": 1}
-
-    @classmethod
-    def read(cls, path: str) -> "ModelSpec":
-        """The spec in `path`; a ValueError naming the file if it is not one."""
-        try:
-            record = fileio.read_json(path)
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"{path}: missing; a segmentation weights file needs the model.json written "
-                "beside it by train_segmentation"
-            ) from None
-        names = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(record, dict) or not names <= set(record):
-            raise ValueError(f"{path}: not a segmentation model description (keys {sorted(names)})")
-        values = {n: record[n] for n in names}
-        for key in ("atrous_rates", "class_names"):
-            values[key] = tuple(values[key])
-        return cls(**values)
-
-
-def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
-    cfg = config.segmentation
-    info = datasets.get_info(config.data.name)
-    return ModelSpec(
-        model=cfg.model,
-        backbone=cfg.backbone or config.model.backbone,
-        num_classes=info.num_classes + 1,
-        output_stride=cfg.output_stride,
-        atrous_rates=tuple(cfg.atrous_rates),
-        head_channels=cfg.head_channels,
-        low_level_channels=cfg.low_level_channels,
-        class_names=("background", *info.class_names),
-        dataset=config.data.name,
-    )
-
-
-def inference_fn(model: nn.Module) -> Callable[[Any, tuple[jax.Array, jax.Array]], jax.Array]:
-    """`(variables, (images [N, S, S, 3], valid [N, S, S])) -> logits [N, S, S, K]` in inference
-    mode: DeepLabV3+ (image pooling over `valid`) or DeepLabV2's MSC-fused `predict`."""
-    if isinstance(model, DeepLabV2):
-        return lambda v, batch: model.apply(v, batch[0], method="predict")
-    return lambda v, batch: model.apply(v, batch[0], train=False, valid=batch[1])
 
 
 # ---------------------------------------------------------------------------- data
@@ -242,7 +161,7 @@ class Validator:
         mesh = distributed.make_mesh(jax.local_devices())
         self._repl, self._data = distributed.replicated(mesh), distributed.data_sharded(mesh)
         self._multiple = len(jax.local_devices())
-        forward = inference_fn(model)
+        forward = seg_model.inference_fn(model)
         self._predict = jax.jit(
             lambda v, batch: jnp.argmax(forward(v, batch), axis=-1).astype(jnp.uint8),
             in_shardings=(self._repl, self._data),
@@ -317,7 +236,7 @@ def run(
     cfg = config.segmentation
     stage = STAGES[labels][0]
     mesh = distributed.make_mesh()
-    spec = model_spec(config)
+    spec = seg_model.model_spec(config)
     transform = transforms.make_classification_transform(
         cfg.crop_size, cfg.min_size, cfg.max_size, cfg.augment
     )
@@ -472,7 +391,7 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     """Checks of `config.segmentation`."""
     cfg, key = config.segmentation, "segmentation"
     check, number = config_lib.check, config_lib.check_number
-    config_lib.check_choice(config, f"{key}.model", MODELS)
+    config_lib.check_choice(config, f"{key}.model", seg_model.MODELS)
     config_lib.check_choice(config, f"{key}.backbone", ("", *backbones.backbone_names()))
     config_lib.check_choice(config, f"{key}.output_stride", (8, 16))
     rates = tuple(cfg.atrous_rates)

@@ -9,7 +9,7 @@ from pnoc_jax.data import transforms
 from pnoc_jax.inference import dense, predictor, tta
 from pnoc_jax.models.deeplab import DeepLabV3Plus
 from pnoc_jax.models.resize import resize_bilinear
-from pnoc_jax.segmentation import train as seg_train
+from pnoc_jax.segmentation import model as seg_model
 
 
 def _image(seed: int, h: int, w: int) -> np.ndarray:
@@ -63,6 +63,6 @@ def test_single_scale_without_flip_is_one_forward_pass():
     x = transforms.normalize(image)[None]
     variables = jax.device_get(model.init(jax.random.key(0), jnp.asarray(x)))
     expected = np.asarray(model.apply(variables, jnp.asarray(x)))[0].transpose(2, 0, 1)
-    predict, multiple = predictor.local_predictor(seg_train.inference_fn(model), variables)
+    predict, multiple = predictor.local_predictor(seg_model.inference_fn(model), variables)
     (out,) = dense.multiscale_logits([image], predict, (1.0,), 64, multiple, flip=False)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

@@ -22,6 +22,7 @@ from pnoc_jax.evaluation import miou
 from pnoc_jax.inference import tta
 from pnoc_jax.segmentation import evaluate as seg_evaluate
 from pnoc_jax.segmentation import infer as seg_infer
+from pnoc_jax.segmentation import model as seg_model
 from pnoc_jax.segmentation import train as seg_train
 from tests.collectives import collectives, unexpected
 
@@ -134,8 +135,8 @@ def test_segmentation_stages_end_to_end_and_resume(tiny_config, tmp_path, few_im
     assert metrics["best_miou"] == best["miou"] and metrics["best_step"] == best["step"]
 
     # The kept weights score what the history says, against the val pseudo-labels.
-    spec = seg_train.ModelSpec.read(artifacts.model_file(workdir, stage))
-    assert spec == seg_train.model_spec(config)
+    spec = seg_model.ModelSpec.read(artifacts.model_file(workdir, stage))
+    assert spec == seg_model.model_spec(config)
     model = spec.build()
     kept = weights.load(artifacts.segmentation_weights_file(workdir, stage))
     validator = seg_train.Validator(
@@ -234,7 +235,7 @@ def test_missing_checkpoint_past_an_unscored_point_is_reported(tiny_config, tmp_
         seg_train.train_segmentation(config, workdir)
 
 
-def _one_step(spec: seg_train.ModelSpec, devices, batch):
+def _one_step(spec: seg_model.ModelSpec, devices, batch):
     mesh = distributed.make_mesh(devices)
     model = spec.build(frozen_bn=spec.model == "deeplabv2")
     tx, stats = optim.make_optimizer(optim.OptimizerConfig(lr=0.1, total_steps=10, momentum=0.9))
@@ -253,7 +254,7 @@ def test_one_step_same_on_1_and_8_devices(model):
     """Data parallelism changes nothing: BN statistics and the loss are global-batch, and the
     dropout masks depend on (seed, step) only."""
     assert jax.device_count() == 8
-    spec = seg_train.ModelSpec(model, "tiny", 7, 8, (), 8, 4, tuple("bgabcdef"), "synthetic")
+    spec = seg_model.ModelSpec(model, "tiny", 7, 8, (), 8, 4, tuple("bgabcdef"), "synthetic")
     r = np.random.default_rng(0)
     labels = r.integers(0, 7, (8, 32, 32)).astype(np.uint8)
     labels[:, :5] = IGNORE

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pnoc_jax.affinity import labels as aff_labels
-from pnoc_jax.affinity import loss as aff_loss
+from pnoc_jax.affinity import losses
 from pnoc_jax.affinity.paths import PathIndex
 
 
@@ -34,7 +34,7 @@ def test_affinity_loss_matches_numpy():
     labels[1, 4:, 5:] = 0
     logits = rs.normal(0, 2, size=(2, h, w)).astype(np.float32)
     want, (bg, fg, neg) = _numpy_loss(logits, labels, radius, num_labels)
-    got = aff_loss.affinity_loss(jnp.asarray(logits), jnp.asarray(labels), radius, num_labels)
+    got = losses.affinity_loss(jnp.asarray(logits), jnp.asarray(labels), radius, num_labels)
     np.testing.assert_allclose(float(got["loss"]), want, rtol=1e-5)
     np.testing.assert_allclose(
         [float(got[k]) for k in ("loss_bg_pos", "loss_fg_pos", "loss_neg")],
