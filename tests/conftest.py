@@ -33,13 +33,7 @@ def synthetic_data_dir(tmp_path_factory) -> str:
 
 def make_tiny_config(data_dir: str):
     """The quickstart config shrunk to a few seconds of work."""
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.py")
-    spec = importlib.util.spec_from_file_location("quickstart_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config()
     config.data.data_dir = data_dir
     config.data.image_size = 32
     small = dict(batch_size=8, steps=6, min_size=32, max_size=48)
@@ -55,3 +49,87 @@ def make_tiny_config(data_dir: str):
 @pytest.fixture
 def tiny_config(synthetic_data_dir):
     return make_tiny_config(synthetic_data_dir)
+
+
+# The shared tiny run: the quickstart's stages but the saliency family's (tests/saliency run
+# those; conventional affinity labels feed the random walk), every split `val`, tiny networks.
+# tests/test_quickstart.py reads it, and tests/test_multiprocess.py compares its 2-process run
+# against it (the same overrides as command-line flags), so it is trained once per session.
+TINY_RUN_STAGES = (
+    "train_oc", "train_cam", "infer_cam", "eval_cam",
+    "affinity_labels", "train_affinity", "random_walk", "eval_pseudo_labels",
+    "train_segmentation", "infer_segmentation", "eval_segmentation",
+    "train_segmentation_gt", "infer_segmentation_gt", "eval_segmentation_gt",
+)  # fmt: skip
+
+
+def tiny_run_overrides(data_dir: str, stages: tuple[str, ...] = TINY_RUN_STAGES) -> dict:
+    """{dotted key: value} turning configs/quickstart.py into the shared tiny run."""
+    small = {"batch_size": 8, "min_size": 32, "max_size": 48}
+    return {
+        "data.data_dir": data_dir,
+        "data.image_size": 32,
+        "stages": stages,
+        **{f"oc.{k}": v for k, v in small.items()},
+        "oc.steps": 3,
+        **{f"train.{k}": v for k, v in small.items()},
+        "train.steps": 4,
+        "infer.splits": ("val",),
+        "infer.scales": (1.0, 0.5),
+        "eval.split": "val",
+        "eval.crf_iterations": 0,  # the CRF sweep: tests/evaluation, tests/test_recipes.py
+        "affinity_labels.split": "val",
+        "affinity_labels.saliency": "",
+        "affinity_labels.crf_iterations": 1,
+        "affinity.batch_size": 8,
+        "affinity.steps": 3,
+        "affinity.crop_size": 48,
+        "affinity.min_size": 40,
+        "affinity.max_size": 56,
+        "affinity.radius": 5,
+        "rw.splits": ("val",),
+        "rw.exp_times": 2,
+        # DeepLab on the val pseudo-labels (the only split walked here), backbone from
+        # train_oc; 3 steps < one epoch, so one validation, at the end: it picks the kept
+        # checkpoint (weights/best.npz) and writes the metrics.
+        "segmentation.split": "val",
+        "segmentation.val_split": "val",
+        "segmentation.steps": 3,
+        **{f"segmentation.{k}": v for k, v in small.items()},
+        "segmentation.crop_size": 32,  # the synthetic recipe's head (64 wide, OS 8)
+        "segmentation_infer.scales": (1.0,),
+        "segmentation_infer.crf_iterations": 1,
+        "runtime.num_workers": 1,
+        "runtime.ckpt_every": 2,
+    }
+
+
+def as_flags(overrides: dict) -> list[str]:
+    """The overrides as `python -m pnoc_jax.main` flags."""
+    return [f"--config.{k}={v if isinstance(v, str) else repr(v)}" for k, v in overrides.items()]
+
+
+def load_config(name: str = "quickstart", arg: str | None = None):
+    """`get_config(arg)` of `configs/<name>.py`, loaded from its file as main does."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_data_dir, tmp_path_factory):
+    """(config, workdir) of the shared tiny run, finished once per session on 1 x 8 devices.
+    Tests must not change it: copy the workdir first (`shutil.copytree`)."""
+    from pnoc_jax import config_lib, pipeline
+
+    config = load_config()
+    for key, value in tiny_run_overrides(synthetic_data_dir).items():
+        section, _, leaf = key.rpartition(".")
+        (config_lib.get(config, section) if section else config)[leaf] = value
+    workdir = str(tmp_path_factory.mktemp("tiny_run"))
+    pipeline.run_stages(config, workdir)
+    return config, workdir

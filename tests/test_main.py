@@ -107,6 +107,7 @@ def test_read_only_workdir_is_one_line(tmp_path):
     assert "read-only" in _one_error_line(result)
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_checkpoint_is_one_line(tmp_path, synthetic_data_dir):
     result = _in_small_filesystem(
         tmp_path, "1m", "rw",

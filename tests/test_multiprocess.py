@@ -2,14 +2,14 @@
 results of one process x 8 devices, stage by stage: training (P-NOC's two updates, the
 affinity network), CAM inference, evaluation, affinity labels, random walk, and DeepLab trained
 on the random walk's pseudo-labels (with its validation and kept checkpoint). The runs are
-`launch/local_multiprocess.sh` and `python -m pnoc_jax.main`, as a user starts them."""
+`launch/local_multiprocess.sh` and `python -m pnoc_jax.main`, as a user starts them; the
+1-process run is the session's shared tiny run (the same config, in the test process)."""
 
 import os
 import pathlib
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,6 +17,9 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from pnoc_jax.core import artifacts, fileio, scores, weights
+from tests.conftest import as_flags, tiny_run_overrides
+
+pytestmark = pytest.mark.slow  # end-to-end runs: minutes
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 VAL_IMAGES = 200  # the synthetic dataset's val split
@@ -31,46 +34,6 @@ STAGES = (
     "eval_pseudo_labels",
     "train_segmentation",
 )
-
-
-def _overrides(data_dir: str) -> list[str]:
-    small = {"batch_size": 8, "min_size": 32, "max_size": 48}
-    args = {
-        "data.data_dir": data_dir,
-        "data.image_size": 32,
-        "stages": repr(STAGES),
-        **{f"oc.{k}": v for k, v in small.items()},
-        "oc.steps": 3,
-        **{f"train.{k}": v for k, v in small.items()},
-        "train.steps": 4,
-        "infer.splits": "('val',)",
-        "infer.scales": "(1.0, 0.5)",
-        "eval.split": "val",
-        "eval.crf_iterations": 0,
-        "affinity_labels.split": "val",
-        "affinity_labels.saliency": "",  # conventional labels: no saliency stages here
-        "affinity_labels.crf_iterations": 2,
-        "affinity.batch_size": 8,
-        "affinity.steps": 3,
-        "affinity.crop_size": 48,
-        "affinity.min_size": 40,
-        "affinity.max_size": 56,
-        "affinity.radius": 5,
-        "rw.splits": "('val',)",
-        "rw.max_image_size": 112,
-        "rw.exp_times": 2,
-        # DeepLab on the val pseudo-labels (the only split walked here), backbone from train_oc
-        # (the quickstart's); 3 steps < one epoch, so one validation, at the end: it picks the
-        # kept checkpoint (weights/best.npz) and writes the metrics.
-        "segmentation.split": "val",
-        "segmentation.val_split": "val",
-        "segmentation.steps": 3,
-        **{f"segmentation.{k}": v for k, v in small.items()},
-        "segmentation.crop_size": 32,
-        "runtime.num_workers": 1,
-        "runtime.ckpt_every": 2,
-    }
-    return [f"--config.{k}={v}" for k, v in args.items()]
 
 
 def _env(devices: int) -> dict[str, str]:
@@ -136,13 +99,13 @@ def _run_killing_process_1_mid_walk(command: list[str], workdir: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(synthetic_data_dir, tmp_path_factory) -> tuple[str, str]:
-    """The 1 x 8 run, and the 2 x 4 run killed in process 1 mid-walk and then resumed."""
-    base = tmp_path_factory.mktemp("multiprocess")
-    single, double = str(base / "1x8"), str(base / "2x4")
-    os.makedirs(single)
-    args = ["--config", "configs/quickstart.py", *_overrides(synthetic_data_dir)]
-    _run([sys.executable, "-m", "pnoc_jax.main", "--workdir", single, *args], 8, single)
+def runs(tiny_run, synthetic_data_dir, tmp_path_factory) -> tuple[str, str]:
+    """The 1 x 8 run (the session's shared tiny run, tests/conftest.py), and the same config
+    on 2 x 4 devices killed in process 1 mid-walk and then resumed."""
+    _, single = tiny_run
+    double = str(tmp_path_factory.mktemp("multiprocess") / "2x4")
+    overrides = tiny_run_overrides(synthetic_data_dir, STAGES)
+    args = ["--config", "configs/quickstart.py", *as_flags(overrides)]
     launch = ["bash", os.path.join(ROOT, "launch", "local_multiprocess.sh"), "2", args[1], double]
     _run_killing_process_1_mid_walk([*launch, *args[2:]], double)
     resumed = _run([*launch, *args[2:]], 4, double)

@@ -2,49 +2,32 @@
 (.npz), the exported weights, skipping, reruns of what changed, and the notebook on the finished
 run, from priors to the segmentation model and its fully supervised bound."""
 
+import copy
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from configs import common
 from pnoc_jax import pipeline, visualize
 from pnoc_jax.core import artifacts, fileio, scores, weights
-from tests.conftest import make_tiny_config
+
+pytestmark = pytest.mark.slow  # end-to-end runs: minutes
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 STAGES = ("train_oc", "train_cam", "infer_cam", "eval_cam")
 
 
-@pytest.fixture(scope="module")
-def finished_run(synthetic_data_dir, tmp_path_factory):
-    """train_oc -> train_cam (pnoc, backbone from the OC) -> infer_cam -> eval_cam, then the
-    pseudo-labels and the segmentation stages (all on `val`, tiny networks), once."""
-    config = make_tiny_config(synthetic_data_dir)
-    # The quickstart's stages but the saliency family's (tests/saliency run those): the
-    # conventional affinity labels feed the random walk here.
-    saliency = ("train_saliency", "infer_saliency", "train_detector", "infer_detector")
-    config.stages = tuple(
-        s for s in common.synthetic_config().stages if s not in (*saliency, "eval_saliency")
-    )
+@pytest.fixture
+def finished_run(tiny_run):
+    """The shared tiny run (tests/conftest.py): train_oc -> train_cam (pnoc, backbone from the
+    OC) -> infer_cam -> eval_cam, then the pseudo-labels and the segmentation stages, all on
+    `val` with tiny networks; a fresh copy of its config, the workdir as finished."""
+    config, workdir = tiny_run
     assert config.stages[: len(STAGES)] == STAGES and config.stages[-1] == "eval_segmentation_gt"
-    config.affinity_labels.saliency = ""
-    config.train.update(strategy="pnoc", init_backbone_from="train_oc")
-    config.infer.splits = ("val",)
-    config.eval.split = "val"
-    config.affinity_labels.update(split="val", crf_iterations=1)
-    config.affinity.update(steps=3, crop_size=48, min_size=40, max_size=56)
-    config.rw.splits = ("val",)
-    config.segmentation.update(
-        split="val", output_stride=16, atrous_rates=(1, 2, 3), head_channels=8,
-        low_level_channels=4, steps=4, crop_size=32, min_size=32, max_size=48,
-    )  # fmt: skip
-    config.segmentation_infer.update(scales=(1.0,), crf_iterations=1)
-    workdir = str(tmp_path_factory.mktemp("quickstart"))
-    pipeline.run_stages(config, workdir)
-    return config, workdir
+    return copy.deepcopy(config), workdir
 
 
 def test_cam_files_weights_and_metrics(finished_run):
@@ -106,8 +89,10 @@ def test_notebook_cells_run(finished_run, monkeypatch):
                                   namespace["class_names"], "nope")  # fmt: skip
 
 
-def test_finished_stages_are_skipped_and_changes_rerun_downstream(finished_run):
-    config, workdir = finished_run
+def test_finished_stages_are_skipped_and_changes_rerun_downstream(finished_run, tmp_path):
+    config, shared = finished_run
+    workdir = str(tmp_path / "run")
+    shutil.copytree(shared, workdir)  # the shared run stays as it was
     assert not any(pipeline.run_stage(n, config, workdir) for n in config.stages)
     config.runtime.update(log_every=3, ckpt_every=5, predict_batch_size=2)  # how, not what
     assert not any(pipeline.run_stage(n, config, workdir) for n in config.stages)

@@ -102,6 +102,7 @@ def test_real_data_without_weights_stops_in_validation(tmp_path, name):
         pipeline.validate(config, TOPOLOGY)
 
 
+@pytest.mark.slow
 def test_pnoc_coco_runs_on_the_fixture_with_a_tiny_backbone(tmp_path):
     """Every stage of the COCO recipe on its data, shrunk: CAMs, priors (+ CRF sweep), affinity
     labels, the boundary net, the random walk and the pseudo-labels. The strategy is vanilla

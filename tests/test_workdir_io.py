@@ -69,6 +69,8 @@ ALLOWED = {
     ("config_lib.py", "os.path.expanduser"): "check_file: a user's input file (no fileio: "
     "config_lib imports nothing of pnoc_jax)",
     ("config_lib.py", "os.path.isfile"): "check_file",
+    ("config_lib.py", "os.path.abspath"): "import_beside: the recipe helpers beside a config "
+    "file (local Python)",
     # the user's raw dataset copy (TFDS manual_dir), read by the builders: local by design
     ("data/builders/common.py", "etils.epath.Path"): "the builder's own source file (TFDS)",
     ("data/builders/voc2012.py", "pathlib.Path"): "the VOCdevkit (manual_dir)",
@@ -284,6 +286,7 @@ def test_metric_writer_on_the_object_store_appends_and_drops_rows_after_a_resume
     assert data.count(b"brain.Event:2") == 1 and data.count(b"loss") == 3  # appended events
 
 
+@pytest.mark.slow
 def test_stages_run_on_a_gs_workdir(gcs, tiny_config, tmp_path, monkeypatch):
     """train_cam locally (Orbax), its folder copied to gs://, then infer_cam and eval_cam by the
     runner on the gs:// workdir: outputs, DONE.json, summary, the lock, a skipping rerun."""

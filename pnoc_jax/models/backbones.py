@@ -145,14 +145,14 @@ def imagenet_weights(
 ) -> tuple[str, str]:
     """(path as configured, its config key) of the ImageNet weights of a section's `arch`
     backbone: `<section>.pretrained` when set; else, with `fallback` and when `arch` is the
-    CAM network's, `model.pretrained`; else the section's own empty key."""
+    CAM network's, `model.pretrained`; else none ("", the key that would name it)."""
     own = config[section].get("pretrained", "") if section in config else ""
     own_key = f"{section}.pretrained" if "pretrained" in config.get(section, {}) else ""
     if own:
         return own, own_key
-    if (fallback and arch == config.model.backbone) or not own_key:
+    if fallback and arch == config.model.backbone:
         return config.model.pretrained, "model.pretrained"
-    return "", own_key
+    return "", own_key or "model.pretrained"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,6 +59,7 @@ def _fake_priors(config, workdir: str, split: str) -> list[str]:
     return sorted(ids)
 
 
+@pytest.mark.slow
 def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, monkeypatch):
     config, workdir = tiny_config, str(tmp_path)
     original = data_pipeline.open_split

@@ -71,6 +71,7 @@ def _equal(a, b):
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 def test_updates_change_only_their_own_network(tiny_config):
     mesh, states, updates, *_ = _setup(tiny_config, jax.devices())
     before = _host(states)
@@ -89,6 +90,7 @@ def test_updates_change_only_their_own_network(tiny_config):
     np.testing.assert_array_equal(bn_scale(_host(oc.params)), bn_scale(before["oc"].params))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("leak", [False, True])
 def test_noc_update_matches_independent_gradient(tiny_config, leak):
     """noc's step = SGD on λ_noc·ℓ(noc(x ∘ [ψ <= δ]), ỹ) (+ λ_cse·ℓ(noc(x̃_soft), ỹ∖r) if leak)."""
@@ -137,6 +139,7 @@ def test_noc_update_matches_independent_gradient(tiny_config, leak):
     assert (carry.cse_grads is not None) == leak
 
 
+@pytest.mark.slow
 def test_two_updates_same_on_1_and_8_devices(tiny_config, strategy="pnoc"):
     """Same numbers on 1 and 8 devices, and on 8 devices no collective but all-reduces (Puzzle's
     tiles stay on their image's device; the reference's quadrant-major order moved them)."""
@@ -151,6 +154,7 @@ def test_two_updates_same_on_1_and_8_devices(tiny_config, strategy="pnoc"):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_pnoc_run_resumes_both_states_exactly(tiny_config, tmp_path):
     tiny_config.train.update(strategy="pnoc", steps=4)
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
@@ -187,6 +191,7 @@ def test_pnoc_run_resumes_both_states_exactly(tiny_config, tmp_path):
         assert _equal(exported[0]["params"], a[state]["params"])
 
 
+@pytest.mark.slow
 def test_bf16_compute_with_accumulation_keeps_f32_master_weights(tiny_config):
     """bf16 compute, f32 parameters; with accumulate_steps=2 the first step changes nothing."""
     mesh = distributed.make_mesh(jax.devices()[:1])

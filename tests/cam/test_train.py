@@ -73,6 +73,7 @@ def _one_step(config, devices, batch):
     return jax.device_get(state.params), jax.device_get(state.batch_stats), float(metrics["loss"])
 
 
+@pytest.mark.slow
 def test_one_step_same_on_1_and_8_devices(tiny_config):
     assert jax.device_count() == 8
     r = np.random.default_rng(0)
@@ -87,6 +88,7 @@ def test_one_step_same_on_1_and_8_devices(tiny_config):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_preempted_and_crashed_runs_resume_exactly(tiny_config, tmp_path):
     full = str(tmp_path / "full")
     cam_train.train_cam(tiny_config, full)
@@ -143,6 +145,7 @@ def _all_finite(tree):
     return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow
 def test_exploding_head_is_never_checkpointed(tiny_config, tmp_path):
     """lr 1e38 with the reference's 10x/20x head multipliers: the head's learning rate
     overflows to inf, so the first update makes the head's weights inf while the loss that step
@@ -182,6 +185,7 @@ def test_exploding_head_is_never_checkpointed(tiny_config, tmp_path):
     assert [r["step"] for r in _rows(resumed)] == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_preempted_stage_resubmitted_with_other_runtime_knobs_resumes(
     tiny_config, tmp_path, monkeypatch
 ):

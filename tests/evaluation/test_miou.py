@@ -52,3 +52,19 @@ def test_image_without_classes_is_all_background():
     gt = np.array([[0, 1], [255, 0]], np.uint8)
     confs = miou.sweep_confusions(gt, np.zeros((0, 2, 2)), np.array([0]), np.array([0.1, 0.5]), 2)
     np.testing.assert_array_equal(confs[0], [[2, 0], [1, 0]])
+
+
+def test_confusion_sum_adds_images_at_their_index():
+    from pnoc_jax.evaluation.confusion import ConfusionSum, class_summary
+
+    total = ConfusionSum(3, (2,))
+    gt = np.array([[0, 1], [2, 255]])
+    total.add(miou.confusion(gt, np.array([[0, 1], [1, 0]]), 3), 0)
+    total.add(miou.confusion(gt, gt, 3), 1)
+    total.add(miou.confusion(gt, gt, 3), 1)
+    summed = total.total()  # one process: the local sums
+    np.testing.assert_array_equal(summed[0], [[1, 0, 0], [0, 1, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(summed[1], 2 * np.eye(3, dtype=np.int64))
+    summary = class_summary(summed[0], ["background", "a", "b"])
+    assert summary["per_class_iou"] == {"background": 1.0, "a": 0.5, "b": 0.0}
+    assert summary["miou"] == 0.5

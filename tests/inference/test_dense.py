@@ -56,6 +56,7 @@ def test_batches_padded_to_the_device_multiple_keep_each_image_apart():
         dense.on_canvas([_image(5, 70, 10)], 64, 1, flip=False)
 
 
+@pytest.mark.slow
 def test_single_scale_without_flip_is_one_forward_pass():
     """An image that fills its canvas: the dense pipeline is the network's output itself."""
     model = DeepLabV3Plus("tiny", 5, 16, head_channels=8, low_level_channels=4)

@@ -34,6 +34,7 @@ def test_affinity_net_shape_and_stride(output_stride):
     assert "frozen" not in jax.tree.leaves({k: v for k, v in groups.items() if k != "backbone"})
 
 
+@pytest.mark.slow
 def test_edge_layers_start_as_pytorch_defaults_and_all_decay():
     """Edge kernels and the output bias ~ U(±1/√fan_in) (PyTorch's Conv2d defaults, which the
     reference keeps), GroupNorm (1, 0); the optimizer decays every edge parameter."""

@@ -29,6 +29,7 @@ def _randomise(variables, seed: int):
     return {**variables, "params": jax.tree.unflatten(tree, params)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("os_", "size"), [(16, (45, 71)), (8, (37, 29))])
 def test_head_width_and_output_stride(os_: int, size: tuple[int, int]) -> None:
     """ASPP on layer4 at the output stride, decoder on layer1 at stride 4, both `head_channels`
@@ -93,6 +94,7 @@ def test_aspp_on_a_zero_padded_canvas_equals_aspp_on_the_features_alone() -> Non
     assert np.abs(np.asarray(unmasked)[:, :7, :5] - alone).max() > 1e-2  # padding would dilute
 
 
+@pytest.mark.slow
 def test_valid_everywhere_changes_nothing_and_masking_shrinks_the_padding_error() -> None:
     """What masking cannot undo: convolutions at the image's border see the canvas, and the
     align_corners=True upsampling maps the canvas's grid, not the image's (measured with this

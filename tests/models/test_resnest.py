@@ -172,6 +172,7 @@ def test_resnest50_matches_reference(ref, output_stride: int) -> None:
 @pytest.mark.parametrize(
     ("arch", "output_stride"), [("resnest101", 8), ("resnest200", 32), ("resnest269", 16)]
 )
+@pytest.mark.slow
 def test_deep_resnests_match_reference(ref, arch: str, output_stride: int) -> None:
     """Every shipped depth at full depth, one 64x48 image each; ResNeSt-269 (the paper's) at
     output stride 16, 101 at 8 and 200 at 32 (resnest50 has all three above). The

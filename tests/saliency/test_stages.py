@@ -24,6 +24,8 @@ from pnoc_jax.saliency import train as saliency_train
 from pnoc_jax.saliency import train_detector
 from tests.conftest import make_tiny_config
 
+pytestmark = pytest.mark.slow  # end-to-end runs: minutes
+
 STAGES = ("train_saliency", "infer_saliency", "train_detector", "infer_detector", "eval_saliency")
 
 

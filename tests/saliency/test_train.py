@@ -40,6 +40,7 @@ def _ccam_step(devices, batch, hints: bool):
     return before, jax.device_get(new), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hints", [False, True])
 def test_ccam_update_same_on_1_and_8_devices(hints: bool):
     """The contrastive losses pair every image of the global batch, whatever the sharding."""
@@ -65,6 +66,7 @@ def test_ccam_update_same_on_1_and_8_devices(hints: bool):
     assert moved["disentangler_conv"]["kernel"] > 0
 
 
+@pytest.mark.slow
 def test_ccam_update_loss_is_the_sum_of_the_pure_losses():
     """The logged loss recomputed from the model outputs with the pure loss functions."""
     r = np.random.default_rng(1)
@@ -108,6 +110,7 @@ def _detector_step(devices, batch):
     return before, jax.device_get(new), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_detector_update_same_on_1_and_8_devices_masked_loss_and_frozen_bn():
     r = np.random.default_rng(2)
     valid = np.zeros((8, 128, 128), np.float32)

@@ -110,6 +110,7 @@ def _iou(conf: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
+@pytest.mark.slow
 def test_segmentation_stages_end_to_end_and_resume(tiny_config, tmp_path, few_images):
     config, workdir = _segmentation_config(tiny_config), str(tmp_path)
     config.stages = (
@@ -221,6 +222,7 @@ def test_segmentation_stages_end_to_end_and_resume(tiny_config, tmp_path, few_im
     assert seg_train.read_history(artifacts.validation_file(workdir, stage)) == history
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_past_an_unscored_point_is_reported(tiny_config, tmp_path, few_images):
     config, workdir = _segmentation_config(tiny_config), str(tmp_path)
     _fake_pseudo_labels(config, workdir)
@@ -249,6 +251,7 @@ def _one_step(spec: seg_model.ModelSpec, devices, batch):
     return jax.device_get((state.params, state.batch_stats)), float(metrics["loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["deeplabv3plus", "deeplabv2"])
 def test_one_step_same_on_1_and_8_devices(model):
     """Data parallelism changes nothing: BN statistics and the loss are global-batch, and the
