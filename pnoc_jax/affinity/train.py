@@ -14,7 +14,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 from jax.sharding import Mesh
 
 from pnoc_jax import config_lib
@@ -125,20 +124,13 @@ def run(
         pipeline.open_split(config, split, whole=True),
         functools.partial(attach_label, artifacts.affinity_label_dir(workdir, split)),
     )
-    plan = pipeline.training_input(
+    plan = pipeline.section_input(
+        "train_affinity",
+        cfg,
         source,
         transforms.make_affinity_transform(cfg.crop_size, cfg.min_size, cfg.max_size),
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        steps=cfg.steps,
         seed=config.seed,
         keys=("image", "aff_label"),
-    )
-    logging.info(
-        "train_affinity: %d examples, %d steps/epoch, %d steps",
-        plan.num_examples,
-        plan.steps_per_epoch,
-        plan.total_steps,
     )
     model = build_model(config)
     tx, step_stats = make_optimizer(cfg, plan.total_steps)

@@ -136,21 +136,13 @@ def run(
             len(split) - len(source),
             len(split),
         )
-    plan = pipeline.training_input(
+    plan = pipeline.section_input(
+        stage,
+        section,
         source,
         transform,
-        batch_size=section.batch_size,
-        epochs=section.epochs,
-        steps=section.steps,
         seed=config.seed,
-    )
-    logging.info(
-        "%s: %d examples, %d steps/epoch, %d steps, strategy %s",
-        stage,
-        plan.num_examples,
-        plan.steps_per_epoch,
-        plan.total_steps,
-        section.strategy,
+        detail=f"strategy {section.strategy}",
     )
 
     strategy = strategies.strategy_config(section, plan.total_steps)
@@ -219,10 +211,7 @@ def _validate_section(
     number(config, f"{name}.label_smoothing", low=0, high=1, high_open=True)
     number(config, f"{name}.accumulate_steps", low=1, integer=True)
     config_lib.check_choice(config, f"{name}.dtype", ("float32", "bfloat16"))
-    try:
-        transforms.parse_augment(section.augment)
-    except ValueError as e:
-        raise config_lib.ConfigError(f"config.{name}.augment={section.augment!r}: {e}") from None
+    transforms.check_augment(config, f"{name}.augment")
     number(config, f"{name}.noc_lr_mult", low=0, low_open=True)
     config_lib.check_file(config, f"{name}.oc_weights", "the ordinary classifier's weights")
     needs_pretrained = datasets.get_info(config.data.name).needs_pretrained

@@ -13,7 +13,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
 from pnoc_jax.core import fileio, rng
 from pnoc_jax.data import datasets
@@ -217,3 +217,35 @@ def training_input(
         jax.process_count(),
     )
     return TrainingInput(dataset, len(source), per_epoch, steps or epochs * per_epoch)
+
+
+def section_input(
+    stage: str,
+    section: ml_collections.ConfigDict,
+    source: Sequence[dict],
+    transform: Transform,
+    *,
+    seed: int,
+    keys: tuple[str, ...] = ("image", "labels"),
+    detail: str = "",
+) -> TrainingInput:
+    """`training_input` with a training section's `batch_size`, `epochs` and `steps`, and the
+    line that says what `stage` will train on (`detail` appended)."""
+    plan = training_input(
+        source,
+        transform,
+        batch_size=section.batch_size,
+        epochs=section.epochs,
+        steps=section.steps,
+        seed=seed,
+        keys=keys,
+    )
+    logging.info(
+        "%s: %d examples, %d steps/epoch, %d steps%s",
+        stage,
+        plan.num_examples,
+        plan.steps_per_epoch,
+        plan.total_steps,
+        f", {detail}" if detail else "",
+    )
+    return plan

@@ -15,9 +15,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import ml_collections
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from pnoc_jax import config_lib
 from pnoc_jax.core.masks import IGNORE
 from pnoc_jax.data.randaugment import RandAugmentMC
 
@@ -188,6 +190,15 @@ class ClassificationTransform:
             "labels": np.asarray(example["labels"], dtype=np.float32).copy(),
             "mask": mask,
         }
+
+
+def check_augment(config: ml_collections.ConfigDict, key: str) -> None:
+    """ConfigError naming `config.<key>` unless it is a valid `augment` set (`parse_augment`)."""
+    value = config_lib.get(config, key)
+    try:
+        parse_augment(value)
+    except ValueError as e:
+        raise config_lib.ConfigError(f"config.{key}={value!r}: {e}") from None
 
 
 def make_classification_transform(

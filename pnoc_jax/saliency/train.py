@@ -224,21 +224,14 @@ def run(
         hints = functools.partial(attach_hint, artifacts.cam_dir(workdir, cfg.split))
         train_source = pipeline.Attached(source, hints)
         keys = ("image", "hint")
-    plan = pipeline.training_input(
+    plan = pipeline.section_input(
+        "train_saliency",
+        cfg,
         train_source,
         transforms.SaliencyTransform(cfg.resize_size, cfg.crop_size),
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        steps=cfg.steps,
         seed=config.seed,
         keys=keys,
-    )
-    logging.info(
-        "train_saliency (%s): %d examples on this process, %d steps/epoch, %d steps",
-        cfg.method,
-        plan.num_examples,
-        plan.steps_per_epoch,
-        plan.total_steps,
+        detail=f"method {cfg.method}",
     )
     model = build_model(config, cfg.dtype)
     tx, step_stats = make_optimizer(cfg, plan.total_steps)

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import logging
 from jax.sharding import Mesh
 
 from pnoc_jax import config_lib
@@ -152,21 +151,14 @@ def run(
         pipeline.open_split(config, cfg.split, whole=True),
         functools.partial(attach_target, mask_dir),
     )
-    plan = pipeline.training_input(
+    plan = pipeline.section_input(
+        "train_detector",
+        cfg,
         source,
         transforms.DetectorTransform(canvas(config), cfg.input_scale),
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        steps=cfg.steps,
         seed=config.seed,
         keys=("image", "target", "valid"),
-    )
-    logging.info(
-        "train_detector: %d examples on this process, %d steps/epoch, %d steps, canvas %d",
-        plan.num_examples,
-        plan.steps_per_epoch,
-        plan.total_steps,
-        canvas(config),
+        detail=f"canvas {canvas(config)}",
     )
     model = build_model(config, cfg.dtype)
     tx, step_stats = make_optimizer(cfg)

@@ -240,23 +240,14 @@ def run(
     transform = transforms.make_classification_transform(
         cfg.crop_size, cfg.min_size, cfg.max_size, cfg.augment
     )
-    plan = pipeline.training_input(
+    plan = pipeline.section_input(
+        stage,
+        cfg,
         labelled_split(config, workdir, labels, cfg.split, whole=True),
         transform,
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        steps=cfg.steps,
         seed=config.seed,
         keys=("image", "mask"),
-    )
-    logging.info(
-        "%s: %d examples on this process, %d steps/epoch, %d steps, %s on %s labels",
-        stage,
-        plan.num_examples,
-        plan.steps_per_epoch,
-        plan.total_steps,
-        cfg.model,
-        labels,
+        detail=f"{cfg.model} on {labels} labels",
     )
     model = spec.build(frozen_bn=cfg.frozen_bn, dtype=cfg.dtype)
     tx, step_stats = make_optimizer(cfg, plan.total_steps)
@@ -418,10 +409,7 @@ def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -
     config_lib.check_sgd_groups(config, key)
     number(config, f"{key}.label_smoothing", low=0, high=1, high_open=True)
     config_lib.check_choice(config, f"{key}.dtype", ("float32", "bfloat16"))
-    try:
-        transforms.parse_augment(cfg.augment)
-    except ValueError as e:
-        raise config_lib.ConfigError(f"config.{key}.augment={cfg.augment!r}: {e}") from None
+    transforms.check_augment(config, f"{key}.augment")
     number(config, f"{key}.crop_size", low=16, integer=True)
 
 
