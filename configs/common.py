@@ -36,7 +36,7 @@ def add_paper_saliency(
     hint_threshold: float,
     max_image_size: int,
 ) -> None:
-    """The paper's saliency recipe (spec §7, §8, HEAD runner) on `config`, whose stages end
+    """The paper's saliency recipe (method.md §7, §8, HEAD runner) on `config`, whose stages end
     with the priors: C²AM-H (P-NOC hints, ImageNet backbone, OS16, B64 x 2 summed, 10 epochs,
     448 crops of 515 squares, α 0.25, LS 0.1; masks: TTA maps > 0.2 + CRF), PoolNet on its
     masks (ResNet-50, Adam 5e-5, wd 5e-4, 9 epochs) and saliency-guided affinity labels

@@ -1,4 +1,4 @@
-r"""P-NOC on MS COCO 2014 (spec §1, §11, §14): priors, RW pseudo-labels, then DeepLab.
+r"""P-NOC on MS COCO 2014 (method.md §1, §11, §14): priors, RW pseudo-labels, then DeepLab.
 
     python -m pnoc_jax.main --config configs/pnoc_coco.py --workdir runs/coco \
         --config.data.manual_dir=/data/coco2014 --config.model.pretrained=resnest269.npz
@@ -16,7 +16,7 @@ Arguments (`configs/pnoc_coco.py:strategy=poc,backbone=resnet101,ls=0.1`):
             docs/recipes.md "P-NOC (OC+ra)", was trained without it)
   saliency  detector | masks | none, as configs/pnoc_voc.py (default detector)
 
-Recipe (HEAD runner for COCO where it states a value, spec §11/§14; the rest as VOC):
+Recipe (HEAD runner for COCO where it states a value, method.md §11/§14; the rest as VOC):
   data      train = train2014 (82,783 images), priors and pseudo-labels evaluated on
             val = val2014 (40,504), 80 classes (+ background: 81-class heads where a network
             predicts background); random resize of the longer side to 400..800, crop 640.
@@ -75,7 +75,7 @@ def get_config(arg: str | None = None):
         hint_threshold=0.3, max_image_size=640,
     )  # fmt: skip
     config.stages += common.LABEL_STAGES
-    # DeepLabV3+ as on VOC (spec §10) with lr 0.004, on the train pseudo-labels, the checkpoint
+    # DeepLabV3+ as on VOC (method.md §10) with lr 0.004, on the train pseudo-labels, the checkpoint
     # kept by the val pseudo-labels' mIoU, evaluated on val; and its fully supervised bound.
     config.segmentation.update(split="train", val_split="val", lr=0.004)
     config.segmentation_infer.update(splits=("val",), max_image_size=640)

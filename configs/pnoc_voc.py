@@ -1,4 +1,4 @@
-r"""P-NOC on Pascal VOC 2012 (spec §1 runners 1-4): priors, saliency, RW pseudo-labels, then
+r"""P-NOC on Pascal VOC 2012 (method.md §1 runners 1-4): priors, saliency, RW pseudo-labels, then
 the segmentation model trained on them (and its fully supervised bound).
 
     python -m pnoc_jax.main --config configs/pnoc_voc.py --workdir runs/voc \
@@ -24,7 +24,7 @@ Arguments (`configs/pnoc_voc.py:strategy=poc,backbone=resnet101,ls=0.0`):
                none: the conventional affinity labels, no saliency stages). The detector's
                ImageNet ResNet-50: --config.detector.pretrained=resnet50.npz.
 
-Recipe (spec §14, paper-era runner where HEAD differs):
+Recipe (method.md §14, paper-era runner where HEAD differs):
   OC        vanilla CAM, RandAugment (n2, m10) + cutout, LS 0.1, B32, SGD m0 lr 0.1, 15 epochs.
   P-NOC     B16 x accumulate 2, lr 0.1, colorjitter (paper; HEAD used none), 15 epochs;
             noc initialised from the OC, frozen BN, its own SGD (classifier head 10x),
@@ -32,7 +32,7 @@ Recipe (spec §14, paper-era runner where HEAD differs):
 The 2 accumulated gradients are summed, as the reference code does, so lr and weight decay are
 the reference's. Priors and RW scores are evaluated plain and with the CRF (t 10 gt .7; RW t 1
 gt .9). Deviations that remain: docs/deviations.md.
-  C²AM-H    (spec §7, HEAD runner) the CAM backbone from ImageNet, OS16, B64 x accumulate 2,
+  C²AM-H    (method.md §7, HEAD runner) the CAM backbone from ImageNet, OS16, B64 x accumulate 2,
             lr 0.001, 10 epochs, 448 crops of 515 squares, α 0.25, hint weight 1,
             δ_fg 0.4, LS 0.1; masks: TTA maps > 0.2 + CRF (t 10, gt 0.7).
   Detector  PoolNet, ResNet-50 (torchvision structure, ImageNet), Adam 5e-5, wd 5e-4, 9 epochs,
@@ -40,7 +40,7 @@ gt .9). Deviations that remain: docs/deviations.md.
             8 divides 1, 2, 4 or 8 devices; Adam makes the step size independent of the count).
   Labels    saliency > 0.1 (CRF) as the salient region, CAM fg threshold 0.4 (HEAD; PE 0.3).
 
-Segmentation (argument `segmentation=deeplabv3plus|deeplabv2`, spec §10):
+Segmentation (argument `segmentation=deeplabv3plus|deeplabv2`, method.md §10):
   DeepLabV3+  (HEAD runner) the CAM network's backbone from ImageNet, OS16, ASPP 6/12/18 GN,
               trained on the train_aug RW pseudo-labels: SGD m.9 Nesterov lr .007 wd 4e-5,
               poly .9, head 10x/20x, B32, 15 epochs, LS .1, colorjitter, resize 320-640, crop
@@ -97,7 +97,7 @@ def get_config(arg: str | None = None):
     config.train.strategy_args.update(noc_threshold=0.2, noc_every=1, noc_cse_gradient=True)
     config.infer.update(splits=inferred, max_image_size=500)
     config.eval.split = "train"
-    # Pseudo-labels (spec §8-§9): affinity labels from the P-NOC CAMs, saliency-guided by default
+    # Pseudo-labels (§8-§9): affinity labels from the P-NOC CAMs, saliency-guided by default
     # (argument `saliency`), IRN boundary net on the frozen ImageNet backbone, random walk β 10,
     # 2^8 steps, bg 0.3, CRF t1 gt .9.
     config.affinity_labels.split = train_split

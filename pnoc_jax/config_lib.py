@@ -275,7 +275,7 @@ def check_sgd_groups(config: ml_collections.ConfigDict, name: str) -> None:
 
 
 def train_section(**overrides: Any) -> ml_collections.ConfigDict:
-    """Defaults of one classifier-training section (`config.train` or `config.oc`), spec §2/§14."""
+    """Defaults of one classifier-training section (`config.train` or `config.oc`), §2/§14."""
     section = ml_collections.ConfigDict(
         {
             "strategy": "cam",
@@ -310,7 +310,7 @@ def train_section(**overrides: Any) -> ml_collections.ConfigDict:
                     "noc_threshold": 0.2,  # δ_noc: noc sees pixels with ψ(A^r) <= δ_noc
                     "noc_every": 1,  # k_noc
                     # The official code also feeds noc the gradient of λ_cse·ℓ(noc(x̃), y∖r)
-                    # (spec §5.4); True reproduces the published numbers, False = paper text.
+                    # (method.md §5.4); True reproduces the published numbers, False = paper text.
                     "noc_cse_gradient": True,
                 }
             ),
@@ -363,13 +363,13 @@ def base_config() -> ml_collections.ConfigDict:
             "split": "train",
             "thresholds": tuple(round(0.05 * i, 2) for i in range(1, 17)),
             # The priors' sweep is also reported with each thresholded map refined by the
-            # dense CRF (spec §6: t 10, gt_prob 0.7); 0 = the plain sweep only. The random
+            # dense CRF (method.md §6: t 10, gt_prob 0.7); 0 = the plain sweep only. The random
             # walk's sweep uses the pseudo-labels' CRF (config.rw.crf_*), as the reference.
             "crf_iterations": 10,
             "crf_gt_prob": 0.7,
         }
     )
-    # Affinity labels from the CAMs of `split` (spec §8).
+    # Affinity labels from the CAMs of `split` (method.md §8).
     config.affinity_labels = ml_collections.ConfigDict(
         {
             "split": "train",
@@ -384,7 +384,7 @@ def base_config() -> ml_collections.ConfigDict:
             "crf_gt_prob": 0.7,
         }
     )
-    # AffinityNet (IRN boundary branch) trained on those labels (spec §9).
+    # AffinityNet (IRN boundary branch) trained on those labels (method.md §9).
     config.affinity = ml_collections.ConfigDict(
         {
             "backbone": "",  # "" = config.model.backbone
@@ -403,7 +403,7 @@ def base_config() -> ml_collections.ConfigDict:
             "radius": 10,
         }
     )
-    # Random walk and pseudo labels (spec §9); CAMs of every split must exist.
+    # Random walk and pseudo labels (method.md §9); CAMs of every split must exist.
     config.rw = ml_collections.ConfigDict(
         {
             "splits": ("train",),
@@ -416,7 +416,7 @@ def base_config() -> ml_collections.ConfigDict:
             "max_image_size": 500,  # canvas side for the edge network
         }
     )
-    # Saliency (spec §7): C²AM / C²AM-H (stage train_saliency). Reference C²AM-H: lr 0.001,
+    # Saliency (method.md §7): C²AM / C²AM-H (stage train_saliency). Reference C²AM-H: lr 0.001,
     # 10 epochs, 448 crops of 515 squares, B32 (paper; HEAD B64 x 2 summed), α 0.25, hint
     # weight 1, δ_fg 0.4, LS 0.1.
     config.saliency = ml_collections.ConfigDict(
@@ -494,7 +494,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Segmentation: DeepLab trained on the pseudo-labels (stages
     # train/infer/eval_segmentation) or, for the fully supervised bound, on the ground-truth
-    # masks (the same stages named *_gt). Spec §10, HEAD runner.
+    # masks (the same stages named *_gt). method.md §10, HEAD runner.
     config.segmentation = ml_collections.ConfigDict(
         {
             "model": "deeplabv3plus",  # or "deeplabv2" (ASPP-V2 + MSC, the paper's V2 rows)

@@ -1,7 +1,7 @@
 """Stage `eval_pseudo_labels`: the random walk and its pseudo-labels against the ground truth.
 
 On `config.eval.split` (the split the priors are evaluated on): the threshold sweep of the RW
-scores, as the priors' (spec §9, runner 3 step 4), plain and with the pseudo-labels' CRF
+scores, as the priors' (method.md §9, runner 3 step 4), plain and with the pseudo-labels' CRF
 (`config.rw.crf_iterations`, `crf_gt_prob`: t 1, gt 0.9, what the reference reports), and the
 mIoU of the pseudo-label PNGs. Writes `eval_pseudo_labels/{metrics.json, sweep.csv, sweep.png}`
 (+ `sweep_crf.csv`); the priors' mIoU on the same split is copied beside them for comparison.

@@ -1,4 +1,4 @@
-"""Affinity labels from CAMs (spec §8) and inter-pixel pair labels (spec §9), NumPy only.
+"""Affinity labels from CAMs (method.md §8) and inter-pixel pair labels (method.md §9), NumPy only.
 
 Label maps use 0 = background, 1..C = class, 255 = uncertain (ignored). The dense CRF is the
 pydensecrf-compatible `pnoc_jax.postprocess.crf.dense_crf_labels` (Gaussian sxy 3 / compat 3,

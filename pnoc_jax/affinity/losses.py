@@ -1,4 +1,4 @@
-"""The AffinityNet training loss in JAX (spec §9): affinities from boundaries along IRN paths.
+"""The AffinityNet training loss in JAX (method.md §9): affinities from boundaries along IRN paths.
 
 aff(src, dst) = 1 − max over the path of σ(edge). Pair labels (bg_pos, fg_pos, neg) come from
 the stride-4 affinity label map like `labels.pair_labels`, computed on device for the batch.

@@ -1,4 +1,4 @@
-"""Stage `affinity_labels`: CAMs (`infer_cam`) -> affinity labels (spec §8).
+"""Stage `affinity_labels`: CAMs (`infer_cam`) -> affinity labels (method.md §8).
 
 Writes `affinity_labels/<split>/<id>.png` (palette PNG: 0 background, 1..C class, 255 uncertain)
 for every labelled image of `config.affinity_labels.split`, with conventional labels (CAM + CRF)

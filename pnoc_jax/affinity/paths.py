@@ -1,4 +1,4 @@
-"""Inter-pixel search directions and paths of IRN's ``PathIndex`` (spec §9), in NumPy.
+"""Inter-pixel search directions and paths of IRN's ``PathIndex`` (method.md §9), in NumPy.
 
 For a radius R the search directions are (0, x) for x = 1..R-1 and (y, x) for y = 1..R-1,
 x = -R+1..R-1 with x² + y² < R² (a half disc, so each unordered pixel pair appears once). The

@@ -1,4 +1,4 @@
-"""IRN random walk on boundary-derived affinities (spec §9), sparse NumPy/SciPy.
+"""IRN random walk on boundary-derived affinities (method.md §9), sparse NumPy/SciPy.
 
 The reference builds a dense N×N affinity matrix (N = h·w at stride 4), raises it to β,
 column-normalises it into T and squares T ``exp_times`` times, then computes ``x · T^(2^e)``.

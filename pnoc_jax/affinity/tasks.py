@@ -55,7 +55,7 @@ class LabelTask:
 
 
 def affinity_label(task: LabelTask) -> tuple[np.ndarray, bool]:
-    """Writes the image's affinity-label PNG unless it exists (spec §8).
+    """Writes the image's affinity-label PNG unless it exists (method.md §8).
 
     Returns its `label_counts` and whether it was computed now.
     """

@@ -1,4 +1,4 @@
-"""Stage `train_affinity`: train AffinityNet's edge layers on the affinity labels (spec §9).
+"""Stage `train_affinity`: train AffinityNet's edge layers on the affinity labels (method.md §9).
 
 Data: the images of `config.affinity_labels.split` with their affinity-label PNGs; random
 long-side resize, flip, normalise, random crop, labels to crop/4. SGD
@@ -38,7 +38,7 @@ def build_model(config: ml_collections.ConfigDict) -> AffinityNet:
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
     """SGD, lr·poly(0.9) and weight decay on every edge parameter (kernels, GroupNorm scales
-    and offsets, the output bias: the reference's one parameter group, spec §9); backbone
+    and offsets, the output bias: the reference's one parameter group, method.md §9); backbone
     frozen. Spec: momentum 0."""
     return optim.make_optimizer(
         optim.OptimizerConfig(

@@ -1,4 +1,4 @@
-"""Stage `random_walk`: AffinityNet boundaries -> random walk -> dense-CRF pseudo-labels (spec §9).
+"""Stage `random_walk`: AffinityNet boundaries -> random walk -> dense-CRF pseudo-labels (§9).
 
 For every image of `config.rw.splits`: boundaries of the trained AffinityNet (flip-averaged, on
 the accelerator, batched on a fixed canvas), then in `core.pool` the IRN random walk of the

@@ -1,4 +1,4 @@
-"""Stage `eval_cam`: background-threshold sweep of the CAMs against the ground truth (spec §6),
+"""Stage `eval_cam`: background-threshold sweep of the CAMs against the ground truth (method.md §6),
 plain and, with `config.eval.crf_iterations` > 0, with the CRF (the reference reports both).
 
 Writes `<workdir>/eval_cam/{metrics.json, sweep.csv, sweep.png}` (+ `sweep_crf.csv`).

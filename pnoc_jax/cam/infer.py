@@ -1,4 +1,4 @@
-"""Stage `infer_cam`: CAMs with test-time augmentation, one `.npz` per image (spec §6).
+"""Stage `infer_cam`: CAMs with test-time augmentation, one `.npz` per image (method.md §6).
 
 For every scale s in `config.infer.scales`, the image is resized (PIL bicubic) and run with its
 horizontal flip; ReLU(A) of the pair is summed, resized (bilinear, half-pixel) to stride 4

@@ -1,4 +1,4 @@
-"""Pure loss terms and schedules of the CAM strategies (spec §2–§5). Arrays are NHWC.
+"""Pure loss terms and schedules of the CAM strategies (method.md §2–§5). Arrays are NHWC.
 
 Shapes: logits [B, C]; labels [B, C] in [0, 1]; cams [B, h, w, C] raw (pre-ReLU) CAM logits.
 """
@@ -28,7 +28,7 @@ def linear_ramp(step: jax.Array, total_steps: int, start: float, end: float, fra
     return start + (end - start) * progress
 
 
-# --- Puzzle-CAM (spec §3) ---------------------------------------------------------------------
+# --- Puzzle-CAM (§3) ---------------------------------------------------------------------
 
 
 def tile(images: jax.Array) -> jax.Array:
@@ -62,7 +62,7 @@ def reconstruction_loss(cams: jax.Array, merged_cams: jax.Array, labels: jax.Arr
     return jnp.mean(diff * labels[:, None, None, :])
 
 
-# --- OC-CSE / P-NOC erasing (spec §4, §5) ----------------------------------------------------
+# --- OC-CSE / P-NOC erasing (method.md §4, §5) ----------------------------------------------------
 
 
 def sample_erased_class(key: jax.Array, labels: jax.Array) -> jax.Array:

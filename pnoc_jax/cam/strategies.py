@@ -1,4 +1,4 @@
-"""CAM training strategies: which loss terms each adds to the generator's loss (spec §2–§5).
+"""CAM training strategies: which loss terms each adds to the generator's loss (method.md §2–§5).
 
 | term   | generator loss f gets                            | second network            |
 |--------|--------------------------------------------------|---------------------------|
@@ -11,7 +11,7 @@
 noc is updated by its own jitted function over its own optax state on the hard-masked image
 x ∘ [ψ(A^r) <= δ_noc] against the full (smoothed) labels, weighted by λ_noc. With
 `noc_cse_gradient` the noc update also receives ∇_noc of λ_cse·o from the generator's loss, as
-the official code does (spec §5.4); the generator update itself never changes noc.
+the official code does (method.md §5.4); the generator update itself never changes noc.
 """
 
 import dataclasses

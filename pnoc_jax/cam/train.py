@@ -68,7 +68,7 @@ def optimizer_config(
     lr_mult: float = 1.0,
 ) -> optim.OptimizerConfig:
     """SGD of a classifier-training section. Accumulated gradients are SUMMED, as the reference
-    CAM scripts do (they do not divide the loss by the accumulation steps, spec §2), so the
+    CAM scripts do (they do not divide the loss by the accumulation steps, method.md §2), so the
     section's lr and weight decay are the reference's own, for f and for noc."""
     return optim.OptimizerConfig(
         lr=section.lr * lr_mult,

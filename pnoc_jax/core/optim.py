@@ -1,4 +1,4 @@
-"""SGD with the poly schedule and the parameter groups of the reference code (spec §2).
+"""SGD with the poly schedule and the parameter groups of the reference code (method.md §2).
 
 Groups, by parameter path:
   backbone_weight  backbone kernels and BN scales      lr x1   weight decay
@@ -103,7 +103,7 @@ def make_optimizer(cfg: OptimizerConfig) -> tuple[optax.GradientTransformation, 
     With `accumulate_steps` = k > 1 an optimizer step takes the SUM (`accumulation="sum"`) or
     the MEAN ("mean") of the k micro-batch gradients (optax.MultiSteps), then adds the decay:
     w <- w - lr·mult·(Σ_i g_i + wd·w) ("sum", the reference's CAM scripts: the loss is not
-    divided, spec §2 "Batch & gradient accumulation") or w <- w - lr·mult·(Σ_i g_i / k + wd·w)
+    divided, method.md §2 "Batch & gradient accumulation") or w <- w - lr·mult·(Σ_i g_i / k + wd·w)
     ("mean", the reference's DeepLab, which divides the loss). Emulating "sum" by "mean" at k
     times the learning rate would also multiply the decay by k.
     """

@@ -100,7 +100,7 @@ class Subset(Sequence):
 
 def labelled_only(source: Sequence[dict]) -> Sequence[dict]:
     """The examples of `source` with at least one class, as the reference's classification
-    datasets train on (`IGNORE_BG_IMAGES`: an image without a label is skipped, spec §2): an
+    datasets train on (`IGNORE_BG_IMAGES`: an image without a label is skipped, method.md §2): an
     image without a class has nothing to erase (OC-CSE, P-NOC) nor to localise.
     Reads labels only (`ids_and_labels`) where the source offers it."""
     if hasattr(source, "ids_and_labels"):

@@ -1,4 +1,4 @@
-"""RandAugmentMC (FixMatch pool), host-side with PIL; spec §2 item 4.
+"""RandAugmentMC (FixMatch pool), host-side with PIL; method.md §2 item 4.
 
 `RandAugmentMC(n=2, m=10)`: choose `n` ops with replacement from the pool below; each is applied
 with probability 0.5 at magnitude ``v ~ U{1..m-1}`` (= U{1..9}), where

@@ -1,4 +1,4 @@
-"""Host-side (NumPy / PIL) augmentations for classification training, spec §2 "Input pipeline".
+"""Host-side (NumPy / PIL) augmentations for classification training, method.md §2 "Input pipeline".
 
 All functions are pure given an `np.random.Generator`. Images are HWC; uint8 RGB until
 `normalize`, float32 afterwards. Masks are uint8[H, W] (0 bg, 1..C, 255 ignore) and follow the
@@ -204,7 +204,7 @@ def check_augment(config: ml_collections.ConfigDict, key: str) -> None:
 def make_classification_transform(
     image_size: int, min_size: int, max_size: int, augment: str
 ) -> Callable[[dict, np.random.Generator], dict]:
-    """Build the classification transform (spec §2 steps 1-6); `augment` as in `parse_augment`."""
+    """Build the classification transform (§2 steps 1-6); `augment` as in `parse_augment`."""
     if not 0 < min_size <= max_size:
         raise ValueError(f"Need 0 < min_size <= max_size, got {min_size}, {max_size}.")
     return ClassificationTransform(image_size, min_size, max_size, parse_augment(augment))
@@ -219,7 +219,7 @@ def nearest_downsample(mask: np.ndarray, factor: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class AffinityTransform:
-    """Picklable ``(example, rng) -> {"image", "aff_label"}`` for AffinityNet training (spec §9).
+    """Picklable ``(example, rng) -> {"image", "aff_label"}`` for AffinityNet training (§9).
 
     The example's ``aff_label`` (uint8[H, W]: 0 bg, 1..C, 255 uncertain) follows the image
     through the classification geometry (random long-side resize, flip, normalise, crop/pad with
@@ -253,7 +253,7 @@ def make_affinity_transform(
 
 @dataclasses.dataclass(frozen=True)
 class SaliencyTransform:
-    """Picklable ``(example, rng) -> {"image", "hint"}`` for C²AM / C²AM-H training (spec §7).
+    """Picklable ``(example, rng) -> {"image", "hint"}`` for C²AM / C²AM-H training (method.md §7).
 
     The image and its hint map (float [H, W]; zeros when the example has none) are resized to a
     `resize_size` square (PIL bilinear, both), flipped together, the image normalised, and a
@@ -305,7 +305,7 @@ class DetectorTransform:
     """Picklable ``(example, rng) -> {"image", "target", "valid"}`` for the saliency detector.
 
     PoolNet is trained at the images' own resolution (times `input_scale`), with a random
-    horizontal flip and no other augmentation (spec §7). To batch images of different sizes,
+    horizontal flip and no other augmentation (method.md §7). To batch images of different sizes,
     each is normalised and pasted at the top-left of a `canvas` square (padding 0, the mean
     colour); `valid` marks the image's pixels, where the loss counts. The target (saliency in
     [0, 1], float [H, W]) follows the image (bilinear when scaled). Output: image

@@ -1,4 +1,4 @@
-"""The CRF variant of the threshold sweep, one image per task (spec §6, the CRF table of §9).
+"""The CRF variant of the threshold sweep, one image per task (method.md §6, the CRF table of §9).
 
 For every threshold t the reference's `evaluate.py` (with `--crf_t`) labels the image
 argmax([t, scores]) in the image's own label space (0 the background plane, k the k-th class

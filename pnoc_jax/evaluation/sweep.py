@@ -2,7 +2,7 @@
 
 Three evaluators share one aggregation (confusion matrices summed over the split and over
 processes): `sweep` for score maps thresholded against a background plane (CAMs, random-walk
-scores; spec §6), `crf_sweep` for the same with every thresholded map refined by the dense CRF
+scores; method.md §6), `crf_sweep` for the same with every thresholded map refined by the dense CRF
 (the variant the reference reports beside it; per image in `core.pool`, `crf_tasks.py`), and
 `label_maps` for finished label PNGs (pseudo-labels, segmentations). `write_report` writes
 `metrics.json`, `sweep.csv`, `sweep.png` and, with the CRF variant, `sweep_crf.csv`.

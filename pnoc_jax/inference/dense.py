@@ -1,4 +1,4 @@
-"""Dense (per-pixel) predictions at the image's size: scales x flip on fixed canvases (spec §10).
+"""Dense (per-pixel) predictions at the image's size: scales x flip on fixed canvases (§10).
 
 For every scale s the images are resized (PIL bicubic, `tta.resize_image`), normalised and
 padded bottom/right with 0 (the mean colour) onto the canvas of side

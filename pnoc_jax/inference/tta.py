@@ -1,4 +1,4 @@
-"""Test-time augmentation on fixed square canvases: scales x horizontal flip (spec §6).
+"""Test-time augmentation on fixed square canvases: scales x horizontal flip (method.md §6).
 
 Each image and its mirror image are normalised and padded bottom/right with 0 (the mean colour
 after normalisation) onto a canvas that fits any image of the split at that scale, so the

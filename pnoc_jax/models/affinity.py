@@ -1,4 +1,4 @@
-"""AffinityNet: IRN's boundary (inter-pixel relation) branch on a frozen ResNet (spec §9, PE).
+"""AffinityNet: IRN's boundary (inter-pixel relation) branch on a frozen ResNet (method.md §9, PE).
 
 The backbone runs in inference mode (BN running statistics) and its five taps are cut from the
 gradient, so only the edge layers learn; the optimizer additionally freezes every parameter

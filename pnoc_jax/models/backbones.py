@@ -23,7 +23,7 @@ from pnoc_jax.models import resnest, resnet
 FEATURE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 OUTPUT_STRIDES = (8, 16, 32)
 
-# The ImageNet weights the reference loads (spec §2): torchvision's original (V1) ResNets and
+# The ImageNet weights the reference loads (method.md §2): torchvision's original (V1) ResNets and
 # the ResNeSt authors' release; the hex in each name is the start of the file's SHA-256, which
 # `python -m pnoc_jax.models.convert` checks.
 IMAGENET_WEIGHTS = {

@@ -1,4 +1,4 @@
-"""C²AM / C²AM-H network: ResNet backbone + the fg/bg "disentangler" (spec §7, ``core/ccam.py``).
+"""C²AM / C²AM-H network: ResNet backbone + the fg/bg "disentangler" (§7, ``core/ccam.py``).
 
 ``F = concat(layer4, layer3)`` (channels in that order) at the backbone's output stride, a 3x3
 conv without bias to one channel and a BatchNorm give the logit map z; with P = σ(z)::
@@ -29,7 +29,7 @@ class CCAM(nn.Module):
     ``frozen_bn``), ``disentangler_conv`` and ``disentangler_bn``. The disentangler's BatchNorm is
     an ordinary one (batch statistics when training) whatever ``frozen_bn`` says, as in the
     reference, where only the backbone's norm layers are fixed. Outside ``backbone`` the
-    parameters fall in the optimizer's head groups (kernel/scale 10×, BN bias 20×; spec §7).
+    parameters fall in the optimizer's head groups (kernel/scale 10×, BN bias 20×; method.md §7).
     """
 
     backbone: str

@@ -2,10 +2,10 @@
 
 Both put a new head on a ResNet ``backbone`` submodule (:mod:`pnoc_jax.models.resnet`), so
 :func:`pnoc_jax.core.optim.param_labels` gives the backbone 1×/2× and every head parameter
-10×/20× (spec §2) without further configuration. Inputs are NHWC; logits are float32 whatever
+10×/20× (method.md §2) without further configuration. Inputs are NHWC; logits are float32 whatever
 the compute ``dtype``.
 
-**DeepLabV3+** (spec §10; P-NOC ``core/networks.py::DeepLabV3Plus``, ``core/deeplab_utils.py``)::
+**DeepLabV3+** (§10; P-NOC ``core/networks.py::DeepLabV3Plus``, ``core/deeplab_utils.py``)::
 
     layer4 ─ ASPP: 1×1 | 3×3 rate r1 | 3×3 r2 | 3×3 r3 | image pool (GAP → 1×1 → broadcast)
              each 256, no bias, GroupNorm(4), ReLU; concat 1280 → 1×1 256 GN ReLU Dropout 0.5

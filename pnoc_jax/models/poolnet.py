@@ -1,7 +1,7 @@
 """PoolNet (Liu et al., CVPR 2019), ResNet-50 "locate" variant: a fully supervised saliency net.
 
 Structure (the authors' ``networks/poolnet.py`` with ``config_resnet`` and
-``networks/deeplab_resnet.py::ResNet_locate``, as used by P-NOC; spec §7)::
+``networks/deeplab_resnet.py::ResNet_locate``, as used by P-NOC; method.md §7)::
 
     taps    conv1 (stem before max-pool, stride 2), layer1 (4), layer2 (8), layer3 (16), layer4 (16)
     convert 1x1 conv (no bias) + ReLU per tap -> 128, 256, 256, 512, 512 channels

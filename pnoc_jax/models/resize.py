@@ -2,8 +2,8 @@
 bicubic (a = −0.75).
 
 `jax.image.resize` antialiases when it downsamples, has no `align_corners=True` mode and uses
-the Keys cubic with a = −0.5, so the DeepLab heads (spec §10), PoolNet and the C²AM-H hint maps
-(448 → 28, spec §7) use these instead (spec §13.14). Source coordinates and weights are computed
+the Keys cubic with a = −0.5, so the DeepLab heads (method.md §10), PoolNet and the C²AM-H hint maps
+(448 → 28, §7) use these instead (§13.14). Source coordinates and weights are computed
 on the host (sizes are static) exactly as PyTorch's CPU kernels compute them; interpolation runs
 in float32 and the result is cast back to the input dtype.
 

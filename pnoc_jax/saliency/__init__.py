@@ -1,1 +1,1 @@
-"""Saliency family: C²AM / C²AM-H losses (spec §7); the models live in ``pnoc_jax.models``."""
+"""Saliency family: C²AM / C²AM-H losses (method.md §7); the models live in ``pnoc_jax.models``."""

@@ -1,4 +1,4 @@
-"""Stage `eval_saliency`: the saliency evaluation of Table 6 on `config.eval.split` (spec §7).
+"""Stage `eval_saliency`: the saliency evaluation of Table 6 on `config.eval.split` (method.md §7).
 
 For each stage of `config.saliency_eval.sources` (infer_saliency: the C²AM(-H) CRF masks,
 infer_detector: the detector's maps), with the confusions of `saliency.metrics`:

@@ -1,4 +1,4 @@
-"""Stage `infer_saliency`: C²AM(-H) maps with test-time augmentation, and their CRF masks (spec §7).
+"""Stage `infer_saliency`: C²AM(-H) maps with test-time augmentation, and their CRF masks (§7).
 
 For every image with classes of `config.saliency_infer.splits`: ReLU(s·z) of the image and of
 its mirror image at every scale (fixed canvases, `inference.tta`; s = -1 when train_saliency

@@ -1,4 +1,4 @@
-"""Stage `infer_detector`: saliency maps of the trained detector (spec §7).
+"""Stage `infer_detector`: saliency maps of the trained detector (method.md §7).
 
 For every image of `config.detector_infer.splits`: the image times `config.detector.input_scale`
 (PIL bicubic), normalised and padded onto the training canvas, one forward pass (no flip, as

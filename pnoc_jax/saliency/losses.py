@@ -1,4 +1,4 @@
-"""Pure loss terms of C²AM and C²AM-H (spec §7; reference ``core/ccam.py``, ``train_hints.py``).
+"""Pure loss terms of C²AM and C²AM-H (§7; reference ``core/ccam.py``, ``train_hints.py``).
 
 Shapes: embeddings fg, bg [B, C] (the :class:`~pnoc_jax.models.ccam.CCAM` outputs); logits z
 [B, h, w] (the disentangler's pre-sigmoid map); hints [B, h, w] at z's size. All losses are computed

@@ -1,4 +1,4 @@
-"""C²AM saliency maps: test-time combination, orientation and CRF masks (spec §7), NumPy only.
+"""C²AM saliency maps: test-time combination, orientation and CRF masks (method.md §7), NumPy only.
 
 * `combine_scales`: the per-scale sums of ReLU(z) over the flip pair are resized (bilinear,
   half-pixel) to stride 4 (`cam`) and to the image (`hr_cam`), averaged over the scales and each
@@ -38,7 +38,7 @@ def combine_scales(
     """Mean over scales of the flip-pair sums, at stride 4 and at full resolution, normalised.
 
     maps_per_scale: [h_s, w_s] per scale (ReLU(z) of the image + unflipped ReLU(z) of its
-    mirror). Like CAMs (spec §6), `cam` is resized to (⌈H/4⌉, ⌈W/4⌉) and `hr_cam` to
+    mirror). Like CAMs (method.md §6), `cam` is resized to (⌈H/4⌉, ⌈W/4⌉) and `hr_cam` to
     (stride·⌈H/stride⌉, stride·⌈W/stride⌉), cropped to H x W. Each is divided by its max + 1e-5.
     Returns (cam [1, ⌈H/4⌉, ⌈W/4⌉], hr_cam [1, H, W]), float32 in [0, 1).
     """

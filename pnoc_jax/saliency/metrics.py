@@ -1,4 +1,4 @@
-"""The saliency evaluation of Table 6 as per-image confusion matrices (spec §7), NumPy only.
+"""The saliency evaluation of Table 6 as per-image confusion matrices (method.md §7), NumPy only.
 
 Saliency maps s are floats in [0, 1] (PNG / 255). GT masks use 0 background, 1..C classes and
 255 ignored. Three measures, each a confusion matrix summed over a split, as the reference's

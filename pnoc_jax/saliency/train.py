@@ -1,4 +1,4 @@
-"""Stage `train_saliency`: C²AM, or C²AM-H with hints from the P-NOC priors (spec §7).
+"""Stage `train_saliency`: C²AM, or C²AM-H with hints from the P-NOC priors (method.md §7).
 
 `config.saliency.method` picks the objective: "ccam" = sim_max(fg) + sim_min(bg, fg) + sim_max(bg)
 (contrastive only), "ccamh" adds `hint_weight` · hint loss, whose hints are the max over each
@@ -147,7 +147,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
             poly_power=cfg.poly_power,
             lr_mult=tuple(cfg.lr_mult),
             accumulate_steps=cfg.accumulate_steps,
-            accumulation="sum",  # the reference sums the accumulated gradients (spec §2)
+            accumulation="sum",  # the reference sums the accumulated gradients (method.md §2)
         )
     )
 

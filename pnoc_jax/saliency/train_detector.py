@@ -1,4 +1,4 @@
-"""Stage `train_detector`: a saliency detector (PoolNet) trained on the C²AM(-H) masks (spec §7).
+"""Stage `train_detector`: a saliency detector (PoolNet) trained on the C²AM(-H) masks (§7).
 
 Data: the images of `config.detector.split` with their `infer_saliency` masks (PNG / 255) as
 targets, at their own resolution times `input_scale`, randomly flipped. The reference trains at

@@ -1,1 +1,1 @@
-"""Segmentation stage: DeepLab training losses (spec §10)."""
+"""Segmentation stage: DeepLab training losses (method.md §10)."""

@@ -1,5 +1,5 @@
 """Stages `infer_segmentation` and `infer_segmentation_gt`: the kept segmentation network on
-`config.segmentation_infer.splits` (spec §10, test time).
+`config.segmentation_infer.splits` (method.md §10, test time).
 
 Per image: logits at scales x (optional) flip on fixed canvases (`inference.dense`), each
 resized to the image, the flip pair summed, the mean over scales; then, in `core.pool`,

@@ -1,4 +1,4 @@
-"""Pixel-wise losses of the segmentation stage (spec §10). Arrays are NHWC.
+"""Pixel-wise losses of the segmentation stage (method.md §10). Arrays are NHWC.
 
 Shapes: logits [B, H, W, K]; labels [B, H, W] integer class ids in [0, K) or ``ignore_index``.
 """

@@ -1,6 +1,6 @@
 """The segmentation network as a file and as a predictor: `weights/model.json` (`ModelSpec`, the
 architecture that `infer_segmentation` and `python -m pnoc_jax.predict` rebuild) and the batch
-predictor of a trained network on this process's devices (spec §10, test time)."""
+predictor of a trained network on this process's devices (method.md §10, test time)."""
 
 import dataclasses
 from collections.abc import Callable

@@ -13,7 +13,7 @@ import numpy as np
 from pnoc_jax.core import fileio
 from pnoc_jax.postprocess import crf
 
-# The dense CRF of DeepLab's test time (spec §9 table, "dlv2": HEAD segmentation inference and
+# The dense CRF of DeepLab's test time (method.md §9 table, "dlv2": HEAD segmentation inference and
 # deeplab-pytorch): unary -log softmax, Gaussian(sxy 1, compat 3) + bilateral(sxy 67, srgb 3,
 # compat 4).
 CRF_KERNELS = {

@@ -1,5 +1,5 @@
 """Stages `train_segmentation` and `train_segmentation_gt`: DeepLab trained on the random-walk
-pseudo-labels, or on the ground-truth masks (the fully supervised bound) (spec §10).
+pseudo-labels, or on the ground-truth masks (the fully supervised bound) (method.md §10).
 
 Both read `config.segmentation`; only the labels differ. Data: the images of `split` with their
 label maps, random long-side resize [min_size, max_size] (bicubic / nearest), flip,

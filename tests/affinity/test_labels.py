@@ -1,4 +1,4 @@
-"""Affinity labels (spec §8) and inter-pixel pair labels (spec §9) on hand-made maps."""
+"""Affinity labels (method.md §8) and inter-pixel pair labels (method.md §9) on hand-made maps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Parameter groups, LR multipliers, weight-decay masks and the poly schedule (spec §2)."""
+"""Parameter groups, LR multipliers, weight-decay masks and the poly schedule (method.md §2)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Host augmentations (spec §2): resize, flip, colour jitter, RandAugment, normalise, crop/pad."""
+"""Host augmentations (§2): resize, flip, colour jitter, RandAugment, normalise, crop/pad."""
 
 from __future__ import annotations
 

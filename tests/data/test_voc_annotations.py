@@ -1,4 +1,4 @@
-"""VOC image labels from Annotations/<id>.xml (spec §11), not from the masks, when it exists."""
+"""VOC image labels from Annotations/<id>.xml (§11), not from the masks, when it exists."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The CRF variant of the sweep against a brute-force loop over thresholds (spec §6)."""
+"""The CRF variant of the sweep against a brute-force loop over thresholds (method.md §6)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""PyTorch transcription of C²AM (spec §7): the disentangler model and its two contrastive losses.
+"""PyTorch transcription of C²AM (§7): the disentangler model and its two contrastive losses.
 
 Written from the spec's description of the reference (``core/ccam.py``, ``core/networks.py::CCAM``)
 in plain torch, to check the flax model and the JAX losses; also the flax variable mapping.

@@ -2,7 +2,7 @@
 
 * :class:`TorchResNet`: torchvision's ResNet structure (module names, dilation rules) without
   torchvision, returning the stem and stage outputs; ``BasicBlock`` also accepts dilation.
-* :class:`TorchDeepLabV3Plus`: P-NOC's DeepLabV3+ with GroupNorm (spec §10).
+* :class:`TorchDeepLabV3Plus`: P-NOC's DeepLabV3+ with GroupNorm (method.md §10).
 * :class:`TorchDeepLabV2` and :class:`TorchMSC`: deeplab-pytorch's ASPP-V2 sum and multi-scale
   inputs.
 * :func:`load_flax_variables`: copies flax ``{"params", "batch_stats"}`` into these modules. Head

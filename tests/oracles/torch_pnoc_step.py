@@ -1,4 +1,4 @@
-"""The P-NOC training step in PyTorch, as the reference runs it (spec §5): the speed yardstick
+"""The P-NOC training step in PyTorch, as the reference runs it (method.md §5): the speed yardstick
 for `python -m pnoc_jax.benchmark --strategy pnoc`.
 
     python -m tests.oracles.torch_pnoc_step --backbone resnet50 --batch 8 --size 160

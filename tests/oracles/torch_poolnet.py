@@ -1,4 +1,4 @@
-"""PyTorch transcription of PoolNet's ResNet "locate" variant (Liu et al. 2019; spec §7).
+"""PyTorch transcription of PoolNet's ResNet "locate" variant (Liu et al. 2019; method.md §7).
 
 Written from the structure of the authors' ``networks/poolnet.py`` (``config_resnet``) and
 ``networks/deeplab_resnet.py::ResNet_locate`` in plain torch, on the torchvision-structured

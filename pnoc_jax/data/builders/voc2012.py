@@ -19,7 +19,7 @@ Inside the VOC2012 folder ``ROOT`` it uses:
   from ``SegmentationClassAug/{id}.png``, falling back to ``SegmentationClass/{id}.png``.
 
 Image labels (20-dim multi-hot) come from ``ROOT/Annotations/{id}.xml`` when that folder exists,
-as the reference's (spec §11): the ``<name>`` of every ``<object>``, difficult and truncated ones
+as the reference's (§11): the ``<name>`` of every ``<object>``, difficult and truncated ones
 included, except objects whose box is empty once its corners are truncated to integers and
 clipped to the image (`read_xml_labels`). Every listed id then needs its XML. Without an
 ``Annotations/`` folder they are the classes 1..20 present in the mask (0 and 255 ignored);
@@ -206,7 +206,7 @@ def _xml_int(node, tag: str, path: Path) -> int:
 
 
 def read_xml_labels(path: Path) -> np.ndarray:
-    """float32[20] multi-hot of the objects of a VOC ``Annotations/<id>.xml`` (spec §11).
+    """float32[20] multi-hot of the objects of a VOC ``Annotations/<id>.xml`` (method.md §11).
 
     Every ``<object>`` counts (difficult and truncated too) unless its box is empty: corners
     truncated to integers and clipped to [0, width - 1] x [0, height - 1] (``<size>``), then
@@ -388,7 +388,7 @@ class PnocVoc2012(SegmentationBuilder):
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
         "1.0.0": "Initial release.",
-        "1.1.0": "Image labels from Annotations/<id>.xml when the folder exists (spec §11).",
+        "1.1.0": "Image labels from Annotations/<id>.xml when the folder exists (method.md §11).",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Point manual_dir at a folder containing VOCdevkit/VOC2012/ (or at the VOC2012 folder "
