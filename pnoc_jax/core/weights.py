@@ -114,6 +114,10 @@ def merge(
     return out
 
 
+class WeightsError(UserError, ValueError):
+    """A weights file that does not fit the network it is loaded into."""
+
+
 def initializer(
     path: str, modules: Sequence[str] | None = None
 ) -> Callable[[Variables], Variables]:
@@ -127,13 +131,9 @@ def initializer(
     if modules is not None:
         missing = [m for m in modules if m not in loaded.get("params", {})]
         if missing:
-            raise KeyError(f"{path}: no {missing} module in the weights")
+            raise WeightsError(f"{path}: no {missing} module in the weights")
         loaded = {col: {m: tree[m] for m in modules if m in tree} for col, tree in loaded.items()}
     return lambda variables: merge(variables, loaded)
-
-
-class WeightsError(UserError, ValueError):
-    """A weights file that does not fit the network it is loaded into."""
 
 
 def _fresh_variables(model: Any, input_shape: tuple[int, ...]) -> dict:
@@ -144,9 +144,10 @@ def _fresh_variables(model: Any, input_shape: tuple[int, ...]) -> dict:
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(shapes))
 
 
-def _merge_checked(fresh: dict, loaded: dict, path: str, what: str) -> dict:
+def _checked(merged: Callable[[], dict], path: str, what: str) -> dict:
+    """`merged()`, its KeyError / ValueError (another architecture) as a `WeightsError`."""
     try:
-        return merge(fresh, loaded)
+        return merged()
     except (KeyError, ValueError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise WeightsError(f"{path}: not {what}: {message}") from None
@@ -155,20 +156,17 @@ def _merge_checked(fresh: dict, loaded: dict, path: str, what: str) -> dict:
 def checked_initializer(
     path: str, model: Any, input_shape: tuple[int, ...], what: str, modules=("backbone",)
 ) -> Callable[[dict], dict]:
-    """Loads the `modules` of the weights file `path` into fresh variables, as `initializer`,
-    but checked now against `model` (a linen module taking `(x, train=False)`): a file of
-    another architecture is a `WeightsError` naming the file, the first differing variable and
-    `what` it should hold, before anything is compiled or written."""
-    loaded = load(path)
-    absent = [m for m in modules if m not in loaded.get("params", {})]
-    if absent:
-        raise WeightsError(f"{path}: not {what}: it has no {absent} module")
-    subset = {col: {m: t[m] for m in modules if m in t} for col, t in loaded.items()}
-    _merge_checked(_fresh_variables(model, input_shape), subset, path, what)
-    return lambda model_variables: merge(model_variables, subset)
+    """`initializer(path, modules)`, checked now against `model` (a linen module taking
+    `(x, train=False)`): a file of another architecture is a `WeightsError` naming the file, the
+    first differing variable and `what` it should hold, before anything is compiled or written."""
+    init = initializer(path, modules)
+    fresh = _fresh_variables(model, input_shape)
+    _checked(lambda: init(fresh), path, what)
+    return init
 
 
 def load_checked(path: str, model: Any, input_shape: tuple[int, ...], what: str) -> dict:
     """A trained network's variables from the weights file `path`, checked against `model`
     (`WeightsError` naming the file for another architecture)."""
-    return _merge_checked(_fresh_variables(model, input_shape), load(path), path, what)
+    fresh = _fresh_variables(model, input_shape)
+    return _checked(lambda: merge(fresh, load(path)), path, what)

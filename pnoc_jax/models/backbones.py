@@ -146,13 +146,13 @@ def imagenet_weights(
     """(path as configured, its config key) of the ImageNet weights of a section's `arch`
     backbone: `<section>.pretrained` when set; else, with `fallback` and when `arch` is the
     CAM network's, `model.pretrained`; else none ("", the key that would name it)."""
-    own = config[section].get("pretrained", "") if section in config else ""
-    own_key = f"{section}.pretrained" if "pretrained" in config.get(section, {}) else ""
-    if own:
-        return own, own_key
+    has_own = "pretrained" in config[section]
+    own_key = f"{section}.pretrained" if has_own else "model.pretrained"
+    if has_own and config[section].pretrained:
+        return config[section].pretrained, own_key
     if fallback and arch == config.model.backbone:
         return config.model.pretrained, "model.pretrained"
-    return "", own_key or "model.pretrained"
+    return "", own_key
 
 
 @dataclasses.dataclass(frozen=True)
