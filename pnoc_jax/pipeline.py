@@ -52,13 +52,13 @@ SummaryRow = tuple[str, str, str, dict]
 @dataclasses.dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[ml_collections.ConfigDict, str], None]
+    run: Callable[[ml_collections.ConfigDict, str, datasets.Dataset], None]
     sections: tuple[str, ...]  # config sections that determine the stage's outputs
     deps: tuple[str, ...] | Callable[[ml_collections.ConfigDict], tuple[str, ...]] = ()
     checks: tuple[config_lib.Check, ...] = ()  # cross-section checks beyond SECTION_CHECKS
     headline: Callable[[dict], str] | None = None  # one line from its metrics.json
     # Its outputs that do not exist after it ran (a stage is done only when this is empty).
-    missing: Callable[[ml_collections.ConfigDict, str], list[str]] | None = None
+    missing: Callable[[ml_collections.ConfigDict, str, datasets.Dataset], list[str]] | None = None
     # Its line in summary.md, from its metrics.json (default: the headline).
     summary: Callable[[dict], str] | None = None
     # Rows it adds to the summary below its own, from the workdir's metrics.
@@ -92,12 +92,16 @@ SECTION_CHECKS: dict[str, config_lib.Check] = {
 }
 
 
-def _run_compare(config: ml_collections.ConfigDict, workdir: str) -> None:
-    compare_strategies.run(config, workdir, run_stage)
+def _run_compare(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> None:
+    compare_strategies.run(config, workdir, dataset, run_stage)
 
 
-def _run_compare_saliency(config: ml_collections.ConfigDict, workdir: str) -> None:
-    compare_saliency.run(config, workdir, run_stage)
+def _run_compare_saliency(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> None:
+    compare_saliency.run(config, workdir, dataset, run_stage)
 
 
 def _table(metrics: dict) -> str:
@@ -265,8 +269,15 @@ def _report(name: str, workdir: str) -> None:
         print(headline(fileio.read_json(path)), flush=True)
 
 
-def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
-    """Runs one stage unless finished with the same fingerprint. Returns True if it ran."""
+def run_stage(
+    name: str,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    dataset: datasets.Dataset | None = None,
+) -> bool:
+    """Runs one stage unless finished with the same fingerprint. Returns True if it ran.
+
+    `dataset` is `datasets.resolve(config)`, resolved here when not given."""
     stage = STAGES[name]
     fp = stage_fingerprint(name, config)
     if is_finished(workdir, name, config):
@@ -292,10 +303,11 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> boo
     distributed.barrier(f"start-{name}")
     logging.info("stage %s: running (fingerprint %s)", name, fp)
     start = time.time()
-    stage.run(config, workdir)
+    dataset = dataset or datasets.resolve(config)
+    stage.run(config, workdir, dataset)
     distributed.barrier(f"end-{name}")
     if distributed.is_chief():
-        missing = stage.missing(config, workdir) if stage.missing else []
+        missing = stage.missing(config, workdir, dataset) if stage.missing else []
         if missing:
             raise StageError(
                 f"stage {name} ended without all of its outputs, so it is not marked done: "
@@ -313,8 +325,9 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> boo
 def run_stages(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Runs `config.stages` in order under the workdir lock, then writes and prints the summary."""
     with workdir_lock(workdir):
+        dataset = datasets.resolve(config)
         for name in config.stages:
-            run_stage(name, config, workdir)
+            run_stage(name, config, workdir, dataset)
         if distributed.is_chief():
             print(write_summary(config, workdir), flush=True)
 

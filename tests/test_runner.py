@@ -15,7 +15,7 @@ from pnoc_jax.core import artifacts, fileio
 from pnoc_jax.core.errors import UserError
 
 
-def _toy_run(config, workdir):
+def _toy_run(config, workdir, dataset):
     """Writes out.txt (unless thresholds start at 0.5) and a metrics.json; counts its runs."""
     folder = artifacts.stage_dir(workdir, "toy")
     runs = os.path.join(workdir, "toy_runs.txt")
@@ -27,8 +27,8 @@ def _toy_run(config, workdir):
     fileio.write_json(artifacts.metrics_file(workdir, "toy"), {"miou": 0.25, "split": "val"})
 
 
-def _toy_missing(config, workdir):
-    del config
+def _toy_missing(config, workdir, dataset):
+    del config, dataset
     return artifacts.missing([os.path.join(artifacts.stage_dir(workdir, "toy"), "out.txt")])
 
 
@@ -156,7 +156,7 @@ def test_a_failing_stage_keeps_the_finished_folder_of_the_previous_config(toy, t
     workdir = str(tmp_path)
     toy.eval.thresholds = (0.1, 0.2)
     pipeline.run_stage("toy", toy, workdir)
-    broken = dataclasses.replace(pipeline.STAGES["toy"], run=lambda c, w: 1 / 0)
+    broken = dataclasses.replace(pipeline.STAGES["toy"], run=lambda c, w, d: 1 / 0)
     pipeline.STAGES["toy"] = broken
     toy.eval.thresholds = (0.3, 0.4)
     with pytest.raises(ZeroDivisionError):

@@ -12,15 +12,16 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed, fileio
+from pnoc_jax.data import datasets
 from pnoc_jax.evaluation import sweep
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset) -> None:
     split = config.eval.split
     pseudo_labels = artifacts.pseudo_label_dir(workdir, split)
     crf = (config.rw.crf_iterations, config.rw.crf_gt_prob)
     summary = sweep.evaluate_split(
-        config, artifacts.rw_dir(workdir, split), "rw", pseudo_labels, crf=crf
+        config, dataset, artifacts.rw_dir(workdir, split), "rw", pseudo_labels, crf=crf
     )
     summary["pseudo_label_miou"] = summary.pop("labels_miou")
     summary["pseudo_label_per_class_iou"] = summary.pop("labels_per_class_iou")
@@ -40,8 +41,11 @@ def headline(metrics: dict) -> str:
     return f"{sweep.headline('RW', metrics)}; {pseudo}{prior}"
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
     """The report files (with sweep_crf.csv when the RW CRF is on) that do not exist."""
+    del dataset
     crf = config.rw.crf_iterations > 0
     return artifacts.missing(artifacts.report_files(workdir, "eval_pseudo_labels", crf))
 

@@ -19,7 +19,7 @@ from absl import logging
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import tasks
 from pnoc_jax.core import artifacts, distributed, fileio, pool, progress, scores
-from pnoc_jax.data import pipeline
+from pnoc_jax.data import datasets
 
 
 def saliency_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
@@ -30,10 +30,9 @@ def saliency_dir(cfg: ml_collections.ConfigDict, workdir: str) -> str:
     return fileio.expand(cfg.saliency_dir) if cfg.saliency_dir else ""
 
 
-def check_saliency_maps(config: ml_collections.ConfigDict, directory: str) -> None:
+def check_saliency_maps(dataset: datasets.Dataset, split: str, directory: str) -> None:
     """Every labelled image of the split has its saliency PNG, before any label is written."""
-    split = config.affinity_labels.split
-    ids = [i for i, labelled in pipeline.split_index(config, split) if labelled]
+    ids = [i for i, labelled in dataset.index(split) if labelled]
     absent = [i for i in ids if not fileio.exists(os.path.join(directory, f"{i}.png"))]
     if absent:
         raise fileio.SaliencyMapError(
@@ -85,11 +84,11 @@ def label_metrics(counts: np.ndarray, split: str) -> dict:
     }
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset) -> None:
     cfg = config.affinity_labels
     if saliency_dir(cfg, workdir):
-        check_saliency_maps(config, saliency_dir(cfg, workdir))
-    source = pipeline.open_split(config, cfg.split)
+        check_saliency_maps(dataset, cfg.split, saliency_dir(cfg, workdir))
+    source = dataset.split(cfg.split)
     counts, computed, total = np.zeros(5, np.int64), 0, 0
     todo = label_tasks(source, cfg, workdir)
     for image_counts, was_computed in pool.run_tasks(
@@ -108,12 +107,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     distributed.barrier("affinity_labels")
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
     """The label PNGs of labelled images, and metrics.json, that do not exist."""
     split = config.affinity_labels.split
     labels = (
         artifacts.affinity_label_file(workdir, split, image_id)
-        for image_id, labelled in pipeline.split_index(config, split)
+        for image_id, labelled in dataset.index(split)
         if labelled
     )
     return artifacts.missing([*labels, artifacts.metrics_file(workdir, "affinity_labels")])

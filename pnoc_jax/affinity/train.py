@@ -113,15 +113,15 @@ def build_update(model: AffinityNet, mesh: Mesh, radius: int, num_labels: int) -
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
+    dataset: datasets.Dataset,
     on_step: Callable[[int], Any] | None = None,
 ) -> None:
     """Trains AffinityNet; checkpoints, metrics and weights under `<workdir>/train_affinity/`."""
     cfg = config.affinity
     split = config.affinity_labels.split
     mesh = distributed.make_mesh()
-    info = datasets.get_info(config.data.name)
     source = pipeline.Attached(
-        pipeline.open_split(config, split, whole=True),
+        dataset.split(split, whole=True),
         functools.partial(attach_label, artifacts.affinity_label_dir(workdir, split)),
     )
     plan = pipeline.section_input(
@@ -142,7 +142,7 @@ def run(
         workdir=workdir,
         stage="train_affinity",
         states=states,
-        updates=[build_update(model, mesh, cfg.radius, info.num_classes + 1)],
+        updates=[build_update(model, mesh, cfg.radius, dataset.num_classes + 1)],
         plan=plan,
         mesh=mesh,
         runtime=config.runtime,
@@ -150,8 +150,10 @@ def run(
     )
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    del config
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
+    del config, dataset
     return artifacts.missing([artifacts.weights_file(workdir, "train_affinity", STATE)])
 
 

@@ -42,7 +42,7 @@ def outputs(workdir: str) -> per_image.Outputs:
     return files
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset) -> None:
     cfg = config.rw
     model = aff_train.build_model(config)
     predict, batch_multiple = predictor.local_predictor(
@@ -67,13 +67,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         )
 
     per_image.run(
-        "random_walk", config, cfg.splits, outputs(workdir), edges, make_task, tasks.random_walk
-    )
+        "random_walk", dataset, cfg.splits, outputs(workdir), edges, make_task, tasks.random_walk,
+        runtime=config.runtime,
+    )  # fmt: skip
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
     """Pseudo-labels of every image and scores of every labelled image that do not exist."""
-    return per_image.missing(config, config.rw.splits, outputs(workdir))
+    return per_image.missing(dataset, config.rw.splits, outputs(workdir))
 
 
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:

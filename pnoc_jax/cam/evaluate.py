@@ -9,13 +9,16 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed
+from pnoc_jax.data import datasets
 from pnoc_jax.evaluation import sweep
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset) -> None:
     split = config.eval.split
     crf = (config.eval.crf_iterations, config.eval.crf_gt_prob)
-    summary = sweep.evaluate_split(config, artifacts.cam_dir(workdir, split), "hr_cam", crf=crf)
+    summary = sweep.evaluate_split(
+        config, dataset, artifacts.cam_dir(workdir, split), "hr_cam", crf=crf
+    )
     if distributed.is_chief():
         sweep.write_report(artifacts.stage_dir(workdir, "eval_cam"), summary)
     logging.info(
@@ -32,8 +35,11 @@ def headline(metrics: dict) -> str:
     return sweep.headline("prior", metrics)
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
     """The report files (with sweep_crf.csv when the CRF variant is on) that do not exist."""
+    del dataset
     crf = config.eval.crf_iterations > 0
     return artifacts.missing(artifacts.report_files(workdir, "eval_cam", crf))
 

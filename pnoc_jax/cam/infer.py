@@ -19,7 +19,7 @@ from pnoc_jax import config_lib
 from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import artifacts, distributed, scores, weights
 from pnoc_jax.core import progress as progress_lib
-from pnoc_jax.data import datasets, pipeline
+from pnoc_jax.data import datasets
 from pnoc_jax.inference import predictor, tta
 
 
@@ -61,7 +61,7 @@ def image_keys(labels: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.flatnonzero(labels > 0.5) + 1]).astype(np.int64)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset) -> None:
     """Writes `<workdir>/infer_cam/<split>/<id>.npz` for every labelled image of each split."""
     cfg = config.infer
     model = cam_train.build_model(config)
@@ -69,7 +69,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     predict, batch_multiple = cam_predictor(model, variables)
     batch_size = config.runtime.predict_batch_size
     for split in cfg.splits:
-        source = pipeline.open_split(config, split)
+        source = dataset.split(split)
         cam_dir = artifacts.cam_dir(workdir, split)
         todo = []
         for index in range(len(source)):
@@ -102,12 +102,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     distributed.barrier("infer_cam")
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
     """The CAM files of labelled images of `config.infer.splits` that do not exist."""
     return artifacts.missing(
         scores.locate(artifacts.cam_dir(workdir, split), image_id)
         for split in config.infer.splits
-        for image_id, labelled in pipeline.split_index(config, split)
+        for image_id, labelled in dataset.index(split)
         if labelled
     )
 

@@ -110,6 +110,7 @@ def _oc_state(
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
+    dataset: datasets.Dataset,
     *,
     stage: str,
     section_name: str,
@@ -127,7 +128,7 @@ def run(
         max_size=section.max_size,
         augment=section.augment,
     )
-    split = pipeline.open_split(config, section.split, whole=True)
+    split = dataset.split(section.split, whole=True)
     source = pipeline.labelled_only(split)  # images without a class are skipped (reference)
     if len(source) < len(split):
         logging.info(
@@ -172,21 +173,29 @@ def run(
     )
 
 
-def train_oc(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any) -> None:
-    run(config, workdir, stage="train_oc", section_name="oc", **kwargs)
+def train_oc(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset, **kwargs: Any
+) -> None:
+    run(config, workdir, dataset, stage="train_oc", section_name="oc", **kwargs)
 
 
-def train_cam(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any) -> None:
-    run(config, workdir, stage="train_cam", section_name="train", **kwargs)
+def train_cam(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset, **kwargs: Any
+) -> None:
+    run(config, workdir, dataset, stage="train_cam", section_name="train", **kwargs)
 
 
-def missing_oc(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def missing_oc(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
     """train_oc's outputs that do not exist: its exported weights."""
-    del config
+    del config, dataset
     return artifacts.missing([artifacts.weights_file(workdir, "train_oc")])
 
 
-def missing_cam(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def missing_cam(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
     """train_cam's outputs that do not exist: f's weights, and noc's for P-NOC."""
     states = ("f", "oc") if "noc" in strategies.STRATEGIES[config.train.strategy] else ("f",)
     return artifacts.missing(artifacts.weights_file(workdir, "train_cam", s) for s in states)

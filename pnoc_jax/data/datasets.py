@@ -411,8 +411,8 @@ def identity(config: ml_collections.ConfigDict) -> dict[str, str]:
     list or a file of another size -> another identity (moving the VOCdevkit also changes it: its
     resolved path is part of the source). Computed once per process and cached (one os.stat per
     listed file, ~0.13 s for VOC + SBD on a local disk); `clear_identity_cache` forgets it.
-    `data.pipeline.open_split` reads exactly the build this names, and refuses to build it from
-    files edited since, so a stage's data is always the data its fingerprint names; an edit
+    `resolve` reads exactly the build this names, and refuses to build it from files edited
+    since, so a stage's data is always the data its fingerprint names; an edit
     made while a run is going is seen by the next run.
     """
     data = config.data
@@ -501,35 +501,84 @@ def load_split(
     manual_dir: str | None = None,
     shard_by_process: bool = False,
     source: str | None = None,
-) -> Sequence[dict]:
+) -> DecodedSource:
     """Random-access decoded examples of `name`/`split`, building the dataset first if needed.
 
     `manual_dir` and `source` choose the build as in `prepare`. With `shard_by_process=True` the
     split is `tfds.split_for_jax_process(split)`, i.e. each JAX process gets its own contiguous
     part. Raises ValueError for a split the build does not have, saying how to fix it.
     """
-    info = get_info(name)
     ident = prepare(name, data_dir, manual_dir, source)
-    tfds_dir = _expand(data_dir)
-    if "source" in ident:
-        tfds_dir = build_path(name, data_dir, ident["source"])
-    builder = _make_builder(name, tfds_dir)
+    return _read_build(get_info(name), _build_dir(name, data_dir, ident), split, shard_by_process)
+
+
+def _build_dir(name: str, data_dir: str, ident: dict[str, str]) -> str:
+    """The TFDS data dir of the build `ident` names (see `prepare`)."""
+    return build_path(name, data_dir, ident["source"]) if "source" in ident else _expand(data_dir)
+
+
+def _read_build(info: DatasetInfo, tfds_dir: str, split: str, shard_by_process: bool):
+    builder = _make_builder(info.name, tfds_dir)
     available = tuple(builder.info.splits.keys())
     if split not in available:
         fix = "."
-        if name == "voc2012" and split == "train_aug":
+        if info.name == "voc2012" and split == "train_aug":
             fix = (
                 "; your VOCdevkit has no SBD train_aug; use configs/pnoc_voc.py:train_split=train "
                 "(VOC's own train split), or add SBD's SegmentationClassAug/ and a train_aug.txt "
                 "list (see pnoc_jax/data/builders/voc2012.py) and point manual_dir at it again."
             )
         raise ValueError(
-            f"Dataset {name!r} (build {tfds_dir}) has no split {split!r}; available splits: "
+            f"Dataset {info.name!r} (build {tfds_dir}) has no split {split!r}; available splits: "
             f"{sorted(available)}{fix}"
         )
     tfds_split = tfds.split_for_jax_process(split) if shard_by_process else split
-    source_ = builder.as_data_source(
+    source = builder.as_data_source(
         split=tfds_split,
         decoders={"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()},
     )
-    return DecodedSource(source_, info.num_classes)
+    return DecodedSource(source, info.num_classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """The configured dataset, resolved once per run by `resolve` and handed to the stages:
+    what it is (`info`: class names, splits), which data it is (`identity`, its name in the
+    stage fingerprints) and where its finished build is (`build_dir`), so a stage reads the
+    splits without going back to the config."""
+
+    info: DatasetInfo
+    identity: dict[str, str]
+    build_dir: str
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.info.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    def split(self, split: str, whole: bool = False) -> DecodedSource:
+        """This process's share of `split` (each process a contiguous part), or all of it if
+        `whole`."""
+        return _read_build(self.info, self.build_dir, split, shard_by_process=not whole)
+
+    def index(self, split: str) -> list[tuple[str, bool]]:
+        """(id, has classes) of every example of the whole split, without decoding images
+        where the source can (`DecodedSource.ids_and_labels`)."""
+        source = self.split(split, whole=True)
+        if hasattr(source, "ids_and_labels"):
+            return [(i, bool(labels.sum() > 0)) for i, labels in source.ids_and_labels()]
+        return [(e["id"], bool(e["labels"].sum() > 0)) for e in source]
+
+
+def resolve(config: ml_collections.ConfigDict) -> Dataset:
+    """The dataset `config.data` names, built first if needed (`prepare`): the build its
+    `identity` names, refused if the files changed since."""
+    data = config.data
+    ident = identity(config)
+    data_dir = _expand(data.data_dir)
+    manual = _expand(data.manual_dir) if data.manual_dir else None
+    ident = prepare(data.name, data_dir, manual, ident.get("source"))
+    return Dataset(get_info(data.name), ident, _build_dir(data.name, data_dir, ident))

@@ -15,36 +15,9 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from pnoc_jax.core import fileio, rng
-from pnoc_jax.data import datasets
+from pnoc_jax.core import rng
 
 Transform = Callable[[dict, np.random.Generator], dict]
-
-
-def open_split(
-    config: ml_collections.ConfigDict, split: str, whole: bool = False
-) -> Sequence[dict]:
-    """This process's share of `split` of the configured dataset (all of it if `whole`).
-
-    Reads the build named by `datasets.identity(config)` (computed once per process), so the
-    data a stage reads is the data its fingerprint names.
-    """
-    return datasets.load_split(
-        config.data.name,
-        split,
-        fileio.expand(config.data.data_dir),
-        fileio.expand(config.data.manual_dir) if config.data.manual_dir else None,
-        shard_by_process=not whole,
-        source=datasets.identity(config).get("source"),
-    )
-
-
-def split_index(config: ml_collections.ConfigDict, split: str) -> list[tuple[str, bool]]:
-    """(id, has classes) of every example of the whole split, without decoding images."""
-    source = open_split(config, split, whole=True)
-    if hasattr(source, "ids_and_labels"):
-        return [(i, bool(labels.sum() > 0)) for i, labels in source.ids_and_labels()]
-    return [(e["id"], bool(e["labels"].sum() > 0)) for e in source]
 
 
 class _ProcessRows(Sequence):
@@ -199,7 +172,7 @@ def training_input(
     seed: int,
     keys: tuple[str, ...] = ("image", "labels"),
 ) -> TrainingInput:
-    """Plans training on `source`, the whole split (`open_split(..., whole=True)`), with the
+    """Plans training on `source`, the whole split (`Dataset.split(..., whole=True)`), with the
     global `batch_size`.
 
     An epoch is the number of full global batches (drop_last, as the reference's DataLoader);

@@ -16,7 +16,7 @@ import numpy as np
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import fileio, pool, progress, scores
-from pnoc_jax.data import datasets, pipeline
+from pnoc_jax.data import datasets
 from pnoc_jax.evaluation import crf_tasks, miou
 from pnoc_jax.evaluation.confusion import ConfusionSum, class_summary
 
@@ -117,6 +117,7 @@ def crf_sweep(
 
 def evaluate_split(
     config: ml_collections.ConfigDict,
+    dataset: datasets.Dataset,
     score_dir: str,
     key: str,
     label_dir: str = "",
@@ -125,8 +126,8 @@ def evaluate_split(
     """The sweep of `config.eval.split`'s score files (and, if `label_dir`, its label PNGs);
     with `crf` = (iterations > 0, gt_prob) also its CRF variant, under "crf"."""
     split = config.eval.split
-    class_names = datasets.get_info(config.data.name).class_names
-    source = pipeline.open_split(config, split)
+    class_names = dataset.class_names
+    source = dataset.split(split)
     summary = {"split": split, **sweep(source, score_dir, key, config.eval.thresholds, class_names)}
     iterations, gt_prob = crf
     if iterations > 0:

@@ -16,6 +16,7 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed, fileio
+from pnoc_jax.data import datasets
 from pnoc_jax.experiments.strategies import RunStage
 
 PRIOR_STAGES = ("train_oc", "train_cam", "infer_cam", "eval_cam")
@@ -132,7 +133,9 @@ def table(results: list[dict]) -> tuple[str, dict]:
     return "\n".join(md) + "\n", numbers
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, run_stage: RunStage) -> None:
+def run(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset, run_stage: RunStage
+) -> None:
     """For every seed, the recipe and its `VARIANTS` through `run_stage`; writes
     `compare_saliency/results.md` and `metrics.json` (mean ± std over seeds)."""
     results = []
@@ -146,7 +149,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_stage: RunStage) ->
             sub = sub_config(config, seed, variant)
             logging.info("compare_saliency: seed %d, %s -> %s", seed, variant.name, sub_dir)
             for name in sub.stages:
-                run_stage(name, sub, sub_dir)
+                run_stage(name, sub, sub_dir, dataset)
             per_seed[variant.name] = {
                 name: fileio.read_json(artifacts.metrics_file(sub_dir, name))
                 for name in ("eval_saliency", "eval_pseudo_labels")
@@ -164,8 +167,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_stage: RunStage) ->
     )
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    del config
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
+    del config, dataset
     folder = artifacts.stage_dir(workdir, "compare_saliency")
     return artifacts.missing(os.path.join(folder, n) for n in ("results.md", "metrics.json"))
 

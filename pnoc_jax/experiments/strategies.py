@@ -18,7 +18,8 @@ from pnoc_jax.cam import strategies
 from pnoc_jax.core import artifacts, distributed, fileio
 from pnoc_jax.data import datasets
 
-RunStage = Callable[[str, ml_collections.ConfigDict, str], bool]
+# The runner's `run_stage(name, config, workdir, dataset)`: True if the stage ran.
+RunStage = Callable[[str, ml_collections.ConfigDict, str, datasets.Dataset], bool]
 
 
 def sub_config(
@@ -61,24 +62,26 @@ def tables(results: dict[str, list[dict]], class_names: list[str]) -> tuple[str,
     return "\n".join(md) + "\n", "\n".join(csv) + "\n"
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, run_stage: RunStage) -> None:
+def run(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset, run_stage: RunStage
+) -> None:
     """Runs every (seed, strategy) through `run_stage`; writes `compare/results.{md,csv}` and
     `metrics.json` (mIoU mean ± std over seeds per strategy)."""
     results: dict[str, list[dict]] = {s: [] for s in config.compare.strategies}
     for seed in config.compare.seeds:
         seed_dir = artifacts.compare_seed_dir(workdir, seed)
-        run_stage("train_oc", sub_config(config, seed, "cam", ""), seed_dir)
+        run_stage("train_oc", sub_config(config, seed, "cam", ""), seed_dir, dataset)
         oc_weights = artifacts.weights_file(seed_dir, "train_oc")
         for strategy in config.compare.strategies:
             sub_dir = artifacts.compare_run_dir(workdir, seed, strategy)
             logging.info("compare: seed %d, strategy %s -> %s", seed, strategy, sub_dir)
             sub = sub_config(config, seed, strategy, oc_weights)
             for name in sub.stages:
-                run_stage(name, sub, sub_dir)
+                run_stage(name, sub, sub_dir, dataset)
             results[strategy].append(fileio.read_json(artifacts.metrics_file(sub_dir, "eval_cam")))
     if not distributed.is_chief():
         return
-    class_names = list(datasets.get_info(config.data.name).class_names)
+    class_names = list(dataset.class_names)
     md, csv = tables(results, class_names)
     out_dir = artifacts.stage_dir(workdir, "compare")
     fileio.write_text(os.path.join(out_dir, "results.md"), md)
@@ -100,8 +103,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_stage: RunStage) ->
     )
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    del config
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
+    del config, dataset
     folder = artifacts.stage_dir(workdir, "compare")
     names = ("results.md", "results.csv", "metrics.json")
     return artifacts.missing(os.path.join(folder, name) for name in names)

@@ -4,7 +4,7 @@ For each split, the images whose outputs do not all exist are read in order; the
 inputs (TTA maps, boundaries, logits) are computed `runtime.predict_batch_size` images at a
 time, as the pool consumes the tasks, so device and CPU work overlap without holding a split
 in memory. Images without classes get a task without device work (all background) unless the
-stage computes them too. Each process handles its own share of a split (`open_split`) and
+stage computes them too. Each process handles its own share of a split (`Dataset.split`) and
 meets the others at a barrier; `missing` lists the outputs that do not exist, over the whole
 split, for the runner's check that a stage finished.
 """
@@ -16,7 +16,7 @@ import ml_collections
 from absl import logging
 
 from pnoc_jax.core import artifacts, distributed, fileio, pool, progress
-from pnoc_jax.data import pipeline
+from pnoc_jax.data import datasets
 
 # The files a stage writes for one image: (split, image_id, labelled) -> paths.
 Outputs = Callable[[str, str, bool], Sequence[str]]
@@ -55,21 +55,23 @@ def _tasks(
 
 def run(
     stage: str,
-    config: ml_collections.ConfigDict,
+    dataset: datasets.Dataset,
     splits: Sequence[str],
     outputs: Outputs,
     compute: Callable[[list[dict]], list[Any]],
     make_task: Callable[[str, dict, Any], Any],
     worker: Callable[[Any], Any],
     *,
+    runtime: ml_collections.ConfigDict,
     compute_unlabelled: bool = False,
 ) -> None:
     """Runs `worker(make_task(split, example, computed))` in `core.pool` for every image of
     `splits` whose `outputs` are missing; `computed` is the image's entry of `compute(examples)`
     (None for an image without classes unless `compute_unlabelled`). `worker` must be a
-    module-level function that writes the image's outputs."""
+    module-level function that writes the image's outputs. `runtime` gives the batch size of
+    `compute` (`predict_batch_size`) and the pool's `num_workers`."""
     for split in splits:
-        source = pipeline.open_split(config, split)
+        source = dataset.split(split)
         todo = _tasks(
             stage,
             split,
@@ -77,21 +79,19 @@ def run(
             outputs,
             compute,
             make_task,
-            config.runtime.predict_batch_size,
+            runtime.predict_batch_size,
             compute_unlabelled,
         )
-        done = sum(1 for _ in pool.run_tasks(worker, todo, config.runtime.num_workers))
+        done = sum(1 for _ in pool.run_tasks(worker, todo, runtime.num_workers))
         logging.info("%s %s: %d computed, %d already there", stage, split, done, len(source) - done)
     distributed.barrier(stage)
 
 
-def missing(
-    config: ml_collections.ConfigDict, splits: Sequence[str], outputs: Outputs
-) -> list[str]:
+def missing(dataset: datasets.Dataset, splits: Sequence[str], outputs: Outputs) -> list[str]:
     """The outputs of every image of `splits` (all processes' shares) that do not exist."""
     return artifacts.missing(
         path
         for split in splits
-        for image_id, labelled in pipeline.split_index(config, split)
+        for image_id, labelled in dataset.index(split)
         for path in outputs(split, image_id, labelled)
     )

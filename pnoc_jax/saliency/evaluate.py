@@ -20,7 +20,7 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed, fileio, progress, scores
-from pnoc_jax.data import datasets, pipeline
+from pnoc_jax.data import datasets
 from pnoc_jax.evaluation import miou, sweep
 from pnoc_jax.evaluation.confusion import ConfusionSum, class_summary
 from pnoc_jax.saliency import metrics
@@ -29,13 +29,13 @@ NAMES = {"infer_saliency": "C²AM masks", "infer_detector": "detector"}
 
 
 def split_confusions(
-    config: ml_collections.ConfigDict, workdir: str
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
 ) -> dict[str, dict[str, ConfusionSum]]:
     """{source: {"saliency" [T,2,2], "oracle" [T,L,L], "priors_with_saliency" [L,L]}} summed over
     this process's share of the split."""
     split = config.eval.split
     thresholds = np.asarray(config.eval.thresholds, np.float64)
-    labels_count = datasets.get_info(config.data.name).num_classes + 1
+    labels_count = dataset.num_classes + 1
     t = len(thresholds)
     totals = {
         name: {
@@ -46,7 +46,7 @@ def split_confusions(
         for name in config.saliency_eval.sources
     }
     cam_dir = artifacts.cam_dir(workdir, split)
-    source = pipeline.open_split(config, split)
+    source = dataset.split(split)
     for index in progress.iterate(range(len(source)), f"eval_saliency {split}"):
         example = source[index]
         gt, image_id = example["mask"], example["id"]
@@ -88,17 +88,17 @@ def source_metrics(confusions: dict, thresholds, class_names: list[str]) -> dict
     }
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset) -> None:
     split = config.eval.split
     thresholds = np.asarray(config.eval.thresholds, np.float64)
-    class_names = list(datasets.get_info(config.data.name).class_names)
-    local = split_confusions(config, workdir)
+    class_names = list(dataset.class_names)
+    local = split_confusions(config, workdir, dataset)
     per_source = {}
     for name, confusions in local.items():
         summed = {k: v.total() for k, v in confusions.items()}
         per_source[name] = source_metrics(summed, thresholds, class_names)
     priors = sweep.sweep(
-        pipeline.open_split(config, split),
+        dataset.split(split),
         artifacts.cam_dir(workdir, split),
         "hr_cam",
         thresholds,
@@ -135,8 +135,10 @@ def headline(summary: dict) -> str:
     )
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    del config
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
+    del config, dataset
     return artifacts.missing([artifacts.metrics_file(workdir, "eval_saliency")])
 
 

@@ -49,7 +49,7 @@ def outputs(workdir: str) -> per_image.Outputs:
     return files
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset) -> None:
     cfg = config.saliency_infer
     predict, batch_multiple = map_predictor(config, workdir)
     stride = config.saliency.output_stride
@@ -78,14 +78,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         )
 
     per_image.run(
-        "infer_saliency", config, cfg.splits, outputs(workdir), maps_of, make_task,
-        tasks.saliency_mask,
+        "infer_saliency", dataset, cfg.splits, outputs(workdir), maps_of, make_task,
+        tasks.saliency_mask, runtime=config.runtime,
     )  # fmt: skip
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
     """Masks of every image and map files of labelled images that do not exist."""
-    return per_image.missing(config, config.saliency_infer.splits, outputs(workdir))
+    return per_image.missing(dataset, config.saliency_infer.splits, outputs(workdir))
 
 
 def validate(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:

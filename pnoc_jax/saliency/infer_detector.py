@@ -15,7 +15,7 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed, fileio, progress, weights
-from pnoc_jax.data import datasets, pipeline, transforms
+from pnoc_jax.data import datasets, transforms
 from pnoc_jax.inference import predictor
 from pnoc_jax.saliency import train_detector
 
@@ -65,13 +65,13 @@ def saliency_maps(
     return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset) -> None:
     predict, batch_multiple = detector_predictor(config, workdir)
     side = train_detector.canvas(config)
     scale = config.detector.input_scale
     batch_size = config.runtime.predict_batch_size
     for split in config.detector_infer.splits:
-        source = pipeline.open_split(config, split)
+        source = dataset.split(split)
 
         def path(example: dict, split: str = split) -> str:
             return artifacts.saliency_png_file(workdir, "infer_detector", split, example["id"])
@@ -91,12 +91,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     distributed.barrier("infer_detector")
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
     """Saliency PNGs of images of `config.detector_infer.splits` that do not exist."""
     return artifacts.missing(
         artifacts.saliency_png_file(workdir, "infer_detector", split, image_id)
         for split in config.detector_infer.splits
-        for image_id, _ in pipeline.split_index(config, split)
+        for image_id, _ in dataset.index(split)
     )
 
 

@@ -212,12 +212,13 @@ def read_orientation(workdir: str) -> float:
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
+    dataset: datasets.Dataset,
     on_step: Callable[[int], Any] | None = None,
 ) -> None:
     """Trains C²AM(-H); checkpoints, metrics, weights and orientation under train_saliency/."""
     cfg = config.saliency
     mesh = distributed.make_mesh()
-    source = pipeline.open_split(config, cfg.split, whole=True)
+    source = dataset.split(cfg.split, whole=True)
     keys: tuple[str, ...] = ("image",)
     train_source: Sequence[dict] = source
     if cfg.method == "ccamh":
@@ -256,8 +257,10 @@ def run(
     distributed.barrier("train_saliency-orientation")
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    del config
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
+    del config, dataset
     paths = [artifacts.weights_file(workdir, "train_saliency", STATE)]
     return artifacts.missing([*paths, artifacts.orientation_file(workdir)])
 

@@ -141,6 +141,7 @@ def build_update(model: PoolNet, mesh: Mesh) -> Update:
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
+    dataset: datasets.Dataset,
     on_step: Callable[[int], Any] | None = None,
 ) -> None:
     """Trains the detector; checkpoints, metrics and weights under `<workdir>/train_detector/`."""
@@ -148,7 +149,7 @@ def run(
     mesh = distributed.make_mesh()
     mask_dir = artifacts.saliency_png_dir(workdir, "infer_saliency", cfg.split)
     source = pipeline.Attached(
-        pipeline.open_split(config, cfg.split, whole=True),
+        dataset.split(cfg.split, whole=True),
         functools.partial(attach_target, mask_dir),
     )
     plan = pipeline.section_input(
@@ -188,8 +189,10 @@ def backbone_start(config: ml_collections.ConfigDict) -> backbones.BackboneStart
     )
 
 
-def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    del config
+def missing(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> list[str]:
+    del config, dataset
     return artifacts.missing([weights_path(workdir)])
 
 

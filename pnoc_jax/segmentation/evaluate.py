@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from pnoc_jax.core import artifacts, distributed, fileio, progress
-from pnoc_jax.data import datasets, pipeline
+from pnoc_jax.data import datasets
 from pnoc_jax.evaluation import miou
 from pnoc_jax.evaluation.confusion import ConfusionSum, class_summary
 from pnoc_jax.segmentation import train as seg_train
@@ -75,18 +75,19 @@ def confusion_figure(conf: np.ndarray, names: Sequence[str], title: str, path: s
     plt.close(fig)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, labels: str) -> None:
+def run(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset, *, labels: str
+) -> None:
     _, infer_stage, stage = seg_train.STAGES[labels]
     crf = config.segmentation_infer.crf_iterations > 0
-    info = datasets.get_info(config.data.name)
-    names = ["background", *info.class_names]
+    names = ["background", *dataset.class_names]
     splits: dict[str, dict] = {}
     matrices: dict[str, np.ndarray] = {}
     for split in config.segmentation_infer.splits:
         folders = [artifacts.segmentation_dir(workdir, infer_stage, split)]
         if crf:
             folders.append(artifacts.segmentation_dir(workdir, infer_stage, split, crf=False))
-        conf = confusions(pipeline.open_split(config, split), folders, len(names), stage).total()
+        conf = confusions(dataset.split(split), folders, len(names), stage).total()
         if conf[0].sum() == 0:
             splits[split] = {"ground_truth": False}
             continue
@@ -125,12 +126,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, labels: str) -> None
     logging.info("%s: %s", stage, headline(metrics))
 
 
-def eval_segmentation(config: ml_collections.ConfigDict, workdir: str) -> None:
-    run(config, workdir, labels="pseudo")
+def eval_segmentation(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> None:
+    run(config, workdir, dataset, labels="pseudo")
 
 
-def eval_segmentation_gt(config: ml_collections.ConfigDict, workdir: str) -> None:
-    run(config, workdir, labels="ground_truth")
+def eval_segmentation_gt(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> None:
+    run(config, workdir, dataset, labels="ground_truth")
 
 
 def headline(metrics: dict) -> str:
@@ -148,8 +153,10 @@ def headline(metrics: dict) -> str:
 def missing_for(labels: str):
     stage = seg_train.STAGES[labels][2]
 
-    def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-        del config
+    def missing(
+        config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+    ) -> list[str]:
+        del config, dataset
         metrics = artifacts.metrics_file(workdir, stage)
         found = artifacts.missing([metrics])
         if found or "miou" not in fileio.read_json(metrics):

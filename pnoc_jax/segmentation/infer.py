@@ -37,7 +37,9 @@ def outputs(workdir: str, stage: str, crf: bool) -> per_image.Outputs:
     return files
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, labels: str) -> None:
+def run(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset, *, labels: str
+) -> None:
     cfg = config.segmentation_infer
     train_stage, stage, _ = seg_train.STAGES[labels]
     predict, batch_multiple = seg_model.load_predictor(
@@ -72,27 +74,35 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, labels: str) -> None
 
     files = outputs(workdir, stage, cfg.crf_iterations > 0)
     per_image.run(
-        stage, config, cfg.splits, files, logits_of, make_task, tasks.segment,
-        compute_unlabelled=True,
+        stage, dataset, cfg.splits, files, logits_of, make_task, tasks.segment,
+        runtime=config.runtime, compute_unlabelled=True,
     )  # fmt: skip
 
 
-def infer_segmentation(config: ml_collections.ConfigDict, workdir: str) -> None:
-    run(config, workdir, labels="pseudo")
+def infer_segmentation(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> None:
+    run(config, workdir, dataset, labels="pseudo")
 
 
-def infer_segmentation_gt(config: ml_collections.ConfigDict, workdir: str) -> None:
-    run(config, workdir, labels="ground_truth")
+def infer_segmentation_gt(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+) -> None:
+    run(config, workdir, dataset, labels="ground_truth")
 
 
-def missing_for(labels: str) -> Callable[[ml_collections.ConfigDict, str], list[str]]:
+def missing_for(
+    labels: str,
+) -> Callable[[ml_collections.ConfigDict, str, datasets.Dataset], list[str]]:
     """The label PNGs (and, with the CRF, the PNGs without it) that do not exist."""
     stage = seg_train.STAGES[labels][1]
 
-    def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    def missing(
+        config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+    ) -> list[str]:
         cfg = config.segmentation_infer
         files = outputs(workdir, stage, cfg.crf_iterations > 0)
-        return per_image.missing(config, cfg.splits, files)
+        return per_image.missing(dataset, cfg.splits, files)
 
     return missing
 

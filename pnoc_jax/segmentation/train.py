@@ -68,11 +68,11 @@ def attach_label(label_dir: str, example: dict) -> dict:
 
 
 def labelled_split(
-    config: ml_collections.ConfigDict, workdir: str, labels: str, split: str, whole: bool = False
+    dataset: datasets.Dataset, workdir: str, labels: str, split: str, whole: bool = False
 ) -> Sequence[dict]:
     """This process's share of `split` (all of it if `whole`) whose `mask` is the label map a
     stage trains on: the pseudo-labels, or (labels "gt") the ground truth."""
-    source = pipeline.open_split(config, split, whole=whole)
+    source = dataset.split(split, whole=whole)
     if labels != "pseudo":
         return source
     label_dir = artifacts.pseudo_label_dir(workdir, split)
@@ -228,6 +228,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
+    dataset: datasets.Dataset,
     *,
     labels: str,
     on_step: Callable[[int], Any] | None = None,
@@ -243,7 +244,7 @@ def run(
     plan = pipeline.section_input(
         stage,
         cfg,
-        labelled_split(config, workdir, labels, cfg.split, whole=True),
+        labelled_split(dataset, workdir, labels, cfg.split, whole=True),
         transform,
         seed=config.seed,
         keys=("image", "mask"),
@@ -259,7 +260,7 @@ def run(
     update = build_update(model, mesh, cfg.label_smoothing, config.seed)
     validator = Validator(
         spec.build(frozen_bn=True, dtype=cfg.dtype),
-        labelled_split(config, workdir, labels, cfg.val_split),
+        labelled_split(dataset, workdir, labels, cfg.val_split),
         tta.canvas_size(cfg.crop_size, 1.0),
         spec.num_classes,
         config.runtime.predict_batch_size,
@@ -334,12 +335,16 @@ def run(
     distributed.barrier(f"{stage}-done")
 
 
-def train_segmentation(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any) -> None:
-    run(config, workdir, labels="pseudo", **kwargs)
+def train_segmentation(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset, **kwargs: Any
+) -> None:
+    run(config, workdir, dataset, labels="pseudo", **kwargs)
 
 
-def train_segmentation_gt(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any) -> None:
-    run(config, workdir, labels="ground_truth", **kwargs)
+def train_segmentation_gt(
+    config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset, **kwargs: Any
+) -> None:
+    run(config, workdir, dataset, labels="ground_truth", **kwargs)
 
 
 def headline(metrics: dict) -> str:
@@ -350,12 +355,16 @@ def headline(metrics: dict) -> str:
     )
 
 
-def missing_for(labels: str) -> Callable[[ml_collections.ConfigDict, str], list[str]]:
+def missing_for(
+    labels: str,
+) -> Callable[[ml_collections.ConfigDict, str, datasets.Dataset], list[str]]:
     """The stage's outputs that do not exist: the kept weights, model.json, the scores."""
     stage = STAGES[labels][0]
 
-    def missing(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-        del config
+    def missing(
+        config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Dataset
+    ) -> list[str]:
+        del config, dataset
         return artifacts.missing(
             [
                 artifacts.segmentation_weights_file(workdir, stage),

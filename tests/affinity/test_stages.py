@@ -14,7 +14,7 @@ from pnoc_jax.affinity import train as aff_train
 from pnoc_jax.affinity import walk
 from pnoc_jax.core import artifacts, fileio, optim, scores, weights
 from pnoc_jax.core.writers import read_metrics
-from pnoc_jax.data import pipeline as data_pipeline
+from pnoc_jax.data import datasets
 from pnoc_jax.inference import tta
 from pnoc_jax.models.backbones import build_backbone
 from tests.core.test_writers import tensorboard_scalars
@@ -29,7 +29,7 @@ def _fake_priors(config, workdir: str, split: str) -> list[str]:
     (`.npz`) for even images, the reference's pickled-dict `.npy` for odd ones."""
     out_dir = artifacts.cam_dir(workdir, split)
     ids = []
-    for index, example in enumerate(data_pipeline.open_split(config, split)):
+    for index, example in enumerate(datasets.resolve(config).split(split)):
         mask, h, w = example["mask"], *example["mask"].shape
         classes = np.flatnonzero(example["labels"] > 0.5)
         keys = np.concatenate([[0], classes + 1]).astype(np.int64)
@@ -62,9 +62,9 @@ def _fake_priors(config, workdir: str, split: str) -> list[str]:
 @pytest.mark.slow
 def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, monkeypatch):
     config, workdir = tiny_config, str(tmp_path)
-    original = data_pipeline.open_split
+    original = datasets.Dataset.split
     monkeypatch.setattr(
-        data_pipeline, "open_split", lambda cfg, split, whole=False: _Few(original(cfg, split)[:10])
+        datasets.Dataset, "split", lambda self, split, whole=False: _Few(original(self, split)[:10])
     )
     # A "pretrained" backbone file: after training, the backbone must still equal it.
     backbone = build_backbone("tiny", output_stride=16)
@@ -141,7 +141,7 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
     os.remove(os.path.join(png_dir, f"{ids[2]}.png"))
     kept = {i: os.stat(rw_file(i)).st_mtime_ns for i in ids[3:]}
     config.runtime.num_workers = 1
-    walk.run(config, workdir)
+    walk.run(config, workdir, datasets.resolve(config))
     assert all(os.path.exists(os.path.join(png_dir, f"{i}.png")) for i in ids)
     redone = scores.read(rw_file(ids[0]), scores.RW_FIELDS)["rw"]
     np.testing.assert_allclose(redone, record["rw"], atol=1e-6)

@@ -16,6 +16,7 @@ from pnoc_jax.core import artifacts, distributed, optim, rng, weights
 from pnoc_jax.core.checkpoint import Checkpointer
 from pnoc_jax.core.loop import Preempted
 from pnoc_jax.core.train_state import create_state
+from pnoc_jax.data import datasets
 from tests.collectives import collectives, unexpected
 
 SIZE, CLASSES, BATCH = 32, 6, 8
@@ -158,17 +159,17 @@ def test_two_updates_same_on_1_and_8_devices(tiny_config, strategy="pnoc"):
 def test_pnoc_run_resumes_both_states_exactly(tiny_config, tmp_path):
     tiny_config.train.update(strategy="pnoc", steps=4)
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
-    cam_train.train_oc(tiny_config, full)
+    cam_train.train_oc(tiny_config, full, datasets.resolve(tiny_config))
     shutil.copytree(os.path.join(full, "train_oc"), os.path.join(cut, "train_oc"))
-    cam_train.train_cam(tiny_config, full)
+    cam_train.train_cam(tiny_config, full, datasets.resolve(tiny_config))
 
     def sigterm_at_2(step):
         if step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(Preempted):
-        cam_train.train_cam(tiny_config, cut, on_step=sigterm_at_2)
-    cam_train.train_cam(tiny_config, cut)
+        cam_train.train_cam(tiny_config, cut, datasets.resolve(tiny_config), on_step=sigterm_at_2)
+    cam_train.train_cam(tiny_config, cut, datasets.resolve(tiny_config))
 
     def final(workdir):
         ckpt = Checkpointer(os.path.join(workdir, "train_cam", "ckpt"), save_every=1)

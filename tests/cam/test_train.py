@@ -17,6 +17,7 @@ from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import artifacts, checkpoint, distributed, optim, rng, weights, writers
 from pnoc_jax.core.loop import NonFiniteLoss, Preempted
 from pnoc_jax.core.train_state import create_state
+from pnoc_jax.data import datasets
 from tests.core.test_writers import tensorboard_scalars
 
 
@@ -91,7 +92,7 @@ def test_one_step_same_on_1_and_8_devices(tiny_config):
 @pytest.mark.slow
 def test_preempted_and_crashed_runs_resume_exactly(tiny_config, tmp_path):
     full = str(tmp_path / "full")
-    cam_train.train_cam(tiny_config, full)
+    cam_train.train_cam(tiny_config, full, datasets.resolve(tiny_config))
     expected = _final_params(full)
     # The exported weights are the final checkpoint's variables.
     step, params = _checkpointed_params(full)
@@ -114,14 +115,16 @@ def test_preempted_and_crashed_runs_resume_exactly(tiny_config, tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(Preempted) as info:
-        cam_train.train_cam(tiny_config, preempted, on_step=sigterm_at_3)
+        cam_train.train_cam(
+            tiny_config, preempted, datasets.resolve(tiny_config), on_step=sigterm_at_3
+        )
     assert info.value.exit_code == 143
     assert not os.path.exists(artifacts.weights_file(preempted, "train_cam"))
     ckpt_dir = artifacts.checkpoint_dir(preempted, "train_cam")
     manager = checkpoint.Checkpointer(ckpt_dir, save_every=2)
     assert manager.latest_step() == 3
     manager.close()
-    cam_train.train_cam(tiny_config, preempted)
+    cam_train.train_cam(tiny_config, preempted, datasets.resolve(tiny_config))
     _assert_trees_equal(_final_params(preempted), expected)
     _assert_logged_once(preempted, expected_rows)
 
@@ -134,9 +137,9 @@ def test_preempted_and_crashed_runs_resume_exactly(tiny_config, tmp_path):
             raise KeyboardInterrupt("simulated kill")
 
     with pytest.raises(KeyboardInterrupt):
-        cam_train.train_cam(tiny_config, crashed, on_step=crash_at_4)
+        cam_train.train_cam(tiny_config, crashed, datasets.resolve(tiny_config), on_step=crash_at_4)
     assert [r["step"] for r in _rows(crashed)] == [1, 2, 3]
-    cam_train.train_cam(tiny_config, crashed)
+    cam_train.train_cam(tiny_config, crashed, datasets.resolve(tiny_config))
     _assert_trees_equal(_final_params(crashed), expected)
     _assert_logged_once(crashed, expected_rows)
 
@@ -157,7 +160,7 @@ def test_exploding_head_is_never_checkpointed(tiny_config, tmp_path):
     # Divergence before the first checkpoint: nothing is saved, the run restarts from scratch.
     fresh = str(tmp_path / "fresh")
     with pytest.raises(NonFiniteLoss) as info:
-        cam_train.train_cam(exploding, fresh)
+        cam_train.train_cam(exploding, fresh, datasets.resolve(exploding))
     message = str(info.value)
     assert message.startswith("train_cam: non-finite values at step 1: state 'f' (")
     assert "params/classifier/kernel" in message and "metric" not in message.split("Stopped")[0]
@@ -174,9 +177,11 @@ def test_exploding_head_is_never_checkpointed(tiny_config, tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(Preempted):
-        cam_train.train_cam(tiny_config, resumed, on_step=sigterm_at_2)
+        cam_train.train_cam(
+            tiny_config, resumed, datasets.resolve(tiny_config), on_step=sigterm_at_2
+        )
     with pytest.raises(NonFiniteLoss) as info:
-        cam_train.train_cam(exploding, resumed)
+        cam_train.train_cam(exploding, resumed, datasets.resolve(exploding))
     message = str(info.value)
     assert "non-finite values at step 3: state 'f'" in message
     assert "Kept: the checkpoint of step 2" in message and "resumes from step 2" in message

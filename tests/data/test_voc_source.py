@@ -25,7 +25,6 @@ from PIL import Image
 from configs import common
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.data import datasets
-from pnoc_jax.data import pipeline as data_pipeline
 from pnoc_jax.data.builders import synthetic, voc2012
 from tests.data.voc_devkit import SPECS, TRAIN, VAL, rgb_image, write_voc
 
@@ -154,10 +153,10 @@ def test_source_changed_after_its_identity_was_taken_is_refused(tmp_path):
     datasets.identity(config)  # what the stage fingerprints name
     (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000032\n2007_000039\n")
     with pytest.raises(RuntimeError, match="changed since this run read it"):
-        data_pipeline.open_split(config, "train")
+        datasets.resolve(config).split("train")
     assert not list((tmp_path / "tfds").glob("voc2012-*"))  # nothing built from the new files
     datasets.clear_identity_cache()  # the next run
-    assert len(data_pipeline.open_split(config, "train")) == 2
+    assert len(datasets.resolve(config).split("train")) == 2
 
 
 def test_legacy_build_without_a_recorded_source_is_not_trusted(tmp_path, caplog):

@@ -16,6 +16,7 @@ from pnoc_jax import config_lib, pipeline
 from pnoc_jax.core import artifacts, fileio, scores, weights
 from pnoc_jax.core.weights import WeightsError
 from pnoc_jax.core.writers import read_metrics
+from pnoc_jax.data import datasets
 from pnoc_jax.data import pipeline as data_pipeline
 from pnoc_jax.evaluation import miou
 from pnoc_jax.inference import tta
@@ -35,7 +36,7 @@ class _Few(list):
 
 def _fake_priors(config, workdir: str, split: str) -> None:
     """CAM files from blurred GT masks (stands in for train_cam + infer_cam)."""
-    for example in data_pipeline.open_split(config, split):
+    for example in datasets.resolve(config).split(split):
         mask, (h, w) = example["mask"], example["mask"].shape
         classes = np.flatnonzero(example["labels"] > 0.5)
         keys = np.concatenate([[0], classes + 1]).astype(np.int64)
@@ -75,9 +76,9 @@ def _config(tiny_config):
 
 
 def _few(monkeypatch) -> None:
-    original = data_pipeline.open_split
+    original = datasets.Dataset.split
     monkeypatch.setattr(
-        data_pipeline, "open_split", lambda cfg, split, whole=False: _Few(original(cfg, split)[:8])
+        datasets.Dataset, "split", lambda self, split, whole=False: _Few(original(self, split)[:8])
     )
 
 
@@ -108,7 +109,7 @@ def finished(finished_run, few):
 
 def test_saliency_stages_end_to_end(finished):
     config, workdir = finished
-    examples = list(data_pipeline.open_split(config, "val"))
+    examples = list(datasets.resolve(config).split("val"))
     orientation = fileio.read_json(artifacts.orientation_file(workdir))
     assert orientation["method"] == "ccamh" and orientation["applied"] is False
     assert orientation["images"] == 8 and 0 <= orientation["border_foreground"] <= 1
@@ -196,7 +197,7 @@ def test_affinity_labels_refuse_missing_or_mis_sized_saliency(finished, tmp_path
     config, workdir = finished
     folder = tmp_path / "user_saliency"
     folder.mkdir()
-    examples = list(data_pipeline.open_split(config, "val"))
+    examples = list(datasets.resolve(config).split("val"))
     config.affinity_labels.update(saliency="", saliency_dir=str(folder))
     shutil.rmtree(artifacts.stage_dir(workdir, "affinity_labels"))
     for example in examples[:3]:  # only 3 of 8 maps
@@ -233,14 +234,14 @@ def test_detector_refuses_other_architectures_and_bad_masks(finished, tmp_path):
     config.detector.update(backbone="resnet18", backbone_weights="pretrained")
     config.detector.pretrained = artifacts.weights_file(workdir, "train_saliency")
     with pytest.raises(WeightsError, match=r"f\.npz: not a resnet18 backbone"):
-        train_detector.run(config, str(tmp_path / "elsewhere"))
+        train_detector.run(config, str(tmp_path / "elsewhere"), datasets.resolve(config))
     # A mis-sized training mask: the error names it.
     config.detector.update(backbone="tiny", backbone_weights="pretrained", pretrained="")
-    examples = list(data_pipeline.open_split(config, "val"))
+    examples = list(datasets.resolve(config).split("val"))
     mask = artifacts.saliency_png_file(workdir, "infer_saliency", "val", examples[0]["id"])
     fileio.write_saliency(mask, np.zeros((5, 5), np.uint8))
     source = data_pipeline.Attached(
-        data_pipeline.open_split(config, "val"),
+        datasets.resolve(config).split("val"),
         functools.partial(train_detector.attach_target, os.path.dirname(mask)),
     )
     with pytest.raises(fileio.SaliencyMapError, match="saliency map of size 5x5"):

@@ -17,7 +17,6 @@ from pnoc_jax.core.masks import IGNORE, PALETTE
 from pnoc_jax.core.train_state import create_state
 from pnoc_jax.core.writers import read_metrics
 from pnoc_jax.data import datasets
-from pnoc_jax.data import pipeline as data_pipeline
 from pnoc_jax.evaluation import miou
 from pnoc_jax.inference import tta
 from pnoc_jax.segmentation import evaluate as seg_evaluate
@@ -45,22 +44,22 @@ def _blank_truth(example: dict) -> dict:
 @pytest.fixture
 def few_images(monkeypatch):
     """Every split is its first NUM_IMAGES examples; the last `val` image has no ground truth."""
-    original = data_pipeline.open_split
+    original = datasets.Dataset.split
 
-    def open_split(cfg, split, whole=False):
-        examples = _Few(original(cfg, split)[:NUM_IMAGES])
+    def split_of(self, split, whole=False):
+        examples = _Few(original(self, split)[:NUM_IMAGES])
         if split == "val":
             examples[-1] = _blank_truth(examples[-1])
         return examples
 
-    monkeypatch.setattr(data_pipeline, "open_split", open_split)
+    monkeypatch.setattr(datasets.Dataset, "split", split_of)
 
 
 def _fake_pseudo_labels(config, workdir: str) -> None:
     """Pseudo-labels (stands in for the random walk): the GT mask with void -> background and
     a band of wrong pixels, for every split the stages read; random_walk is marked done."""
     for split in config.rw.splits:
-        for example in data_pipeline.open_split(config, split):
+        for example in datasets.resolve(config).split(split):
             label = example["mask"].copy()
             label[label == IGNORE] = 0
             label[:3] = 1  # a wrong stripe: pseudo-labels are not the ground truth
@@ -142,7 +141,7 @@ def test_segmentation_stages_end_to_end_and_resume(tiny_config, tmp_path, few_im
     kept = weights.load(artifacts.segmentation_weights_file(workdir, stage))
     validator = seg_train.Validator(
         model,
-        seg_train.labelled_split(config, workdir, "pseudo", "val"),
+        seg_train.labelled_split(datasets.resolve(config), workdir, "pseudo", "val"),
         tta.canvas_size(config.segmentation.crop_size, 1.0),
         spec.num_classes,
         batch_size=3,
@@ -153,7 +152,7 @@ def test_segmentation_stages_end_to_end_and_resume(tiny_config, tmp_path, few_im
     # Inference: label maps at the image size, with and without CRF; the image without ground
     # truth also in the server layout, a palette PNG of the VOC colours.
     infer_stage = "infer_segmentation"
-    source = data_pipeline.open_split(config, "val")
+    source = datasets.resolve(config).split("val")
     for example in source:
         for crf in (True, False):
             path = artifacts.segmentation_file(workdir, infer_stage, "val", example["id"], crf)
@@ -209,16 +208,16 @@ def test_segmentation_stages_end_to_end_and_resume(tiny_config, tmp_path, few_im
     for f in redo:
         os.remove(os.path.join(label_dir, f))
     config.runtime.num_workers = 1
-    seg_infer.infer_segmentation(config, workdir)
+    seg_infer.infer_segmentation(config, workdir, datasets.resolve(config))
     after = {f: os.stat(os.path.join(label_dir, f)).st_mtime_ns for f in os.listdir(label_dir)}
     assert {f for f in after if after[f] != before[f]} == set(redo)
     for f in redo:
         np.testing.assert_array_equal(fileio.read_png(os.path.join(label_dir, f)), kept_maps[f])
-    assert not seg_infer.missing_for("pseudo")(config, workdir)
+    assert not seg_infer.missing_for("pseudo")(config, workdir, datasets.resolve(config))
 
     # Everything finished: a rerun skips every stage; resuming training redoes no validation.
     assert not any(pipeline.run_stage(n, config, workdir) for n in config.stages)
-    seg_train.train_segmentation(config, workdir)
+    seg_train.train_segmentation(config, workdir, datasets.resolve(config))
     assert seg_train.read_history(artifacts.validation_file(workdir, stage)) == history
 
 
@@ -226,15 +225,17 @@ def test_segmentation_stages_end_to_end_and_resume(tiny_config, tmp_path, few_im
 def test_missing_checkpoint_past_an_unscored_point_is_reported(tiny_config, tmp_path, few_images):
     config, workdir = _segmentation_config(tiny_config), str(tmp_path)
     _fake_pseudo_labels(config, workdir)
-    seg_train.train_segmentation(config, workdir)
+    seg_train.train_segmentation(config, workdir, datasets.resolve(config))
     path = artifacts.validation_file(workdir, "train_segmentation")
     rows = seg_train.read_history(path)
     fileio.write_text(path, json.dumps(rows[0]) + "\n")  # step 4 was trained, never scored
-    seg_train.train_segmentation(config, workdir)  # restores step 4 and scores it
+    seg_train.train_segmentation(
+        config, workdir, datasets.resolve(config)
+    )  # restores step 4 and scores it
     assert [r["step"] for r in seg_train.read_history(path)] == [2, 4]
     fileio.write_text(path, "")  # step 2 unscored, but the checkpoint is at step 4
     with pytest.raises(RuntimeError, match="past the unscored validation point 2"):
-        seg_train.train_segmentation(config, workdir)
+        seg_train.train_segmentation(config, workdir, datasets.resolve(config))
 
 
 def _one_step(spec: seg_model.ModelSpec, devices, batch):
