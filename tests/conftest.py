@@ -1,6 +1,9 @@
 """Test set-up: 8 simulated CPU devices, set before JAX initialises its backend."""
 
+import fcntl
 import os
+import shutil
+from collections.abc import Callable
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -21,14 +24,32 @@ from pnoc_jax.core import compile_cache
 compile_cache.enable(None)
 
 
+def _built_once(tmp_path_factory, name: str, build: Callable[[str], None]) -> str:
+    """`<session tmp>/<name>`, made by `build(folder)` once per test session, also when
+    pytest-xdist runs the suite in several workers: the first worker to come builds it under a
+    file lock, the others wait for it and reuse it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the temporary folder all workers of this session share
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(str(folder))
+            (folder / ".built").touch()
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> str:
     """The synthetic TFDS dataset, built once per test session."""
     from pnoc_jax.data import datasets
 
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    datasets.prepare("synthetic", data_dir)
-    return data_dir
+    return _built_once(
+        tmp_path_factory, "tfds", lambda folder: datasets.prepare("synthetic", folder)
+    )
 
 
 def make_tiny_config(data_dir: str):
@@ -130,6 +151,7 @@ def tiny_run(synthetic_data_dir, tmp_path_factory):
     for key, value in tiny_run_overrides(synthetic_data_dir).items():
         section, _, leaf = key.rpartition(".")
         (config_lib.get(config, section) if section else config)[leaf] = value
-    workdir = str(tmp_path_factory.mktemp("tiny_run"))
-    pipeline.run_stages(config, workdir)
+    workdir = _built_once(
+        tmp_path_factory, "tiny_run", lambda folder: pipeline.run_stages(config, folder)
+    )
     return config, workdir
