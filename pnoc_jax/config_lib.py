@@ -202,7 +202,6 @@ def validate_runtime(config: ml_collections.ConfigDict, topology: Topology) -> N
     for key in ("log_every", "ckpt_every", "predict_batch_size"):
         check_number(config, f"runtime.{key}", low=1, integer=True)
     check_number(config, "runtime.num_workers", low=0, integer=True)
-    check_number(config, "runtime.keep_stale", low=0, integer=True)
     check_number(config, "runtime.input_workers", low=-1, integer=True)
 
 
@@ -554,7 +553,6 @@ def base_config() -> ml_collections.ConfigDict:
             # the training process; -1 = every CPU but two, at most 32 (0 with <= 4 CPUs).
             "input_workers": -1,
             "predict_batch_size": 4,  # images per forward pass at inference (x2 with flips)
-            "keep_stale": 3,  # <stage>.stale-N folders kept per stage (made with old configs)
         }
     )
     return config

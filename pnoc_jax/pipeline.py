@@ -7,7 +7,9 @@ writes under `<workdir>/<stage>/`: `config.json` when it starts
 and `DONE.json` when it finished. A stage is skipped when `DONE.json` holds the fingerprint of
 its current config (its sections plus the fingerprints of the stages it reads), so a changed
 stage reruns, and so does everything downstream of it. A stage folder left by a different config
-is moved aside (`<stage>.stale-N`), never deleted. `config.runtime` is in no stage's sections.
+is moved aside (`<stage>.stale-N`), never deleted by a run (`remove_stale` deletes them when
+the user asks). A finished stage is verified before it is skipped (`verify`): one whose outputs
+are missing or damaged runs again. `config.runtime` is in no stage's sections.
 
 The experiments that run sub-pipelines (`compare`, `compare_saliency`) live in
 `pnoc_jax.experiments` and receive `run_stage` from here.
@@ -207,12 +209,27 @@ def stage_fingerprint(name: str, config: ml_collections.ConfigDict) -> str:
 
 
 def _recorded_fingerprint(path: str) -> str | None:
-    return fileio.read_json(path).get("fingerprint") if fileio.exists(path) else None
+    if not fileio.exists(path):
+        return None
+    record = fileio.read_json(path)
+    if not isinstance(record, dict):
+        raise StageError(
+            f"{path} holds a JSON {type(record).__name__}, not the object the runner writes "
+            f"({{stage, fingerprint, ...}}); delete it to run the stage again"
+        )
+    return record.get("fingerprint")
 
 
 def is_finished(workdir: str, name: str, config: ml_collections.ConfigDict) -> bool:
     done = _recorded_fingerprint(artifacts.done_file(workdir, name))
     return done == stage_fingerprint(name, config)
+
+
+def verify(name: str, config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The outputs of a finished stage that are missing or damaged (`artifacts.damage`: a
+    stat and a header per file, JSON parsed), with why; [] when it can be skipped."""
+    stage = STAGES[name]
+    return stage.missing(config, workdir) if stage.missing else []
 
 
 def _stale_dirs(stage_dir: str) -> list[tuple[int, str]]:
@@ -226,12 +243,13 @@ def _stale_dirs(stage_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _claim_stage_dir(workdir: str, name: str, fingerprint: str, keep_stale: int) -> None:
+def _claim_stage_dir(workdir: str, name: str, fingerprint: str) -> None:
     """Makes `<workdir>/<name>` the folder of this fingerprint, just before the stage runs.
 
     A folder made with another config is moved aside to `<name>.stale-N`; a stale folder made
-    with this config (a config that came back) is moved back and resumed, not redone. Only the
-    `keep_stale` newest stale folders are kept; the log says what was removed.
+    with this config (a config that came back) is moved back and resumed, not redone. Nothing
+    is deleted: `remove_stale` does that when the user asks. A symlinked stage folder moves as
+    the link (its target stays where it is).
 
     On an object store a move is a copy and a removal, not atomic: `fileio.move_tree` copies
     DONE.json last and removes it first, so an interrupted move leaves at most a folder without
@@ -252,9 +270,31 @@ def _claim_stage_dir(workdir: str, name: str, fingerprint: str, keep_stale: int)
                 fileio.move_tree(stale, stage_dir, marker=artifacts.DONE)
                 logging.warning("%s was made with this config: moved back to %s", stale, stage_dir)
                 break
-    for _, stale in _stale_dirs(stage_dir)[: max(len(_stale_dirs(stage_dir)) - keep_stale, 0)]:
-        fileio.rmtree(stale, marker=artifacts.DONE)
-        logging.warning("removed %s (config.runtime.keep_stale=%d)", stale, keep_stale)
+
+
+def stale_folders(workdir: str) -> list[tuple[str, int]]:
+    """(path, bytes) of every `<stage>.stale-N` folder of the workdir, by stage and N."""
+    found = []
+    for name in STAGES:
+        for _, path in _stale_dirs(artifacts.stage_dir(workdir, name)):
+            found.append((path, fileio.disk_use(path)))
+    return found
+
+
+def remove_stale(workdir: str) -> list[str]:
+    """Deletes every stale folder of the workdir (the user asked: `main --remove_stale`);
+    returns one line per folder saying what went. A symlinked one loses the link only."""
+    lines = []
+    with workdir_lock(workdir):
+        for path, size in stale_folders(workdir):
+            if not fileio.is_remote(path) and os.path.islink(path):
+                target = os.readlink(path)
+                os.remove(path)
+                lines.append(f"removed the link {path} (its target {target} is kept)")
+                continue
+            fileio.rmtree(path, marker=artifacts.DONE)
+            lines.append(f"removed {path} ({fileio.human_size(size)})")
+    return lines
 
 
 def _report(name: str, workdir: str) -> None:
@@ -270,19 +310,34 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> boo
     stage = STAGES[name]
     fp = stage_fingerprint(name, config)
     if is_finished(workdir, name, config):
-        logging.info("stage %s: finished with this config (%s), skipped", name, fp)
-        return False
+        damaged = verify(name, config, workdir)
+        if not damaged:
+            logging.info("stage %s: finished with this config (%s), skipped", name, fp)
+            return False
+        logging.warning(
+            "stage %s: finished, but its outputs are missing or damaged (%s): running it again",
+            name, ", ".join(damaged),
+        )  # fmt: skip
+        distributed.barrier(f"verify-{name}")
+        if distributed.is_chief():
+            fileio.remove(artifacts.done_file(workdir, name))
     for dep in deps_of(name, config):
         if not is_finished(workdir, dep, config):
             raise StageError(
                 f"stage {name} needs stage {dep} finished in {workdir} with the current config; "
                 f"add {dep!r} to config.stages before {name!r}"
             )
+        damaged = verify(dep, config, workdir)
+        if damaged:
+            raise StageError(
+                f"stage {name} reads stage {dep}, whose outputs are missing or damaged "
+                f"({', '.join(damaged)}); add {dep!r} to config.stages before {name!r} to redo them"
+            )
     if distributed.is_chief():
-        _claim_stage_dir(workdir, name, fp, config.runtime.keep_stale)
+        _claim_stage_dir(workdir, name, fp)
     distributed.barrier(f"claim-{name}")
-    if is_finished(workdir, name, config):  # a stale folder of this config came back finished
-        _report(name, workdir)
+    if is_finished(workdir, name, config) and not verify(name, config, workdir):
+        _report(name, workdir)  # a stale folder of this config came back finished
         return False
     if distributed.is_chief():
         fileio.write_json(
@@ -359,13 +414,25 @@ def _numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _summary_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The selected stages, then every other stage the workdir holds finished: a run of a few
+    stages updates their rows and keeps the others'."""
+    others = [
+        name
+        for name in STAGES
+        if name not in config.stages and fileio.exists(artifacts.done_file(workdir, name))
+    ]
+    return [*config.stages, *others]
+
+
 def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
     """`summary.json` ({stage: {metric: value}}, mIoUs as fractions) and `summary.md` for every
-    selected stage with metrics, also the skipped ones; returns the table."""
+    stage with metrics (`_summary_stages`), also the skipped ones, and the disk use of the stale
+    folders; returns the table and that line."""
     numbers, rows = {}, []
-    for name in config.stages:
+    for name in _summary_stages(config, workdir):
         stage, path = STAGES[name], artifacts.metrics_file(workdir, name)
-        if not fileio.exists(path):
+        if artifacts.damage(path) is not None:
             continue
         metrics = fileio.read_json(path)
         numbers[name] = _numbers(metrics)
@@ -378,6 +445,16 @@ def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
             rows.append(f"| {title} | {extra_line} | |")
             numbers[key] = extra_numbers
     table = "\n".join(["| stage | result | outputs |", "|---|---|---|", *rows]) + "\n"
+    stale = stale_folders(workdir)
+    if stale:
+        listing = ", ".join(
+            f"{os.path.basename(path)} ({fileio.human_size(size)})" for path, size in stale
+        )
+        total = fileio.human_size(sum(size for _, size in stale))
+        table += (
+            f"\nStale folders (made with other configs, kept): {listing}; {total} in all. "
+            f"`python -m pnoc_jax.main --workdir {workdir} --remove_stale` deletes them.\n"
+        )
     json_path, md_path = artifacts.summary_files(workdir)
     fileio.write_json(json_path, numbers)
     fileio.write_text(md_path, f"# Summary of {workdir}\n\n{table}")

@@ -32,7 +32,7 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
          "train.lr"),
         (["--config.train.lr=abc"], None, "--config.train.lr=abc: could not convert"),
         (["--config.model.backbone=tinyy"], None, "config.model.backbone='tinyy': expected one of"),
-        (["--config.runtime.keep_stale=-1"], None, "config.runtime.keep_stale=-1"),
+        (["--config.runtime.input_workers=-2"], None, "config.runtime.input_workers=-2"),
         (["--config.train.batch_size=12"], None, "batch_size=12: expected a multiple of the "
          "device count (8)"),
         (["stray"], None, "unexpected arguments ['stray']"),

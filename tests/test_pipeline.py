@@ -72,7 +72,6 @@ BAD_VALUES = {
     "runtime.ckpt_every": 0,
     "runtime.num_workers": -1,
     "runtime.predict_batch_size": 0,
-    "runtime.keep_stale": -1,
     "runtime.input_workers": -2,
     # saliency
     "affinity_labels.saliency": "infer_cam",
@@ -301,7 +300,6 @@ def test_runtime_knobs_never_change_a_fingerprint(tiny_config, tmp_path):
     config.runtime.update(
         log_every=7, ckpt_every=9, num_workers=3, predict_batch_size=16, input_workers=2
     )
-    config.runtime.keep_stale = 1
     os.symlink(config.data.data_dir, tmp_path / "moved")
     config.data.data_dir = str(tmp_path / "moved")
     after = {name: pipeline.stage_fingerprint(name, config) for name in pipeline.STAGES}

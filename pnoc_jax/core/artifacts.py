@@ -8,18 +8,66 @@ as `<id>.npz`, read and written by `core.scores`; label maps as palette `<id>.pn
 stages add `metrics.json`, `sweep.csv` and `sweep.png`.
 """
 
+import json
 import os
 from collections.abc import Iterable
 
 from pnoc_jax.core import fileio
 
+# How each kind of output starts and ends: (first bytes, last bytes); truncation loses the end.
+_SIGNATURES = {
+    ".npz": (b"PK", b""),  # a zip; its end-of-directory record is checked below
+    ".npy": (b"\x93NUMPY", b""),
+    ".png": (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"),
+    ".jpg": (b"\xff\xd8", b""),
+}
+_ZIP_END = b"PK\x05\x06"  # np.savez writes no zip comment: the record is the last 22 bytes
+
+
+def damage(path: str) -> str | None:
+    """Why `path` is not a whole output ("missing", "empty", "truncated", ...); None when it
+    looks whole. Cheap: the first and last bytes of a file, by its extension; a JSON file is
+    parsed. Nothing is read beyond that, so a whole split of outputs checks in seconds."""
+    try:
+        if fileio.isdir(path):
+            return "a folder where a file should be"
+        with fileio.open_read(path) as f:
+            head = f.read(16)
+            if not head:
+                return "empty"
+            extension = os.path.splitext(path)[1].lower()
+            if extension == ".json":
+                json.loads(head + f.read())
+                return None
+            start, end = _SIGNATURES.get(extension, (b"", b""))
+            if not head.startswith(start):
+                return f"not a {extension} file"
+            if extension == ".npz":
+                f.seek(-22, os.SEEK_END)
+                return None if f.read(4) == _ZIP_END else "truncated"
+            if end:
+                f.seek(-len(end), os.SEEK_END)
+                return None if f.read() == end else "truncated"
+    except FileNotFoundError:
+        return "missing"
+    except NotADirectoryError:
+        return "a file where a folder should be"
+    except (OSError, ValueError):  # a seek before the start, undecodable JSON
+        return "truncated or not what its name says"
+    return None
+
 
 def missing(paths: Iterable[str], show: int = 3) -> list[str]:
-    """The first `show` of `paths` that do not exist, and how many are missing in all."""
-    absent = [p for p in paths if not fileio.exists(p)]
-    if len(absent) > show:
-        return [*absent[:show], f"... {len(absent)} files missing in all"]
-    return absent
+    """The first `show` of `paths` that are missing or damaged (`damage`; a damaged one is
+    shown with why), and how many are missing or damaged in all."""
+    bad = []
+    for path in paths:
+        why = damage(path)
+        if why is not None:
+            bad.append(path if why == "missing" else f"{path} ({why})")
+    if len(bad) > show:
+        return [*bad[:show], f"... {len(bad)} files missing or damaged in all"]
+    return bad
 
 
 def lock_file(workdir: str) -> str:

@@ -149,6 +149,27 @@ def _files(path: str) -> list[str]:
     return sorted(out)
 
 
+def disk_use(path: str) -> int:
+    """Bytes of the files under folder `path` (links not followed: a symlinked folder counts 0)."""
+    if is_remote(path):
+        return sum(_epath(os.path.join(path, name)).stat().length for name in _files(path))
+    total = 0
+    for parent, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(parent, name)).st_size
+    return total
+
+
+def human_size(size: int) -> str:
+    """1536 -> "1.5 KiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 def _bare(uri: str) -> str:
     """A URI without its scheme and outer slashes: "gs://b/x/" -> "b/x"."""
     return uri.split("://", 1)[-1].strip("/")

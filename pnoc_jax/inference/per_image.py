@@ -41,7 +41,7 @@ def _tasks(
     for index in progress.iterate(range(len(source)), f"{stage} {split}"):
         example = source[index]
         labelled = bool(example["labels"].sum() > 0)
-        if all(fileio.exists(p) for p in outputs(split, example["id"], labelled)):
+        if all(artifacts.damage(p) is None for p in outputs(split, example["id"], labelled)):
             continue
         if not labelled and not compute_unlabelled:
             yield make_task(split, example, None)
