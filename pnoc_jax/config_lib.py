@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import types
@@ -35,6 +36,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         if name not in defaults:
             raise ValueError(f"config argument {name!r} unknown; known: {sorted(defaults)}")
         default = defaults[name]
+        if not eq and not isinstance(default, bool):
+            raise ValueError(f"config argument {name!r} needs a value, e.g. {name}={default!r}")
         if not eq:
             value: Any = True
         elif isinstance(default, bool):
@@ -44,7 +47,12 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         elif default is None:
             value = raw
         else:
-            value = type(default)(raw)
+            try:
+                value = type(default)(raw)
+            except ValueError:
+                raise ValueError(
+                    f"config argument {name}={raw!r}: expected {type(default).__name__}"
+                ) from None
         result[name] = value
     return result
 
@@ -125,7 +133,7 @@ def check_number(
 ) -> None:
     """Checks that `config.<key>` is a number (an int if `integer`) in the given interval."""
     value = get(config, key)
-    kind = "an integer" if integer else "a number"
+    kind = "an integer" if integer else "a finite number"
     types = (int,) if integer else (int, float)
     bounds = []
     if low is not None:
@@ -133,7 +141,7 @@ def check_number(
     if high is not None:
         bounds.append(f"{'<' if high_open else '<='} {high}")
     expected = f"{kind} {' and '.join(bounds)}".strip()
-    ok = isinstance(value, types) and not isinstance(value, bool)
+    ok = isinstance(value, types) and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:

@@ -1,9 +1,11 @@
 """Entry point: `python -m pnoc_jax.main --config configs/<file>.py[:args] --workdir DIR`.
 
 Runs the stages listed in `config.stages`, skipping those already finished with the same
-config. Overrides: `--config.train.lr=0.05`. A mistake in the config, the data or the workdir
-stops with one line that says what and where; exit code 2 for the command line and config,
-1 for other problems, 143 after a SIGTERM-triggered checkpoint, 130 after Ctrl-C.
+config (and whose outputs are whole). `--workdir DIR --remove_stale` deletes the stale folders
+of other configs, listing each. Overrides: `--config.train.lr=0.05`. A mistake in the config,
+the data or the workdir stops with one line that says what and where; exit code 2 for the
+command line and config, 1 for other problems (data, workdir, machine), 143 after a
+SIGTERM-triggered checkpoint, 130 after Ctrl-C.
 """
 
 import difflib
@@ -45,7 +47,13 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
     "~/.cache/pnoc_jax/jax); '' turns it off.",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+_REMOVE_STALE = flags.DEFINE_bool(
+    "remove_stale",
+    False,
+    "Delete the workdir's <stage>.stale-N folders (finished results of other configs), listing "
+    "each, and exit; no --config needed. Runs never delete them.",
+)
+flags.mark_flags_as_required(["workdir"])
 
 # Problems of the machine rather than of the code: reported in one line.
 _OS_ERRORS = {
@@ -115,6 +123,19 @@ def _unknown_override(argv: list[str], error: Exception) -> str:
     return f"--config.{bad}: no such config key{hint}"
 
 
+def _check_config_file(path: str) -> None:
+    """One line for a config file that is missing or not Python, before absl imports it."""
+    if not os.path.isfile(os.path.expanduser(path)):
+        fail(f"config file {path!r} not found; configs: {', '.join(_configs())}", 2)
+    try:
+        with open(os.path.expanduser(path), "rb") as f:
+            compile(f.read(), path, "exec")
+    except SyntaxError as e:
+        fail(f"--config {path}: line {e.lineno}: {e.msg}", 2)
+    except (OSError, ValueError) as e:
+        fail(f"--config {path}: cannot read it ({e})", 2)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with one-line errors for the user's mistakes."""
     config_arg = next(
@@ -123,9 +144,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if config_arg is None and "--config" in argv[:-1]:
         config_arg = argv[argv.index("--config") + 1]
     if config_arg is not None:
-        path = config_arg.split(":", 1)[0]
-        if not os.path.isfile(path):
-            fail(f"config file {path!r} not found; configs: {', '.join(_configs())}", 2)
+        _check_config_file(config_arg.split(":", 1)[0])
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
@@ -134,6 +153,8 @@ def parse_flags(argv: list[str]) -> list[str]:
             fail(f"--config {config_arg}: {lines[-1]}", 2)
         fail(lines[0] if lines else repr(e), 2)
     except (KeyError, AttributeError) as e:
+        if "get_config" in str(e):
+            fail(f"--config {config_arg}: the file defines no get_config(arg=None)", 2)
         fail(_unknown_override(argv, e), 2)
     except (ValueError, TypeError) as e:
         fail(f"{config_arg}: {e}", 2)
@@ -220,9 +241,28 @@ def prepare_workdir(path: str) -> str:
     return workdir
 
 
+def _remove_stale(path: str) -> None:
+    """`--remove_stale`: deletes the stale folders of the workdir, one line each."""
+    workdir = fileio.expand(path)
+    if not fileio.isdir(workdir):
+        fail(f"--workdir {workdir}: no such folder", 2)
+    try:
+        lines = pipeline.remove_stale(workdir)
+    except UserError as e:
+        fail(str(e), 1)
+    print("\n".join(lines) if lines else f"no stale folders in {workdir}", flush=True)
+
+
 def main(argv: list[str]) -> None:
     del argv
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    if not _WORKDIR.value:
+        fail("--workdir: give the folder for the run's outputs", 2)
+    if _REMOVE_STALE.value:
+        _remove_stale(_WORKDIR.value)
+        return
+    if not flags.FLAGS["config"].present:
+        fail("--config: give a config file, e.g. --config configs/quickstart.py", 2)
     progress.log_above_bars()
     quiet_background_errors()
     distributed.maybe_initialize(
@@ -234,6 +274,13 @@ def main(argv: list[str]) -> None:
         config = _CONFIG.value
     except (ValueError, TypeError, OSError) as e:
         fail(f"--config {flags.FLAGS['config'].config_filename}: {e}", 2)
+    if not isinstance(config, ml_collections.ConfigDict):
+        fail(
+            f"--config {flags.FLAGS['config'].config_filename}: get_config() returned a "
+            f"{type(config).__name__}, expected an ml_collections.ConfigDict (start from "
+            f"config_lib.base_config(), as configs/quickstart.py does)",
+            2,
+        )
     try:
         pipeline.validate(config, config_lib.Topology(jax.device_count(), jax.process_count()))
     except config_lib.ConfigError as e:

@@ -397,6 +397,11 @@ def workdir_lock(workdir: str):
             raise UserError(
                 f"workdir {workdir} is in use by {e}; wait for it, or use another --workdir"
             ) from None
+        except IsADirectoryError:
+            raise UserError(
+                f"{artifacts.lock_file(workdir)} is a folder, where the run keeps its lock file; "
+                f"remove it"
+            ) from None
         yield
 
 

@@ -17,6 +17,10 @@ def test_parse_arg_types_and_unknown():
     assert (args.strategy, args.epochs, args.fast) == ("pnoc", 3, True)
     with pytest.raises(ValueError, match="unknown"):
         config_lib.parse_arg("bogus=1", strategy="cam")
+    with pytest.raises(ValueError, match="'epochs' needs a value, e.g. epochs=1"):
+        config_lib.parse_arg("epochs", epochs=1)
+    with pytest.raises(ValueError, match="epochs='x': expected int"):
+        config_lib.parse_arg("epochs=x", epochs=1)
 
 
 # Every leaf of every section a stage reads, with a value that cannot work. Paths and booleans
@@ -227,6 +231,20 @@ def test_validate_rejects_bad_value_naming_the_key(tiny_config, key):
         node[leaf] = BAD_VALUES[key]
     with pytest.raises(config_lib.ConfigError, match=f"config.{key}="):
         pipeline.validate(config, TOPOLOGY)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_validate_rejects_non_finite_numbers(tiny_config, bad):
+    config = _all_stages_config(tiny_config)
+    floats = [k for k, v in _leaves(config_lib.base_config()).items() if type(v) is float]
+    assert "train.lr" in floats
+    for key in floats:
+        section, _, leaf = key.rpartition(".")
+        node = config_lib.get(config, section)
+        good, node[leaf] = node[leaf], bad
+        with pytest.raises(config_lib.ConfigError, match=f"config.{key}={bad}"):
+            pipeline.validate(config, TOPOLOGY)
+        node[leaf] = good
 
 
 def test_validate_cross_section_rules(tiny_config):
