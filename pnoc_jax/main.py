@@ -10,7 +10,6 @@ SIGTERM-triggered checkpoint, 130 after Ctrl-C.
 
 import difflib
 import errno
-import logging as logging_std
 import os
 import re
 import sys
@@ -163,29 +162,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     return rest
 
 
-class _QuietLibraries(logging_std.Filter):
-    """Drops the INFO chatter of orbax, TFDS, grain and JAX's backend probing (e.g. "Unable to
-    initialize backend 'tpu'" on every start); their warnings and errors still show, each once
-    and without a traceback (an error that matters reaches `main`, which reports it)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging_std.LogRecord) -> bool:
-        libraries = ("orbax", "tensorflow_datasets", "grain", "xla_bridge")
-        if not any(lib in record.pathname for lib in libraries):
-            return True
-        if record.levelno < logging_std.WARNING:
-            return False
-        message = record.getMessage().splitlines()[0][:300]
-        if message in self.seen:
-            return False
-        self.seen.add(message)
-        record.msg, record.args, record.exc_info, record.exc_text = message, None, None, None
-        return True
-
-
 def _machine_problem(error: BaseException | None) -> str | None:
     """One line for an error of the machine (disk full, permissions) anywhere in the chain,
     whether an OSError or a library's error that carries the OS error code in its text."""
@@ -255,7 +231,7 @@ def _remove_stale(path: str) -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    progress.quiet_libraries()
     if not _WORKDIR.value:
         fail("--workdir: give the folder for the run's outputs", 2)
     if _REMOVE_STALE.value:

@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from pnoc_jax.core import artifacts, distributed, fileio, pool, progress
+from pnoc_jax.core import artifacts, distributed, pool, progress
 from pnoc_jax.data import pipeline
 
 # The files a stage writes for one image: (split, image_id, labelled) -> paths.
