@@ -1,6 +1,6 @@
 r"""Segment your own images with a trained segmentation network (stage train_segmentation).
 
-    python -m pnoc_jax.predict --workdir runs/quickstart --images a.jpg b.png photos/ --out predictions
+    python -m pnoc_jax.predict --workdir runs/quickstart --images a.jpg b.png photos/ --out masks
     python -m pnoc_jax.predict --checkpoint runs/voc/train_segmentation/weights/best.npz \
         --images photos/*.jpg --out predictions --scales=1.0 --noflip --crf_iterations=0
 

@@ -17,7 +17,7 @@ def test_parse_arg_types_and_unknown():
     assert (args.strategy, args.epochs, args.fast) == ("pnoc", 3, True)
     with pytest.raises(ValueError, match="unknown"):
         config_lib.parse_arg("bogus=1", strategy="cam")
-    with pytest.raises(ValueError, match="'epochs' needs a value, e.g. epochs=1"):
+    with pytest.raises(ValueError, match=r"'epochs' needs a value, e\.g\. epochs=1"):
         config_lib.parse_arg("epochs", epochs=1)
     with pytest.raises(ValueError, match="epochs='x': expected int"):
         config_lib.parse_arg("epochs=x", epochs=1)

@@ -197,10 +197,10 @@ def test_command_line(checkpoint, images, tmp_path):
         f"--checkpoint={tmp_path}/none.npz", "--images", images["photo"], f"--out={out}"
     )
     assert missing.returncode == 1 and "none.npz: no such weights file" in missing.stderr
-    before = open(images["small"], "rb").read()
+    before = fileio.read_bytes(images["small"])
     onto = _predict(
         f"--checkpoint={checkpoint}", "--images", images["small"], f"--out={images['folder']}"
     )
     assert onto.returncode == 2 and len(onto.stderr.splitlines()) == 1, onto.stderr
     assert "holds input images (hopper.png)" in onto.stderr
-    assert open(images["small"], "rb").read() == before
+    assert fileio.read_bytes(images["small"]) == before
