@@ -300,3 +300,4 @@ def test_cli_bad_input_is_one_line_and_out_expands_home(tmp_path, monkeypatch) -
     monkeypatch.setenv("HOME", str(tmp_path))
     main(["--torch_checkpoint", str(good), "--depth", "18", "--out=~/x.npz"])
     assert (tmp_path / "x.npz").exists()
+    assert "backbone" in weights.load("~/x.npz")["params"]  # every weights key: ~ expanded
