@@ -14,14 +14,15 @@ from collections.abc import Iterable
 
 from pnoc_jax.core import fileio
 
-# How each kind of output starts and ends: (first bytes, last bytes); truncation loses the end.
+# How each kind of output starts, and what a whole file holds `offset` bytes before its end
+# (truncation loses it): (head, tail, offset).
 _SIGNATURES = {
-    ".npz": (b"PK", b""),  # a zip; its end-of-directory record is checked below
-    ".npy": (b"\x93NUMPY", b""),
-    ".png": (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"),
-    ".jpg": (b"\xff\xd8", b""),
+    # a zip: the end-of-directory record is its last 22 bytes (np.savez writes no comment)
+    ".npz": (b"PK", b"PK\x05\x06", 22),
+    ".npy": (b"\x93NUMPY", b"", 0),
+    ".png": (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82", 8),
+    ".jpg": (b"\xff\xd8", b"", 0),
 }
-_ZIP_END = b"PK\x05\x06"  # np.savez writes no zip comment: the record is the last 22 bytes
 
 
 def damage(path: str) -> str | None:
@@ -39,22 +40,20 @@ def damage(path: str) -> str | None:
             if extension == ".json":
                 json.loads(head + f.read())
                 return None
-            start, end = _SIGNATURES.get(extension, (b"", b""))
+            start, tail, offset = _SIGNATURES.get(extension, (b"", b"", 0))
             if not head.startswith(start):
                 return f"not a {extension} file"
-            if extension == ".npz":
-                f.seek(-22, os.SEEK_END)
-                return None if f.read(4) == _ZIP_END else "truncated"
-            if end:
-                f.seek(-len(end), os.SEEK_END)
-                return None if f.read() == end else "truncated"
+            size = f.seek(0, os.SEEK_END)
+            if size < offset:
+                return "truncated"
+            f.seek(size - offset)
+            return None if f.read(len(tail)) == tail else "truncated"
     except FileNotFoundError:
         return "missing"
     except NotADirectoryError:
         return "a file where a folder should be"
-    except (OSError, ValueError):  # a seek before the start, undecodable JSON
-        return "truncated or not what its name says"
-    return None
+    except ValueError:  # undecodable JSON
+        return "not valid JSON"
 
 
 def missing(paths: Iterable[str], show: int = 3) -> list[str]:

@@ -315,10 +315,9 @@ def run_training(
     ckpt = Checkpointer(artifacts.checkpoint_dir(workdir, stage), save_every=runtime.ckpt_every)
     writer = MetricWriter(artifacts.stage_dir(workdir, stage))
     try:
-        start = ckpt.latest_step() or 0
+        start, states = ckpt.restore_newest(states, stage)
         if start:
             logging.info("%s: resuming from step %d", stage, start)
-            states = ckpt.restore(start, states)
         global_batches = (
             distributed.to_global(b, mesh) for b in plan.batches(start, runtime.input_workers)
         )
