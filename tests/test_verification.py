@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from pnoc_jax import pipeline
-from pnoc_jax.core import artifacts
+from pnoc_jax.core import artifacts, fileio
+from pnoc_jax.core.errors import UserError
 
 
 @pytest.fixture
@@ -55,3 +56,24 @@ def test_a_damaged_input_of_a_stage_run_alone_names_its_producer(damaged_copy):
                        r"missing or damaged \(.*train_oc/weights/f.npz \(truncated\)\); add "
                        r"'train_oc' to config.stages"):  # fmt: skip
         pipeline.run_stage("train_cam", config, workdir)
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(damaged_copy, caplog):
+    config, workdir = damaged_copy
+    ckpt = artifacts.checkpoint_dir(workdir, "train_oc")
+    assert sorted(os.listdir(ckpt)) == ["2", "3"]
+    weights_file = artifacts.weights_file(workdir, "train_oc")
+    finished = fileio.read_bytes(weights_file)
+    os.remove(os.path.join(ckpt, "3", "f", "_METADATA"))
+    os.remove(artifacts.done_file(workdir, "train_oc"))
+    os.remove(weights_file)
+    assert pipeline.run_stage("train_oc", config, workdir)  # step 3 trained again from step 2
+    assert "resuming from step 2, the newest checkpoint that restores" in caplog.text
+    assert fileio.read_bytes(weights_file) == finished  # as the uninterrupted run
+    assert os.path.isdir(f"{ckpt}.damaged-3")
+    for step in os.listdir(ckpt):
+        shutil.rmtree(os.path.join(ckpt, step, "f", "d"))
+    os.remove(artifacts.done_file(workdir, "train_oc"))
+    with pytest.raises(UserError, match=rf"train_oc: no checkpoint in {ckpt} can be restored "
+                       r"\(steps 3, 2 are damaged\); delete that folder"):  # fmt: skip
+        pipeline.run_stage("train_oc", config, workdir)
