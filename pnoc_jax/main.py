@@ -268,6 +268,8 @@ def main(argv: list[str]) -> None:
     except Preempted as e:
         logging.warning("%s", e)
         sys.exit(e.exit_code)  # 143 after SIGTERM, 130 after Ctrl-C
+    except KeyboardInterrupt:
+        fail("stopped by a second Ctrl-C, without saving; rerun the same command to resume", 130)
     except (NonFiniteLoss, UserError, config_lib.ConfigError) as e:
         fail(str(e), 1)
     except Exception as e:

@@ -347,7 +347,12 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> boo
     distributed.barrier(f"start-{name}")
     logging.info("stage %s: running (fingerprint %s)", name, fp)
     start = time.time()
-    stage.run(config, workdir)
+    try:
+        stage.run(config, workdir)
+    except BaseException:  # stopped, failed or interrupted: no half-written file stays behind
+        if distributed.is_chief():
+            fileio.remove_temporaries(artifacts.stage_dir(workdir, name))
+        raise
     distributed.barrier(f"end-{name}")
     if distributed.is_chief():
         missing = stage.missing(config, workdir) if stage.missing else []

@@ -212,3 +212,18 @@ def test_a_failing_stage_keeps_the_finished_folder_of_the_previous_config(toy, t
     toy.eval.thresholds = (0.1, 0.2)  # the typo is fixed: nothing is redone
     assert not pipeline.run_stage("toy", toy, workdir)
     assert _out(workdir) == str((0.1, 0.2)) and _runs(workdir) == 1
+
+
+def test_a_stopped_stage_leaves_no_temporary_files(toy, tmp_path):
+    def interrupted(config, workdir):
+        del config
+        leftover = os.path.join(artifacts.stage_dir(workdir, "toy"), "val", ".a.png.x1y2.tmp")
+        os.makedirs(os.path.dirname(leftover))
+        fileio.write_text(os.path.join(os.path.dirname(leftover), "b.png"), "whole")
+        open(leftover, "w").close()  # what a write cut short by SIGKILL of a worker leaves
+        raise KeyboardInterrupt
+
+    pipeline.STAGES["toy"] = dataclasses.replace(pipeline.STAGES["toy"], run=interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_stage("toy", toy, str(tmp_path))
+    assert os.listdir(tmp_path / "toy" / "val") == ["b.png"]

@@ -149,6 +149,22 @@ def _files(path: str) -> list[str]:
     return sorted(out)
 
 
+def remove_temporaries(path: str) -> int:
+    """Removes the temporary files of interrupted atomic writes (`.<name>.<random>.tmp`)
+    under folder `path` (local; an object store has none that outlive a write); returns how
+    many. Only while nothing writes there (the runner holds the workdir lock)."""
+    if is_remote(path):
+        return 0
+    removed = 0
+    for parent, _, names in os.walk(path):
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(parent, name))
+                    removed += 1
+    return removed
+
+
 def disk_use(path: str) -> int:
     """Bytes of the files under folder `path` (links not followed: a symlinked folder counts 0)."""
     if is_remote(path):

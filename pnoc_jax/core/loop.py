@@ -75,15 +75,17 @@ def jit_update(fn: UpdateFn, mesh: Any) -> UpdateFn:
     )
 
 
-class _StopSignals:
-    """Turns SIGTERM and a first SIGINT (Ctrl-C) into `signum`, checked between steps: the loop
-    finishes the step, checkpoints and raises `Preempted`. A SIGINT after that raises
-    KeyboardInterrupt at once, without a checkpoint. Installed on the main thread only."""
+class StopSignals:
+    """Turns SIGTERM and a first SIGINT (Ctrl-C) into `signum`, checked between units of work
+    (training steps, images): the loop finishes the unit, saves (`then`: what the log line says
+    happens next) and raises `Preempted`. A SIGINT after that raises KeyboardInterrupt at once.
+    Installed on the main thread only."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, then: str = "checkpointing and exiting after this step"):
         self.signum: int | None = None
+        self.then = then
         self._previous: dict[int, Any] = {}
 
     def __enter__(self):
@@ -92,17 +94,16 @@ class _StopSignals:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def requested(self) -> bool:
+        return self.signum is not None
+
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGINT and self.signum is not None:
             raise KeyboardInterrupt(f"{name} after a stop request: exiting without a checkpoint")
         if self.signum is None:
             self.signum = signum
-        logging.warning(
-            "%s received: checkpointing and exiting after this step (Ctrl-C again exits at "
-            "once, without that checkpoint)",
-            name,
-        )
+        logging.warning("%s received: %s (Ctrl-C again exits at once)", name, self.then)
 
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
@@ -228,7 +229,7 @@ def train_loop(
     pending: list[dict[str, jax.Array]] = []
     writer.restart(start_step)
     progress = progress_lib.bar(total_steps, description, initial=start_step)
-    with _StopSignals() as stop:
+    with StopSignals() as stop:
         for step in range(start_step, total_steps):
             batch = next(batches)
             carry: Any = None

@@ -9,13 +9,14 @@ meets the others at a barrier; `missing` lists the outputs that do not exist, ov
 split, for the runner's check that a stage finished.
 """
 
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import ml_collections
 from absl import logging
 
-from pnoc_jax.core import artifacts, distributed, pool, progress
+from pnoc_jax.core import artifacts, distributed, loop, pool, progress
 from pnoc_jax.data import pipeline
 
 # The files a stage writes for one image: (split, image_id, labelled) -> paths.
@@ -65,24 +66,51 @@ def run(
     compute_unlabelled: bool = False,
 ) -> None:
     """Runs `worker(make_task(split, example, computed))` in `core.pool` for every image of
-    `splits` whose `outputs` are missing; `computed` is the image's entry of `compute(examples)`
-    (None for an image without classes unless `compute_unlabelled`). `worker` must be a
-    module-level function that writes the image's outputs."""
-    for split in splits:
-        source = pipeline.open_split(config, split)
-        todo = _tasks(
-            stage,
-            split,
-            source,
-            outputs,
-            compute,
-            make_task,
-            config.runtime.predict_batch_size,
-            compute_unlabelled,
-        )
-        done = sum(1 for _ in pool.run_tasks(worker, todo, config.runtime.num_workers))
-        logging.info("%s %s: %d computed, %d already there", stage, split, done, len(source) - done)
+    `splits` whose `outputs` are missing or damaged; `computed` is the image's entry of
+    `compute(examples)` (None for an image without classes unless `compute_unlabelled`).
+    `worker` must be a module-level function that writes the image's outputs.
+
+    SIGTERM or a first Ctrl-C: the images in flight are finished, then `Preempted` is raised
+    (exit 143 or 130); a rerun continues with the images still missing."""
+    with loop.StopSignals("finishing the images in flight, then stopping") as stop:
+        for split in splits:
+            _run_split(stage, config, split, outputs, compute, make_task, worker,
+                       compute_unlabelled, stop)  # fmt: skip
     distributed.barrier(stage)
+
+
+def _run_split(
+    stage: str,
+    config: ml_collections.ConfigDict,
+    split: str,
+    outputs: Outputs,
+    compute: Callable[[list[dict]], list[Any]],
+    make_task: Callable[[str, dict, Any], Any],
+    worker: Callable[[Any], Any],
+    compute_unlabelled: bool,
+    stop: loop.StopSignals,
+) -> None:
+    source = pipeline.open_split(config, split)
+    todo = _tasks(
+        stage,
+        split,
+        source,
+        outputs,
+        compute,
+        make_task,
+        config.runtime.predict_batch_size,
+        compute_unlabelled,
+    )
+    workers = config.runtime.num_workers
+    done = sum(1 for _ in pool.run_tasks(worker, todo, workers, stop=stop.requested))
+    if stop.requested():
+        raise loop.Preempted(
+            f"{stage}: stopped by {signal.Signals(stop.signum).name} after {done} more "
+            f"image(s) of {split}; what is written is whole and kept: rerun the same command "
+            f"to continue",
+            stop.signum,
+        )
+    logging.info("%s %s: %d computed, %d already there", stage, split, done, len(source) - done)
 
 
 def missing(
