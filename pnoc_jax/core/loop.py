@@ -203,6 +203,25 @@ def _average(metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in host if k in m], dtype=np.float64)) for k in names}
 
 
+# Steps between the processes' agreement on a stop request (at most; log steps too).
+AGREE_EVERY = 10
+
+
+def _stop_agreed(stop: StopSignals, checkpointer: Checkpointer, done: int, log_every: int) -> bool:
+    """Whether to checkpoint and stop after step `done`: a stop signal here, or a preemption
+    notice (Orbax's sync point). With several processes the signals arrive at different
+    moments, so every `min(log_every, AGREE_EVERY)` steps the processes gather their flags and
+    all stop at the same step if any was asked to (one tiny all-gather; between those steps
+    none stops, so none waits in a checkpoint while another waits in the next step)."""
+    if checkpointer.manager.reached_preemption(done):  # the same answer on every process
+        return True
+    if jax.process_count() == 1:
+        return stop.requested()
+    if done % min(log_every, AGREE_EVERY):
+        return False
+    return bool(distributed.allgather(np.asarray(stop.requested(), np.int32)).any())
+
+
 def train_loop(
     *,
     states: dict[str, TrainState],
@@ -249,7 +268,7 @@ def train_loop(
             if on_step is not None:
                 on_step(done)
             is_last = done == total_steps
-            preempted = stop.signum is not None or checkpointer.manager.reached_preemption(done)
+            preempted = _stop_agreed(stop, checkpointer, done, log_every)
             wants_save = is_last or preempted or checkpointer.manager.should_save(done)
             if done % log_every == 0 or wants_save:
                 scalars = _average(pending)
