@@ -270,7 +270,9 @@ def main(argv: list[str]) -> None:
         sys.exit(e.exit_code)  # 143 after SIGTERM, 130 after Ctrl-C
     except KeyboardInterrupt:
         fail("stopped by a second Ctrl-C, without saving; rerun the same command to resume", 130)
-    except (NonFiniteLoss, UserError, config_lib.ConfigError) as e:
+    except config_lib.ConfigError as e:  # found once the data's size is known
+        fail(str(e), 2)
+    except (NonFiniteLoss, UserError) as e:
         fail(str(e), 1)
     except Exception as e:
         problem = _machine_problem(e)

@@ -35,6 +35,7 @@ from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import artifacts, distributed, fileio
 from pnoc_jax.core.errors import UserError
 from pnoc_jax.data import datasets
+from pnoc_jax.data import pipeline as data_pipeline
 from pnoc_jax.evaluation import sweep
 from pnoc_jax.experiments import saliency as compare_saliency
 from pnoc_jax.experiments import strategies as compare_strategies
@@ -65,6 +66,9 @@ class Stage:
     summary: Callable[[dict], str] | None = None
     # Rows it adds to the summary below its own, from the workdir's metrics.
     summary_rows: Callable[[ml_collections.ConfigDict, str], list[SummaryRow]] | None = None
+    # A training stage: (its section with batch_size, the key naming its training split,
+    # whether it trains on images with a class only), checked before anything runs.
+    trains_on: tuple[str, str, bool] | None = None
 
 
 # ---------------------------------------------------------------------------- the stage graph
@@ -119,7 +123,8 @@ def _segmentation_stages(labels: str) -> tuple[Stage, ...]:
     return (
         Stage(train_name, train_run, (*_TRAIN, "segmentation"), seg_train.deps_for(labels),
               checks=(seg_train.validate_pseudo_labels,) if weak else (),
-              headline=seg_train.headline, missing=seg_train.missing_for(labels)),
+              headline=seg_train.headline, missing=seg_train.missing_for(labels),
+              trains_on=("segmentation", "segmentation.split", False)),
         Stage(infer_name, infer_run, ("data", "segmentation_infer"), (train_name,),
               missing=seg_infer.missing_for(labels)),
         Stage(eval_name, eval_run, ("data",), (infer_name,),
@@ -134,20 +139,21 @@ _SALIENCY_SECTIONS = ("saliency", "saliency_infer", "detector", "detector_infer"
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     #     name                  run                    sections             reads
     Stage("train_oc",           cam_train.train_oc,    (*_TRAIN, "oc"),
-          missing=cam_train.missing_oc),
+          missing=cam_train.missing_oc, trains_on=("oc", "oc.split", True)),
     Stage("train_cam",          cam_train.train_cam,   (*_TRAIN, "train"),  cam_train.cam_deps,
-          missing=cam_train.missing_cam),
+          missing=cam_train.missing_cam, trains_on=("train", "train.split", True)),
     Stage("infer_cam",          cam_infer.run,         ("data", "model", "infer"), cam_infer.deps,
           missing=cam_infer.missing),
     Stage("eval_cam",           cam_evaluate.run,      ("data", "eval"),    ("infer_cam",),
           checks=(cam_evaluate.validate,), headline=cam_evaluate.headline,
           missing=cam_evaluate.missing),
     Stage("train_saliency",     saliency_train.run,    (*_TRAIN, "saliency"), saliency_train.deps,
-          missing=saliency_train.missing),
+          missing=saliency_train.missing, trains_on=("saliency", "saliency.split", False)),
     Stage("infer_saliency",     saliency_infer.run,    ("data", "saliency_infer"),
           ("train_saliency",), missing=saliency_infer.missing),
     Stage("train_detector",     train_detector.run,    ("seed", "data", "detector"),
-          train_detector.deps, missing=train_detector.missing),
+          train_detector.deps, missing=train_detector.missing,
+          trains_on=("detector", "detector.split", False)),
     Stage("infer_detector",     infer_detector.run,    ("data", "detector", "detector_infer"),
           infer_detector.deps, missing=infer_detector.missing),
     Stage("eval_saliency",      saliency_evaluate.run, ("data", "eval", "saliency_eval"),
@@ -156,7 +162,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("affinity_labels",    make_labels.run,       ("data", "affinity_labels"),
           make_labels.deps, headline=make_labels.headline, missing=make_labels.missing),
     Stage("train_affinity",     affinity_train.run,    (*_TRAIN, "affinity"), affinity_train.deps,
-          missing=affinity_train.missing),
+          missing=affinity_train.missing,
+          trains_on=("affinity", "affinity_labels.split", False)),
     Stage("random_walk",        walk.run,              ("data", "rw"),
           ("train_affinity", "infer_cam"), missing=walk.missing),
     Stage("eval_pseudo_labels", affinity_evaluate.run, ("data", "eval", "rw"), ("random_walk",),
@@ -370,9 +377,31 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> boo
     return True
 
 
+def check_training_splits(config: ml_collections.ConfigDict) -> None:
+    """Every selected training stage's split holds at least one global batch: checked when the
+    data's size is known (its index is read, the dataset built first if needed), before the
+    first stage runs, rather than at the stage after hours of the others."""
+    for name in config.stages:
+        if STAGES[name].trains_on is None:
+            continue
+        section, split_key, labelled_only = STAGES[name].trains_on
+        split = config_lib.get(config, split_key)
+        index = data_pipeline.split_index(config, split)
+        size = sum(1 for _, labelled in index if labelled or not labelled_only)
+        batch = config[section].batch_size
+        if size < batch:
+            raise config_lib.ConfigError(
+                f"config.{section}.batch_size={batch}: stage {name} trains on split {split!r} "
+                f"(config.{split_key}), which has {size} images"
+                f"{' with a class' if labelled_only else ''}, fewer than one batch; lower the "
+                f"batch size or train on a larger split"
+            )
+
+
 def run_stages(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Runs `config.stages` in order under the workdir lock, then writes and prints the summary."""
     with workdir_lock(workdir):
+        check_training_splits(config)
         for name in config.stages:
             run_stage(name, config, workdir)
         if distributed.is_chief():
