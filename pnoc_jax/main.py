@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.cam import strategies
 from pnoc_jax.core import compile_cache, distributed, fileio, progress
-from pnoc_jax.core.errors import UserError
+from pnoc_jax.core.errors import UserError, first_line
 from pnoc_jax.core.loop import NonFiniteLoss, Preempted
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -183,10 +183,6 @@ def _machine_problem(error: BaseException | None) -> str | None:
     return None
 
 
-def _first_line(error: BaseException | None) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0][:300]
-
-
 def quiet_background_errors() -> None:
     """Errors of library threads (e.g. async checkpoint writers after a failed save) become one
     log line per distinct message (a failed save repeats the same one dozens of times); the
@@ -199,9 +195,9 @@ def quiet_background_errors() -> None:
             logging.error("%s", message)
 
     threading.excepthook = lambda args: once(
-        f"in thread {getattr(args.thread, 'name', '?')}: {_first_line(args.exc_value)}"
+        f"in thread {getattr(args.thread, 'name', '?')}: {first_line(args.exc_value)}"
     )
-    sys.unraisablehook = lambda unraisable: once(f"ignored: {_first_line(unraisable.exc_value)}")
+    sys.unraisablehook = lambda unraisable: once(f"ignored: {first_line(unraisable.exc_value)}")
 
 
 def prepare_workdir(path: str) -> str:

@@ -8,7 +8,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 from pnoc_jax.core import distributed, fileio
-from pnoc_jax.core.errors import UserError
+from pnoc_jax.core.errors import UserError, first_line
 from pnoc_jax.core.train_state import TrainState
 
 
@@ -65,11 +65,10 @@ class Checkpointer:
             try:
                 restored = self.restore(step, like)
             except Exception as e:  # a damaged checkpoint fails in Orbax, TensorStore or JSON
-                reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
                 failures.append(step)
                 logging.warning(
                     "%s: checkpoint step %d in %s cannot be restored (%s); trying an older one",
-                    what, step, self.directory, reason,
+                    what, step, self.directory, first_line(e, 200),
                 )  # fmt: skip
                 continue
             if failures:

@@ -41,7 +41,7 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import fileio
-from pnoc_jax.core.errors import UserError
+from pnoc_jax.core.errors import UserError, first_line
 from pnoc_jax.data.builders import coco2014 as _coco2014
 from pnoc_jax.data.builders import synthetic as _synthetic
 from pnoc_jax.data.builders import voc2012 as _voc2012
@@ -333,9 +333,8 @@ def _source_errors(name: str, manual_dir: str) -> Iterator[None]:
     except UserError:
         raise
     except (FileNotFoundError, ValueError) as e:
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise SourceError(
-            f"{name} source {manual_dir}: {reason}; fix or restore that file, then rerun "
+            f"{name} source {manual_dir}: {first_line(e)}; fix or restore that file, then rerun "
             f"(the dataset is built again from the files as they are then)"
         ) from None
 

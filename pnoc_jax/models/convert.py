@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from pnoc_jax.core import fileio, weights
+from pnoc_jax.core.errors import first_line
 from pnoc_jax.models.resnest import RESNEST_CONFIGS, resnest_config, resnest_plan
 from pnoc_jax.models.resnet import stage_plan
 
@@ -420,7 +421,7 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e, 200)
         raise SystemExit(
             f"error: {path}: not a torch checkpoint torch can read (truncated, or another "
             f"format?): {first}"
