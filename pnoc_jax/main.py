@@ -124,11 +124,10 @@ def _unknown_override(argv: list[str], error: Exception) -> str:
 
 def _check_config_file(path: str) -> None:
     """One line for a config file that is missing or not Python, before absl imports it."""
-    if not os.path.isfile(os.path.expanduser(path)):
+    if not fileio.isfile(fileio.expand(path)):
         fail(f"config file {path!r} not found; configs: {', '.join(_configs())}", 2)
     try:
-        with open(os.path.expanduser(path), "rb") as f:
-            compile(f.read(), path, "exec")
+        compile(fileio.read_bytes(fileio.expand(path)), path, "exec")
     except SyntaxError as e:
         fail(f"--config {path}: line {e.lineno}: {e.msg}", 2)
     except (OSError, ValueError) as e:

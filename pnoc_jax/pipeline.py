@@ -294,9 +294,8 @@ def remove_stale(workdir: str) -> list[str]:
     lines = []
     with workdir_lock(workdir):
         for path, size in stale_folders(workdir):
-            if not fileio.is_remote(path) and os.path.islink(path):
-                target = os.readlink(path)
-                os.remove(path)
+            target = fileio.remove_link(path)
+            if target is not None:
                 lines.append(f"removed the link {path} (its target {target} is kept)")
                 continue
             fileio.rmtree(path, marker=artifacts.DONE)

@@ -20,7 +20,6 @@ limit against decompression bombs), is reported and skipped, the others still ru
 code is then 1. A mistake of the command line is one line and exit code 2.
 """
 
-import glob
 import os
 import sys
 
@@ -98,9 +97,9 @@ def collect(paths: list[str]) -> tuple[list[str], list[str]]:
     extensions = image_extensions()
     for raw in paths:
         path = fileio.expand(raw)
-        if glob.has_magic(path) and not fileio.exists(path):  # a quoted glob
-            matches = sorted(glob.glob(path))
-            files += [m for m in matches if os.path.isfile(m)]
+        if any(c in path for c in "*?[") and not fileio.exists(path):  # a quoted glob
+            matches = fileio.glob(path)
+            files += [m for m in matches if fileio.isfile(m)]
             if not matches:
                 problems.append(f"{path}: no file matches")
             continue
@@ -236,7 +235,8 @@ def check_out(out_dir: str, files: list[str]) -> None:
     """UserError when `out_dir` is a file or holds one of the input images."""
     if fileio.isfile(out_dir):
         raise UserError(f"--out {out_dir} is a file; give a folder for the masks")
-    inside = [f for f in files if os.path.realpath(os.path.dirname(f)) == os.path.realpath(out_dir)]
+    out = fileio.realpath(out_dir)
+    inside = [f for f in files if fileio.realpath(os.path.dirname(f)) == out]
     if inside:
         raise UserError(
             f"--out {out_dir} holds input images ({os.path.basename(inside[0])}"

@@ -8,6 +8,7 @@ on the random walk's pseudo-labels (with its validation and kept checkpoint). Th
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -235,3 +236,44 @@ def _free_port() -> int:
 
 def _logs_of(folder: pathlib.Path) -> str:
     return "".join((folder / f"p{i}.log").read_text() for i in (0, 1))
+
+
+def test_skewed_sigterms_stop_a_per_image_stage_on_both_processes_then_resume(
+    tiny_run, synthetic_data_dir, tmp_path
+):
+    """infer_cam on 2 processes, SIGTERM to process 1 and 3 s later to process 0: each finishes
+    the images in flight and exits 143, no temporary file stays; the rerun computes only the
+    rest and its CAMs are those of the 1-process run."""
+    _, single = tiny_run
+    workdir = str(tmp_path / "run")
+    stages = ("train_oc", "train_cam", "infer_cam")
+    for stage in stages[:2]:
+        shutil.copytree(os.path.join(single, stage), os.path.join(workdir, stage))
+    flags = as_flags(tiny_run_overrides(synthetic_data_dir, stages))
+    cams = artifacts.cam_dir(workdir, "val")
+    port = _free_port()
+    processes = [_start(i, port, workdir, flags) for i in (0, 1)]
+    deadline = time.time() + 300
+    while not (os.path.isdir(cams) and len(os.listdir(cams)) >= 8) and time.time() < deadline:
+        assert all(p.poll() is None for p in processes), _logs_of(tmp_path)
+        time.sleep(0.02)
+    processes[1].send_signal(signal.SIGTERM)
+    time.sleep(3)
+    if processes[0].poll() is None:
+        processes[0].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=180) for p in processes]
+    logs = _logs_of(tmp_path)
+    assert codes == [143, 143], logs[-4000:]
+    assert logs.count("infer_cam: stopped by SIGTERM after") == 2, logs[-4000:]
+    written = len(_outputs(cams))
+    assert 0 < written < VAL_IMAGES and not [f for f in os.listdir(cams) if f.startswith(".")]
+    port = _free_port()
+    processes = [_start(i, port, workdir, flags) for i in (0, 1)]
+    assert [p.wait(timeout=600) for p in processes] == [0, 0], _logs_of(tmp_path)[-4000:]
+    kept = re.findall(r"infer_cam val: \d+ computed, (\d+) already there", _logs_of(tmp_path))
+    assert sum(int(k) for k in kept) == written, kept
+    for name in _outputs(artifacts.cam_dir(single, "val")):
+        image_id = os.path.splitext(name)[0]
+        one = scores.read_image(artifacts.cam_dir(single, "val"), image_id, ("hr_cam",))
+        two = scores.read_image(cams, image_id, ("hr_cam",))
+        np.testing.assert_allclose(one["hr_cam"], two["hr_cam"], atol=1e-4)

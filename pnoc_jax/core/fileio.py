@@ -32,6 +32,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import glob as glob_lib
 import io
 import json
 import os
@@ -147,6 +148,30 @@ def _files(path: str) -> list[str]:
         rel = _bare(os.fspath(parent))[len(root) :].strip("/") if rel is None else rel
         out += [f"{rel}/{name}" if rel not in ("", ".") else name for name in names]
     return sorted(out)
+
+
+def realpath(path: str) -> str:
+    """`os.path.realpath` (links resolved); a URI unchanged."""
+    return path if is_remote(path) else os.path.realpath(path)
+
+
+def glob(pattern: str) -> list[str]:
+    """The paths matching a shell pattern (`*`, `?`, `[...]`), sorted; on an object store the
+    pattern may be in the last component only."""
+    if is_remote(pattern):
+        folder, name = os.path.split(pattern)
+        return sorted(os.fspath(p) for p in _epath(folder).glob(name))
+    return sorted(glob_lib.glob(pattern))
+
+
+def remove_link(path: str) -> str | None:
+    """Removes `path` if it is a symbolic link (never what it points to); returns its target,
+    or None when `path` is no link (an object store has none)."""
+    if is_remote(path) or not os.path.islink(path):
+        return None
+    target = os.readlink(path)
+    os.remove(path)
+    return target
 
 
 def remove_temporaries(path: str) -> int:

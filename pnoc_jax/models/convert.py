@@ -391,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     name = args.arch or f"resnet{args.depth}"
     source, out = fileio.expand(args.torch_checkpoint), fileio.expand(args.out)
-    if not os.path.isfile(source):
+    if not fileio.isfile(source):
         raise SystemExit(f"error: --torch_checkpoint {source}: no such file")
 
     try:
