@@ -97,6 +97,14 @@ class StopSignals:
     def requested(self) -> bool:
         return self.signum is not None
 
+    def preempted(self, where: str) -> "Preempted":
+        """The `Preempted` a per-image stage raises once the signal stopped it at `where`."""
+        return Preempted(
+            f"{where}: stopped by {signal.Signals(self.signum or signal.SIGTERM).name}; what is "
+            f"written is whole and kept: rerun the same command to continue",
+            self.signum or signal.SIGTERM,
+        )
+
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGINT and self.signum is not None:

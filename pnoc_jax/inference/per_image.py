@@ -9,7 +9,6 @@ meets the others at a barrier; `missing` lists the outputs that do not exist, ov
 split, for the runner's check that a stage finished.
 """
 
-import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -104,12 +103,7 @@ def _run_split(
     workers = config.runtime.num_workers
     done = sum(1 for _ in pool.run_tasks(worker, todo, workers, stop=stop.requested))
     if stop.requested():
-        raise loop.Preempted(
-            f"{stage}: stopped by {signal.Signals(stop.signum).name} after {done} more "
-            f"image(s) of {split}; what is written is whole and kept: rerun the same command "
-            f"to continue",
-            stop.signum,
-        )
+        raise stop.preempted(f"{stage}: after {done} more image(s) of {split}")
     logging.info("%s %s: %d computed, %d already there", stage, split, done, len(source) - done)
 
 

@@ -47,7 +47,9 @@ def test_a_stop_signal_finishes_the_images_in_flight_and_a_rerun_the_rest(
         )  # fmt: skip
 
     name = signal.Signals(signum).name
-    expected = rf"toy: stopped by {name} after \d+ more image\(s\) of val; what is written is whole"
+    expected = (
+        rf"toy: after \d+ more image\(s\) of val: stopped by {name}; what is written is whole"
+    )
     with pytest.raises(Preempted, match=expected) as info:
         run()
     assert info.value.exit_code == 128 + signum
