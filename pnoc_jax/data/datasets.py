@@ -334,8 +334,8 @@ def _source_errors(name: str, manual_dir: str) -> Iterator[None]:
         raise
     except (FileNotFoundError, ValueError) as e:
         raise SourceError(
-            f"{name} source {manual_dir}: {first_line(e)}; fix or restore that file, then rerun "
-            f"(the dataset is built again from the files as they are then)"
+            f"{name} source {manual_dir}: {first_line(e, 2000)}; fix or restore that file, then "
+            f"rerun (the dataset is built again from the files as they are then)"
         ) from None
 
 
