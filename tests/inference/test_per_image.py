@@ -19,7 +19,10 @@ def write_one(task: tuple[str, str]) -> str:
     return path
 
 
-@pytest.mark.parametrize(("signum", "workers"), [(signal.SIGTERM, 2), (signal.SIGINT, 1)])
+@pytest.mark.parametrize(
+    ("signum", "workers"),
+    [pytest.param(signal.SIGTERM, 2, marks=pytest.mark.slow), (signal.SIGINT, 1)],
+)  # the pool (forkserver start: 14 s measured) drains the tasks in flight
 def test_a_stop_signal_finishes_the_images_in_flight_and_a_rerun_the_rest(
     tiny_config, tmp_path, monkeypatch, signum, workers
 ):
