@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import types
@@ -35,6 +36,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         if name not in defaults:
             raise ValueError(f"config argument {name!r} unknown; known: {sorted(defaults)}")
         default = defaults[name]
+        if not eq and not isinstance(default, bool):
+            raise ValueError(f"config argument {name!r} needs a value, e.g. {name}={default!r}")
         if not eq:
             value: Any = True
         elif isinstance(default, bool):
@@ -44,7 +47,12 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         elif default is None:
             value = raw
         else:
-            value = type(default)(raw)
+            try:
+                value = type(default)(raw)
+            except ValueError:
+                raise ValueError(
+                    f"config argument {name}={raw!r}: expected {type(default).__name__}"
+                ) from None
         result[name] = value
     return result
 
@@ -125,7 +133,7 @@ def check_number(
 ) -> None:
     """Checks that `config.<key>` is a number (an int if `integer`) in the given interval."""
     value = get(config, key)
-    kind = "an integer" if integer else "a number"
+    kind = "an integer" if integer else "a finite number"
     types = (int,) if integer else (int, float)
     bounds = []
     if low is not None:
@@ -133,7 +141,7 @@ def check_number(
     if high is not None:
         bounds.append(f"{'<' if high_open else '<='} {high}")
     expected = f"{kind} {' and '.join(bounds)}".strip()
-    ok = isinstance(value, types) and not isinstance(value, bool)
+    ok = isinstance(value, types) and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -202,7 +210,6 @@ def validate_runtime(config: ml_collections.ConfigDict, topology: Topology) -> N
     for key in ("log_every", "ckpt_every", "predict_batch_size"):
         check_number(config, f"runtime.{key}", low=1, integer=True)
     check_number(config, "runtime.num_workers", low=0, integer=True)
-    check_number(config, "runtime.keep_stale", low=0, integer=True)
     check_number(config, "runtime.input_workers", low=-1, integer=True)
 
 
@@ -554,7 +561,6 @@ def base_config() -> ml_collections.ConfigDict:
             # the training process; -1 = every CPU but two, at most 32 (0 with <= 4 CPUs).
             "input_workers": -1,
             "predict_batch_size": 4,  # images per forward pass at inference (x2 with flips)
-            "keep_stale": 3,  # <stage>.stale-N folders kept per stage (made with old configs)
         }
     )
     return config

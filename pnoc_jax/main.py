@@ -1,14 +1,15 @@
 """Entry point: `python -m pnoc_jax.main --config configs/<file>.py[:args] --workdir DIR`.
 
 Runs the stages listed in `config.stages`, skipping those already finished with the same
-config. Overrides: `--config.train.lr=0.05`. A mistake in the config, the data or the workdir
-stops with one line that says what and where; exit code 2 for the command line and config,
-1 for other problems, 143 after a SIGTERM-triggered checkpoint, 130 after Ctrl-C.
+config (and whose outputs are whole). `--workdir DIR --remove_stale` deletes the stale folders
+of other configs, listing each. Overrides: `--config.train.lr=0.05`. A mistake in the config,
+the data or the workdir stops with one line that says what and where; exit code 2 for the
+command line and config, 1 for other problems (data, workdir, machine), 143 after a
+SIGTERM-triggered checkpoint, 130 after Ctrl-C.
 """
 
 import difflib
 import errno
-import logging as logging_std
 import os
 import re
 import sys
@@ -24,7 +25,7 @@ from ml_collections import config_flags
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.cam import strategies
 from pnoc_jax.core import compile_cache, distributed, fileio, progress
-from pnoc_jax.core.errors import UserError
+from pnoc_jax.core.errors import UserError, first_line
 from pnoc_jax.core.loop import NonFiniteLoss, Preempted
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -45,7 +46,13 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
     "~/.cache/pnoc_jax/jax); '' turns it off.",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+_REMOVE_STALE = flags.DEFINE_bool(
+    "remove_stale",
+    False,
+    "Delete the workdir's <stage>.stale-N folders (finished results of other configs), listing "
+    "each, and exit; no --config needed. Runs never delete them.",
+)
+flags.mark_flags_as_required(["workdir"])
 
 # Problems of the machine rather than of the code: reported in one line.
 _OS_ERRORS = {
@@ -115,6 +122,18 @@ def _unknown_override(argv: list[str], error: Exception) -> str:
     return f"--config.{bad}: no such config key{hint}"
 
 
+def _check_config_file(path: str) -> None:
+    """One line for a config file that is missing or not Python, before absl imports it."""
+    if not fileio.isfile(fileio.expand(path)):
+        fail(f"config file {path!r} not found; configs: {', '.join(_configs())}", 2)
+    try:
+        compile(fileio.read_bytes(fileio.expand(path)), path, "exec")
+    except SyntaxError as e:
+        fail(f"--config {path}: line {e.lineno}: {e.msg}", 2)
+    except (OSError, ValueError) as e:
+        fail(f"--config {path}: cannot read it ({e})", 2)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with one-line errors for the user's mistakes."""
     config_arg = next(
@@ -123,9 +142,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if config_arg is None and "--config" in argv[:-1]:
         config_arg = argv[argv.index("--config") + 1]
     if config_arg is not None:
-        path = config_arg.split(":", 1)[0]
-        if not os.path.isfile(path):
-            fail(f"config file {path!r} not found; configs: {', '.join(_configs())}", 2)
+        _check_config_file(config_arg.split(":", 1)[0])
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
@@ -134,35 +151,14 @@ def parse_flags(argv: list[str]) -> list[str]:
             fail(f"--config {config_arg}: {lines[-1]}", 2)
         fail(lines[0] if lines else repr(e), 2)
     except (KeyError, AttributeError) as e:
+        if "get_config" in str(e):
+            fail(f"--config {config_arg}: the file defines no get_config(arg=None)", 2)
         fail(_unknown_override(argv, e), 2)
     except (ValueError, TypeError) as e:
         fail(f"{config_arg}: {e}", 2)
     if len(rest) > 1:
         fail(f"unexpected arguments {rest[1:]}: options are --name=value (see --help)", 2)
     return rest
-
-
-class _QuietLibraries(logging_std.Filter):
-    """Drops the INFO chatter of orbax, TFDS, grain and JAX's backend probing (e.g. "Unable to
-    initialize backend 'tpu'" on every start); their warnings and errors still show, each once
-    and without a traceback (an error that matters reaches `main`, which reports it)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging_std.LogRecord) -> bool:
-        libraries = ("orbax", "tensorflow_datasets", "grain", "xla_bridge")
-        if not any(lib in record.pathname for lib in libraries):
-            return True
-        if record.levelno < logging_std.WARNING:
-            return False
-        message = record.getMessage().splitlines()[0][:300]
-        if message in self.seen:
-            return False
-        self.seen.add(message)
-        record.msg, record.args, record.exc_info, record.exc_text = message, None, None, None
-        return True
 
 
 def _machine_problem(error: BaseException | None) -> str | None:
@@ -186,10 +182,6 @@ def _machine_problem(error: BaseException | None) -> str | None:
     return None
 
 
-def _first_line(error: BaseException | None) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0][:300]
-
-
 def quiet_background_errors() -> None:
     """Errors of library threads (e.g. async checkpoint writers after a failed save) become one
     log line per distinct message (a failed save repeats the same one dozens of times); the
@@ -202,9 +194,9 @@ def quiet_background_errors() -> None:
             logging.error("%s", message)
 
     threading.excepthook = lambda args: once(
-        f"in thread {getattr(args.thread, 'name', '?')}: {_first_line(args.exc_value)}"
+        f"in thread {getattr(args.thread, 'name', '?')}: {first_line(args.exc_value)}"
     )
-    sys.unraisablehook = lambda unraisable: once(f"ignored: {_first_line(unraisable.exc_value)}")
+    sys.unraisablehook = lambda unraisable: once(f"ignored: {first_line(unraisable.exc_value)}")
 
 
 def prepare_workdir(path: str) -> str:
@@ -220,9 +212,28 @@ def prepare_workdir(path: str) -> str:
     return workdir
 
 
+def _remove_stale(path: str) -> None:
+    """`--remove_stale`: deletes the stale folders of the workdir, one line each."""
+    workdir = fileio.expand(path)
+    if not fileio.isdir(workdir):
+        fail(f"--workdir {workdir}: no such folder", 2)
+    try:
+        lines = pipeline.remove_stale(workdir)
+    except UserError as e:
+        fail(str(e), 1)
+    print("\n".join(lines) if lines else f"no stale folders in {workdir}", flush=True)
+
+
 def main(argv: list[str]) -> None:
     del argv
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    progress.quiet_libraries()
+    if not _WORKDIR.value:
+        fail("--workdir: give the folder for the run's outputs", 2)
+    if _REMOVE_STALE.value:
+        _remove_stale(_WORKDIR.value)
+        return
+    if not flags.FLAGS["config"].present:
+        fail("--config: give a config file, e.g. --config configs/quickstart.py", 2)
     progress.log_above_bars()
     quiet_background_errors()
     distributed.maybe_initialize(
@@ -234,6 +245,13 @@ def main(argv: list[str]) -> None:
         config = _CONFIG.value
     except (ValueError, TypeError, OSError) as e:
         fail(f"--config {flags.FLAGS['config'].config_filename}: {e}", 2)
+    if not isinstance(config, ml_collections.ConfigDict):
+        fail(
+            f"--config {flags.FLAGS['config'].config_filename}: get_config() returned a "
+            f"{type(config).__name__}, expected an ml_collections.ConfigDict (start from "
+            f"config_lib.base_config(), as configs/quickstart.py does)",
+            2,
+        )
     try:
         pipeline.validate(config, config_lib.Topology(jax.device_count(), jax.process_count()))
     except config_lib.ConfigError as e:
@@ -245,7 +263,11 @@ def main(argv: list[str]) -> None:
     except Preempted as e:
         logging.warning("%s", e)
         sys.exit(e.exit_code)  # 143 after SIGTERM, 130 after Ctrl-C
-    except (NonFiniteLoss, UserError, config_lib.ConfigError) as e:
+    except KeyboardInterrupt:
+        fail("stopped by a second Ctrl-C, without saving; rerun the same command to resume", 130)
+    except config_lib.ConfigError as e:  # found once the data's size is known
+        fail(str(e), 2)
+    except (NonFiniteLoss, UserError) as e:
         fail(str(e), 1)
     except Exception as e:
         problem = _machine_problem(e)

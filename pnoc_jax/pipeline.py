@@ -7,7 +7,9 @@ writes under `<workdir>/<stage>/`: `config.json` when it starts
 and `DONE.json` when it finished. A stage is skipped when `DONE.json` holds the fingerprint of
 its current config (its sections plus the fingerprints of the stages it reads), so a changed
 stage reruns, and so does everything downstream of it. A stage folder left by a different config
-is moved aside (`<stage>.stale-N`), never deleted. `config.runtime` is in no stage's sections.
+is moved aside (`<stage>.stale-N`), never deleted by a run (`remove_stale` deletes them when
+the user asks). A finished stage is verified before it is skipped (`verify`): one whose outputs
+are missing or damaged runs again. `config.runtime` is in no stage's sections.
 
 The experiments that run sub-pipelines (`compare`, `compare_saliency`) live in
 `pnoc_jax.experiments` and receive `run_stage` from here.
@@ -63,6 +65,9 @@ class Stage:
     summary: Callable[[dict], str] | None = None
     # Rows it adds to the summary below its own, from the workdir's metrics.
     summary_rows: Callable[[ml_collections.ConfigDict, str], list[SummaryRow]] | None = None
+    # A training stage: (its section with batch_size, the key naming its training split,
+    # whether it trains on images with a class only), checked before anything runs.
+    trains_on: tuple[str, str, bool] | None = None
 
 
 # ---------------------------------------------------------------------------- the stage graph
@@ -121,7 +126,8 @@ def _segmentation_stages(labels: str) -> tuple[Stage, ...]:
     return (
         Stage(train_name, train_run, (*_TRAIN, "segmentation"), seg_train.deps_for(labels),
               checks=(seg_train.validate_pseudo_labels,) if weak else (),
-              headline=seg_train.headline, missing=seg_train.missing_for(labels)),
+              headline=seg_train.headline, missing=seg_train.missing_for(labels),
+              trains_on=("segmentation", "segmentation.split", False)),
         Stage(infer_name, infer_run, ("data", "segmentation_infer"), (train_name,),
               missing=seg_infer.missing_for(labels)),
         Stage(eval_name, eval_run, ("data",), (infer_name,),
@@ -136,20 +142,21 @@ _SALIENCY_SECTIONS = ("saliency", "saliency_infer", "detector", "detector_infer"
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     #     name                  run                    sections             reads
     Stage("train_oc",           cam_train.train_oc,    (*_TRAIN, "oc"),
-          missing=cam_train.missing_oc),
+          missing=cam_train.missing_oc, trains_on=("oc", "oc.split", True)),
     Stage("train_cam",          cam_train.train_cam,   (*_TRAIN, "train"),  cam_train.cam_deps,
-          missing=cam_train.missing_cam),
+          missing=cam_train.missing_cam, trains_on=("train", "train.split", True)),
     Stage("infer_cam",          cam_infer.run,         ("data", "model", "infer"), cam_infer.deps,
           missing=cam_infer.missing),
     Stage("eval_cam",           cam_evaluate.run,      ("data", "eval"),    ("infer_cam",),
           checks=(cam_evaluate.validate,), headline=cam_evaluate.headline,
           missing=cam_evaluate.missing),
     Stage("train_saliency",     saliency_train.run,    (*_TRAIN, "saliency"), saliency_train.deps,
-          missing=saliency_train.missing),
+          missing=saliency_train.missing, trains_on=("saliency", "saliency.split", False)),
     Stage("infer_saliency",     saliency_infer.run,    ("data", "saliency_infer"),
           ("train_saliency",), missing=saliency_infer.missing),
     Stage("train_detector",     train_detector.run,    ("seed", "data", "detector"),
-          train_detector.deps, missing=train_detector.missing),
+          train_detector.deps, missing=train_detector.missing,
+          trains_on=("detector", "detector.split", False)),
     Stage("infer_detector",     infer_detector.run,    ("data", "detector", "detector_infer"),
           infer_detector.deps, missing=infer_detector.missing),
     Stage("eval_saliency",      saliency_evaluate.run, ("data", "eval", "saliency_eval"),
@@ -158,7 +165,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("affinity_labels",    make_labels.run,       ("data", "affinity_labels"),
           make_labels.deps, headline=make_labels.headline, missing=make_labels.missing),
     Stage("train_affinity",     affinity_train.run,    (*_TRAIN, "affinity"), affinity_train.deps,
-          missing=affinity_train.missing),
+          missing=affinity_train.missing,
+          trains_on=("affinity", "affinity_labels.split", False)),
     Stage("random_walk",        walk.run,              ("data", "rw"),
           ("train_affinity", "infer_cam"), missing=walk.missing),
     Stage("eval_pseudo_labels", affinity_evaluate.run, ("data", "eval", "rw"), ("random_walk",),
@@ -211,12 +219,34 @@ def stage_fingerprint(name: str, config: ml_collections.ConfigDict) -> str:
 
 
 def _recorded_fingerprint(path: str) -> str | None:
-    return fileio.read_json(path).get("fingerprint") if fileio.exists(path) else None
+    if not fileio.exists(path):
+        return None
+    record = fileio.read_json(path)
+    if not isinstance(record, dict):
+        raise StageError(
+            f"{path} holds a JSON {type(record).__name__}, not the object the runner writes "
+            f"({{stage, fingerprint, ...}}); delete it to run the stage again"
+        )
+    return record.get("fingerprint")
 
 
 def is_finished(workdir: str, name: str, config: ml_collections.ConfigDict) -> bool:
     done = _recorded_fingerprint(artifacts.done_file(workdir, name))
     return done == stage_fingerprint(name, config)
+
+
+def verify(
+    name: str,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    dataset: datasets.Dataset | None = None,
+) -> list[str]:
+    """The outputs of a finished stage that are missing or damaged (`artifacts.damage`: a
+    stat and a header per file, JSON parsed), with why; [] when it can be skipped."""
+    stage = STAGES[name]
+    if stage.missing is None:
+        return []
+    return stage.missing(config, workdir, dataset or datasets.resolve(config))
 
 
 def _stale_dirs(stage_dir: str) -> list[tuple[int, str]]:
@@ -230,12 +260,13 @@ def _stale_dirs(stage_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _claim_stage_dir(workdir: str, name: str, fingerprint: str, keep_stale: int) -> None:
+def _claim_stage_dir(workdir: str, name: str, fingerprint: str) -> None:
     """Makes `<workdir>/<name>` the folder of this fingerprint, just before the stage runs.
 
     A folder made with another config is moved aside to `<name>.stale-N`; a stale folder made
-    with this config (a config that came back) is moved back and resumed, not redone. Only the
-    `keep_stale` newest stale folders are kept; the log says what was removed.
+    with this config (a config that came back) is moved back and resumed, not redone. Nothing
+    is deleted: `remove_stale` does that when the user asks. A symlinked stage folder moves as
+    the link (its target stays where it is).
 
     On an object store a move is a copy and a removal, not atomic: `fileio.move_tree` copies
     DONE.json last and removes it first, so an interrupted move leaves at most a folder without
@@ -256,9 +287,30 @@ def _claim_stage_dir(workdir: str, name: str, fingerprint: str, keep_stale: int)
                 fileio.move_tree(stale, stage_dir, marker=artifacts.DONE)
                 logging.warning("%s was made with this config: moved back to %s", stale, stage_dir)
                 break
-    for _, stale in _stale_dirs(stage_dir)[: max(len(_stale_dirs(stage_dir)) - keep_stale, 0)]:
-        fileio.rmtree(stale, marker=artifacts.DONE)
-        logging.warning("removed %s (config.runtime.keep_stale=%d)", stale, keep_stale)
+
+
+def stale_folders(workdir: str) -> list[tuple[str, int]]:
+    """(path, bytes) of every `<stage>.stale-N` folder of the workdir, by stage and N."""
+    found = []
+    for name in STAGES:
+        for _, path in _stale_dirs(artifacts.stage_dir(workdir, name)):
+            found.append((path, fileio.disk_use(path)))
+    return found
+
+
+def remove_stale(workdir: str) -> list[str]:
+    """Deletes every stale folder of the workdir (the user asked: `main --remove_stale`);
+    returns one line per folder saying what went. A symlinked one loses the link only."""
+    lines = []
+    with workdir_lock(workdir):
+        for path, size in stale_folders(workdir):
+            target = fileio.remove_link(path)
+            if target is not None:
+                lines.append(f"removed the link {path} (its target {target} is kept)")
+                continue
+            fileio.rmtree(path, marker=artifacts.DONE)
+            lines.append(f"removed {path} ({fileio.human_size(size)})")
+    return lines
 
 
 def _report(name: str, workdir: str) -> None:
@@ -280,20 +332,36 @@ def run_stage(
     `dataset` is `datasets.resolve(config)`, resolved here when not given."""
     stage = STAGES[name]
     fp = stage_fingerprint(name, config)
+    dataset = dataset or datasets.resolve(config)
     if is_finished(workdir, name, config):
-        logging.info("stage %s: finished with this config (%s), skipped", name, fp)
-        return False
+        damaged = verify(name, config, workdir, dataset)
+        if not damaged:
+            logging.info("stage %s: finished with this config (%s), skipped", name, fp)
+            return False
+        logging.warning(
+            "stage %s: finished, but its outputs are missing or damaged (%s): running it again",
+            name, ", ".join(damaged),
+        )  # fmt: skip
+        distributed.barrier(f"verify-{name}")
+        if distributed.is_chief():
+            fileio.remove(artifacts.done_file(workdir, name))
     for dep in deps_of(name, config):
         if not is_finished(workdir, dep, config):
             raise StageError(
                 f"stage {name} needs stage {dep} finished in {workdir} with the current config; "
                 f"add {dep!r} to config.stages before {name!r}"
             )
+        damaged = verify(dep, config, workdir, dataset)
+        if damaged:
+            raise StageError(
+                f"stage {name} reads stage {dep}, whose outputs are missing or damaged "
+                f"({', '.join(damaged)}); add {dep!r} to config.stages before {name!r} to redo them"
+            )
     if distributed.is_chief():
-        _claim_stage_dir(workdir, name, fp, config.runtime.keep_stale)
+        _claim_stage_dir(workdir, name, fp)
     distributed.barrier(f"claim-{name}")
-    if is_finished(workdir, name, config):  # a stale folder of this config came back finished
-        _report(name, workdir)
+    if is_finished(workdir, name, config) and not verify(name, config, workdir, dataset):
+        _report(name, workdir)  # a stale folder of this config came back finished
         return False
     if distributed.is_chief():
         fileio.write_json(
@@ -303,8 +371,12 @@ def run_stage(
     distributed.barrier(f"start-{name}")
     logging.info("stage %s: running (fingerprint %s)", name, fp)
     start = time.time()
-    dataset = dataset or datasets.resolve(config)
-    stage.run(config, workdir, dataset)
+    try:
+        stage.run(config, workdir, dataset)
+    except BaseException:  # stopped, failed or interrupted: no half-written file stays behind
+        if distributed.is_chief():
+            fileio.remove_temporaries(artifacts.stage_dir(workdir, name))
+        raise
     distributed.barrier(f"end-{name}")
     if distributed.is_chief():
         missing = stage.missing(config, workdir, dataset) if stage.missing else []
@@ -322,10 +394,32 @@ def run_stage(
     return True
 
 
+def check_training_splits(config: ml_collections.ConfigDict, dataset: datasets.Dataset) -> None:
+    """Every selected training stage's split holds at least one global batch: checked when the
+    data's size is known (its index is read, the dataset built first if needed), before the
+    first stage runs, rather than at the stage after hours of the others."""
+    for name in config.stages:
+        if STAGES[name].trains_on is None:
+            continue
+        section, split_key, labelled_only = STAGES[name].trains_on
+        split = config_lib.get(config, split_key)
+        index = dataset.index(split)
+        size = sum(1 for _, labelled in index if labelled or not labelled_only)
+        batch = config[section].batch_size
+        if size < batch:
+            raise config_lib.ConfigError(
+                f"config.{section}.batch_size={batch}: stage {name} trains on split {split!r} "
+                f"(config.{split_key}), which has {size} images"
+                f"{' with a class' if labelled_only else ''}, fewer than one batch; lower the "
+                f"batch size or train on a larger split"
+            )
+
+
 def run_stages(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Runs `config.stages` in order under the workdir lock, then writes and prints the summary."""
     with workdir_lock(workdir):
         dataset = datasets.resolve(config)
+        check_training_splits(config, dataset)
         for name in config.stages:
             run_stage(name, config, workdir, dataset)
         if distributed.is_chief():
@@ -355,6 +449,11 @@ def workdir_lock(workdir: str):
             raise UserError(
                 f"workdir {workdir} is in use by {e}; wait for it, or use another --workdir"
             ) from None
+        except IsADirectoryError:
+            raise UserError(
+                f"{artifacts.lock_file(workdir)} is a folder, where the run keeps its lock file; "
+                f"remove it"
+            ) from None
         yield
 
 
@@ -372,13 +471,25 @@ def _numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _summary_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The selected stages, then every other stage the workdir holds finished: a run of a few
+    stages updates their rows and keeps the others'."""
+    others = [
+        name
+        for name in STAGES
+        if name not in config.stages and fileio.exists(artifacts.done_file(workdir, name))
+    ]
+    return [*config.stages, *others]
+
+
 def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
     """`summary.json` ({stage: {metric: value}}, mIoUs as fractions) and `summary.md` for every
-    selected stage with metrics, also the skipped ones; returns the table."""
+    stage with metrics (`_summary_stages`), also the skipped ones, and the disk use of the stale
+    folders; returns the table and that line."""
     numbers, rows = {}, []
-    for name in config.stages:
+    for name in _summary_stages(config, workdir):
         stage, path = STAGES[name], artifacts.metrics_file(workdir, name)
-        if not fileio.exists(path):
+        if artifacts.damage(path) is not None:
             continue
         metrics = fileio.read_json(path)
         numbers[name] = _numbers(metrics)
@@ -391,6 +502,16 @@ def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
             rows.append(f"| {title} | {extra_line} | |")
             numbers[key] = extra_numbers
     table = "\n".join(["| stage | result | outputs |", "|---|---|---|", *rows]) + "\n"
+    stale = stale_folders(workdir)
+    if stale:
+        listing = ", ".join(
+            f"{os.path.basename(path)} ({fileio.human_size(size)})" for path, size in stale
+        )
+        total = fileio.human_size(sum(size for _, size in stale))
+        table += (
+            f"\nStale folders (made with other configs, kept): {listing}; {total} in all. "
+            f"`python -m pnoc_jax.main --workdir {workdir} --remove_stale` deletes them.\n"
+        )
     json_path, md_path = artifacts.summary_files(workdir)
     fileio.write_json(json_path, numbers)
     fileio.write_text(md_path, f"# Summary of {workdir}\n\n{table}")

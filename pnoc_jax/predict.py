@@ -1,10 +1,12 @@
 r"""Segment your own images with a trained segmentation network (stage train_segmentation).
 
-    python -m pnoc_jax.predict --workdir runs/quickstart --images a.jpg b.png --out predictions
+    python -m pnoc_jax.predict --workdir runs/quickstart --images a.jpg b.png photos/ --out masks
     python -m pnoc_jax.predict --checkpoint runs/voc/train_segmentation/weights/best.npz \
-        --images photos/ --out predictions --scales=1.0 --noflip --crf_iterations=0
+        --images photos/*.jpg --out predictions --scales=1.0 --noflip --crf_iterations=0
 
-`--images` takes files and folders (every file of a folder with an image extension PIL knows).
+`--images` takes any number of files and folders, as the shell gives them (every file of a
+folder with an image extension PIL knows; a quoted glob is expanded here; a name may hold
+commas). `--out` must not hold any of the images: predict never writes over an input.
 For each image, `<out>/<name>.png` holds the predicted class of every pixel (a palette PNG: its
 values are the class indices 0..C, its colours VOC's) at the image's own size, and
 `<out>/<name>_overlay.jpg` the prediction blended onto the image; `<out>/classes.txt` lists the
@@ -12,8 +14,10 @@ class of each index. Test-time augmentation as the pipeline's: scales (`--scales
 flip (`--flip`), the mean of the logits, softmax and the dense CRF (`--crf_iterations`, 0 = off).
 Images whose longer side exceeds `--max_side` are shrunk for the network (and the CRF); their
 mask is resized back (nearest) to the original size. EXIF orientation is applied, as a viewer
-shows the photo. An image that cannot be read is reported and skipped, the others still run;
-the exit code is then 1.
+shows the photo. 16-bit greyscale PNGs are scaled to 8 bits, palette
+PNGs read in their colours. An image that cannot be read, or is too large to decode (PIL's
+limit against decompression bombs), is reported and skipped, the others still run; the exit
+code is then 1. A mistake of the command line is one line and exit code 2.
 """
 
 import os
@@ -26,7 +30,7 @@ from absl import app, flags, logging
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pnoc_jax import visualize
-from pnoc_jax.core import artifacts, fileio
+from pnoc_jax.core import artifacts, fileio, progress
 from pnoc_jax.core.errors import UserError
 from pnoc_jax.inference import dense
 from pnoc_jax.segmentation import model as seg_model
@@ -45,8 +49,10 @@ _STAGE = flags.DEFINE_enum(
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A segmentation weights file (.npz) with its model.json beside it."
 )
-_IMAGES = flags.DEFINE_list("images", None, "Image files and/or folders of images.")
-_OUT = flags.DEFINE_string("out", None, "Output folder (created).")
+_IMAGES = flags.DEFINE_multi_string(
+    "images", None, "Image files and/or folders: --images a.jpg b.png photos/ (or repeated)."
+)
+_OUT = flags.DEFINE_string("out", None, "Output folder (created); must hold none of the images.")
 _SCALES = flags.DEFINE_list("scales", ["0.5", "1.0", "1.5", "2.0"], "Test-time scales.")
 _FLIP = flags.DEFINE_bool("flip", True, "Add the horizontally flipped image's logits.")
 _CRF = flags.DEFINE_integer("crf_iterations", 10, "Dense CRF iterations; 0 = no CRF.")
@@ -91,6 +97,12 @@ def collect(paths: list[str]) -> tuple[list[str], list[str]]:
     extensions = image_extensions()
     for raw in paths:
         path = fileio.expand(raw)
+        if any(c in path for c in "*?[") and not fileio.exists(path):  # a quoted glob
+            matches = fileio.glob(path)
+            files += [m for m in matches if fileio.isfile(m)]
+            if not matches:
+                problems.append(f"{path}: no file matches")
+            continue
         if fileio.isdir(path):
             found = sorted(
                 os.path.join(path, f)
@@ -114,11 +126,21 @@ def read_image(path: str) -> np.ndarray:
     try:
         with fileio.open_read(path) as f, Image.open(f) as image:
             image = ImageOps.exif_transpose(image)
+            if image.mode.startswith("I") or image.mode == "F":  # 16-bit greyscale PNG, TIFF
+                grey = np.asarray(image, np.float64) / 257.0
+                return np.repeat(np.clip(grey.round(), 0, 255).astype(np.uint8)[..., None], 3, -1)
             return np.asarray(image.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image format PIL can read") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: unreadable image ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: {_unreadable(e)}") from None
+
+
+def _unreadable(error: Exception) -> str:
+    """Why PIL could not open or decode an image, in a few words."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image format PIL can read"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"too large to decode ({error})"
+    return f"unreadable image ({error})"
 
 
 def output_names(files: list[str]) -> list[str]:
@@ -168,11 +190,8 @@ def segment_images(
         try:
             with fileio.open_read(path) as f, Image.open(f) as image:
                 sizes[path] = max(image.size)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            reason = "not an image format PIL can read" if isinstance(
-                e, UnidentifiedImageError
-            ) else f"unreadable image ({e})"  # fmt: skip
-            problems.append(f"{path}: {reason}")
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+            problems.append(f"{path}: {_unreadable(e)}")
     readable = [f for f in files if f in sizes]
     if not readable:
         return [], problems
@@ -212,10 +231,24 @@ def segment_images(
     return written, problems
 
 
+def check_out(out_dir: str, files: list[str]) -> None:
+    """UserError when `out_dir` is a file or holds one of the input images."""
+    if fileio.isfile(out_dir):
+        raise UserError(f"--out {out_dir} is a file; give a folder for the masks")
+    out = fileio.realpath(out_dir)
+    inside = [f for f in files if fileio.realpath(os.path.dirname(f)) == out]
+    if inside:
+        raise UserError(
+            f"--out {out_dir} holds input images ({os.path.basename(inside[0])}"
+            f"{f' and {len(inside) - 1} more' if len(inside) > 1 else ''}): predict never writes "
+            f"beside its inputs; give another folder"
+        )
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}: options are --name=value (see --help)")
-    if not _IMAGES.value:
+    progress.quiet_libraries()
+    paths = [*(_IMAGES.value or []), *argv[1:]]  # --images a.jpg b.jpg photos/: the shell's way
+    if not paths:
         fail("--images: give image files and/or folders")
     if not _OUT.value:
         fail("--out: give the output folder")
@@ -227,23 +260,28 @@ def main(argv: list[str]) -> None:
         fail(f"--scales={','.join(_SCALES.value)}: expected positive numbers")
     if _CRF.value < 0 or _MAX_SIDE.value < 16 or _BATCH.value < 1:
         fail("--crf_iterations >= 0, --max_side >= 16 and --batch >= 1 expected")
+    files, problems = collect(paths)
+    out_dir = fileio.expand(_OUT.value)
+    try:
+        check_out(out_dir, files)
+    except UserError as e:
+        fail(str(e))
     try:
         weights_path, spec_path = resolve_weights(_WORKDIR.value, _STAGE.value, _CHECKPOINT.value)
         spec = seg_model.ModelSpec.read(spec_path)
+        written, failed = segment_images(
+            files,
+            out_dir,
+            weights_path,
+            spec_path,
+            scales=scales,
+            flip=_FLIP.value,
+            crf_iterations=_CRF.value,
+            max_side=_MAX_SIDE.value,
+            batch=_BATCH.value,
+        )
     except (UserError, ValueError, FileNotFoundError) as e:
         fail(str(e), 1)
-    files, problems = collect(_IMAGES.value)
-    written, failed = segment_images(
-        files,
-        fileio.expand(_OUT.value),
-        weights_path,
-        spec_path,
-        scales=scales,
-        flip=_FLIP.value,
-        crf_iterations=_CRF.value,
-        max_side=_MAX_SIDE.value,
-        batch=_BATCH.value,
-    )
     problems += failed
     for problem in problems:
         print(f"pnoc_jax.predict: skipped {problem}", file=sys.stderr, flush=True)

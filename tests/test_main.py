@@ -32,16 +32,26 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
          "train.lr"),
         (["--config.train.lr=abc"], None, "--config.train.lr=abc: could not convert"),
         (["--config.model.backbone=tinyy"], None, "config.model.backbone='tinyy': expected one of"),
-        (["--config.runtime.keep_stale=-1"], None, "config.runtime.keep_stale=-1"),
+        (["--config.runtime.input_workers=-2"], None, "config.runtime.input_workers=-2"),
         (["--config.train.batch_size=12"], None, "batch_size=12: expected a multiple of the "
          "device count (8)"),
         (["stray"], None, "unexpected arguments ['stray']"),
         ([], "configs/nope.py", "config file 'configs/nope.py' not found; configs: "),
         ([], "configs/quickstart.py:bogus=1", "config argument 'bogus' unknown"),
+        ([], "configs/quickstart.py:epochs", "config argument 'epochs' needs a value, e.g. "),
+        (["--config.train.lr=inf"], None, "config.train.lr=inf: expected a finite number > 0"),
+        (["--workdir="], None, "--workdir: give the folder for the run's outputs"),
+        ([], "def get_config(:\n", "broken.py: line 1: invalid syntax"),
+        ([], "x = 1\n", "broken.py: the file defines no get_config(arg=None)"),
+        ([], "def get_config(arg=None):\n    return {}\n", "get_config() returned a dict, "
+         "expected an ml_collections.ConfigDict"),
     ],
 )  # fmt: skip
 def test_command_line_mistakes_are_one_line(tmp_path, args, config, expected):
     workdir = str(tmp_path / "run")
+    if config and not config.startswith("configs/"):  # the text of a broken config file
+        (tmp_path / "broken.py").write_text(config)
+        config = str(tmp_path / "broken.py")
     result = _main("--workdir", workdir, *args, config=config or "configs/quickstart.py")
     assert result.returncode == 2
     assert expected in _one_error_line(result)
@@ -65,6 +75,18 @@ def test_workdir_and_record_problems_are_one_line(tmp_path, synthetic_data_dir):
     )  # fmt: skip
     assert result.returncode == 1
     assert "eval_cam/DONE.json is not valid JSON" in _one_error_line(result)
+
+
+def test_remove_stale_lists_what_goes_and_needs_no_config(tmp_path):
+    (tmp_path / "eval_cam.stale-1").mkdir()
+    (tmp_path / "eval_cam.stale-1" / "metrics.json").write_text("{}")
+    (tmp_path / "eval_cam").mkdir()
+    command = [sys.executable, "-m", "pnoc_jax.main", "--workdir", str(tmp_path), "--remove_stale"]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"removed {tmp_path}/eval_cam.stale-1 (2 B)\n"
+    assert result.stderr == ""  # no backend probing line
+    assert sorted(os.listdir(tmp_path)) == [".lock", "eval_cam"]
 
 
 def test_help_lists_configs_stages_and_strategies():

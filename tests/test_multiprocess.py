@@ -8,16 +8,20 @@ on the random walk's pseudo-labels (with its validation and kept checkpoint). Th
 import os
 import pathlib
 import re
+import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
+from pnoc_jax import config_lib, pipeline
 from pnoc_jax.core import artifacts, fileio, scores, weights
-from tests.conftest import as_flags, tiny_run_overrides
+from tests.conftest import as_flags, load_config, tiny_run_overrides
 
 pytestmark = pytest.mark.slow  # end-to-end runs: minutes
 
@@ -172,3 +176,125 @@ def test_metrics_match(runs, stage):
     for key, value in one.items():
         if isinstance(value, float):
             assert abs(value - two[key]) <= 1e-4, key  # fractions: 0.01 point (measured <= 1e-5)
+
+
+def _start(process_id: int, port: int, workdir: str, flags: list[str]) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "pnoc_jax.main", "--config", "configs/quickstart.py",
+        "--workdir", workdir, "--coordinator_address", f"127.0.0.1:{port}",
+        "--num_processes", "2", "--process_id", str(process_id), *flags,
+    ]  # fmt: skip
+    log = open(os.path.join(os.path.dirname(workdir), f"p{process_id}.log"), "a")  # noqa: SIM115
+    return subprocess.Popen(command, cwd=ROOT, env=_env(4), stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_skewed_sigterms_stop_both_processes_at_one_step_then_resume(synthetic_data_dir, tmp_path):
+    """SIGTERM to process 1, then 3 s later to process 0 (as SLURM and TPU preemption notices
+    do): both checkpoint the same step and exit 143, and the resumed run ends with the weights
+    of an uninterrupted 2-process run, bit for bit."""
+    overrides = {
+        **tiny_run_overrides(synthetic_data_dir, ("train_oc",)),
+        "oc.steps": 40, "runtime.log_every": 5, "runtime.ckpt_every": 100,
+    }  # fmt: skip
+    flags = as_flags(overrides)
+    workdir = str(tmp_path / "run")
+    metrics = os.path.join(artifacts.stage_dir(workdir, "train_oc"), "metrics.jsonl")
+    port = _free_port()
+    processes = [_start(i, port, workdir, flags) for i in (0, 1)]
+    deadline = time.time() + 300
+    while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
+        assert all(p.poll() is None for p in processes), _logs_of(tmp_path)
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGTERM)
+    time.sleep(3)
+    if processes[0].poll() is None:
+        processes[0].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=180) for p in processes]
+    logs = _logs_of(tmp_path)
+    assert codes == [143, 143], logs[-4000:]
+    steps = [int(n) for n in re.findall(r"checkpoint saved at step (\d+)", logs)]
+    assert len(steps) == 2 and steps[0] == steps[1] < 40, logs[-4000:]
+    assert steps[0] % 5 == 0  # the processes agree at a log step
+    port = _free_port()
+    processes = [_start(i, port, workdir, flags) for i in (0, 1)]
+    assert [p.wait(timeout=600) for p in processes] == [0, 0], _logs_of(tmp_path)[-4000:]
+    assert f"train_oc: resuming from step {steps[0]}" in _logs_of(tmp_path)
+
+    uninterrupted = str(tmp_path / "uninterrupted")
+    port = _free_port()
+    processes = [_start(i, port, uninterrupted, flags) for i in (0, 1)]
+    assert [p.wait(timeout=600) for p in processes] == [0, 0], _logs_of(tmp_path)[-4000:]
+    one = weights.load(artifacts.weights_file(uninterrupted, "train_oc"))
+    two = weights.load(artifacts.weights_file(workdir, "train_oc"))
+    assert _max_diff(one, two) == 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _logs_of(folder: pathlib.Path) -> str:
+    return "".join((folder / f"p{i}.log").read_text() for i in (0, 1))
+
+
+def test_skewed_sigterms_stop_a_per_image_stage_on_both_processes_then_resume(
+    tiny_run, synthetic_data_dir, tmp_path
+):
+    """infer_cam on 2 processes, SIGTERM to process 1 and 3 s later to process 0: each finishes
+    the images in flight and exits 143, no temporary file stays; the rerun computes only the
+    rest and its CAMs are those of an uninterrupted 1-process run."""
+    _, single = tiny_run
+    workdir = str(tmp_path / "run")
+    stages = ("train_oc", "train_cam", "infer_cam")
+    for stage in stages[:2]:
+        shutil.copytree(os.path.join(single, stage), os.path.join(workdir, stage))
+    # The paper's four scales, one image per forward pass: long enough to be signalled midway.
+    overrides = {
+        **tiny_run_overrides(synthetic_data_dir, stages),
+        "infer.scales": (0.5, 1.0, 1.5, 2.0),
+        "runtime.predict_batch_size": 1,
+    }
+    flags = as_flags(overrides)
+    cams = artifacts.cam_dir(workdir, "val")
+    port = _free_port()
+    processes = [_start(i, port, workdir, flags) for i in (0, 1)]
+    deadline = time.time() + 300
+    while not (os.path.isdir(cams) and len(os.listdir(cams)) >= 4) and time.time() < deadline:
+        assert all(p.poll() is None for p in processes), _logs_of(tmp_path)
+        time.sleep(0.02)
+    processes[1].send_signal(signal.SIGTERM)
+    time.sleep(3)
+    if processes[0].poll() is None:
+        processes[0].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=180) for p in processes]
+    logs = _logs_of(tmp_path)
+    assert codes == [143, 143], logs[-4000:]
+    assert len(re.findall(r"infer_cam: after \d+ image\(s\) of val: stopped by SIGTERM", logs)) == 2
+    written = len(_outputs(cams))
+    assert 0 < written < VAL_IMAGES and not [f for f in os.listdir(cams) if f.startswith(".")]
+    port = _free_port()
+    processes = [_start(i, port, workdir, flags) for i in (0, 1)]
+    assert [p.wait(timeout=600) for p in processes] == [0, 0], _logs_of(tmp_path)[-4000:]
+    todo = [  # each process's count in the rerun: its last such line
+        re.findall(
+            r"infer_cam val: (\d+) of \d+ images to do", (tmp_path / f"p{i}.log").read_text()
+        )[-1]
+        for i in (0, 1)
+    ]
+    config = load_config()  # the same config uninterrupted, on 1 process x 8 devices
+    for key, value in overrides.items():
+        section, _, leaf = key.rpartition(".")
+        (config_lib.get(config, section) if section else config)[leaf] = value
+    reference = str(tmp_path / "single")
+    for stage in stages[:2]:
+        shutil.copytree(os.path.join(single, stage), os.path.join(reference, stage))
+    pipeline.run_stages(config, reference)
+    labelled = _outputs(artifacts.cam_dir(reference, "val"))
+    assert sum(int(n) for n in todo) == len(labelled) - written, todo  # the rest only
+    for name in labelled:
+        image_id = os.path.splitext(name)[0]
+        one = scores.read_image(artifacts.cam_dir(reference, "val"), image_id, ("hr_cam",))
+        two = scores.read_image(cams, image_id, ("hr_cam",))
+        np.testing.assert_allclose(one["hr_cam"], two["hr_cam"], atol=1e-4)

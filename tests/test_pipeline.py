@@ -17,6 +17,10 @@ def test_parse_arg_types_and_unknown():
     assert (args.strategy, args.epochs, args.fast) == ("pnoc", 3, True)
     with pytest.raises(ValueError, match="unknown"):
         config_lib.parse_arg("bogus=1", strategy="cam")
+    with pytest.raises(ValueError, match=r"'epochs' needs a value, e\.g\. epochs=1"):
+        config_lib.parse_arg("epochs", epochs=1)
+    with pytest.raises(ValueError, match="epochs='x': expected int"):
+        config_lib.parse_arg("epochs=x", epochs=1)
 
 
 # Every leaf of every section a stage reads, with a value that cannot work. Paths and booleans
@@ -72,7 +76,6 @@ BAD_VALUES = {
     "runtime.ckpt_every": 0,
     "runtime.num_workers": -1,
     "runtime.predict_batch_size": 0,
-    "runtime.keep_stale": -1,
     "runtime.input_workers": -2,
     # saliency
     "affinity_labels.saliency": "infer_cam",
@@ -230,6 +233,20 @@ def test_validate_rejects_bad_value_naming_the_key(tiny_config, key):
         pipeline.validate(config, TOPOLOGY)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_validate_rejects_non_finite_numbers(tiny_config, bad):
+    config = _all_stages_config(tiny_config)
+    floats = [k for k, v in _leaves(config_lib.base_config()).items() if type(v) is float]
+    assert "train.lr" in floats
+    for key in floats:
+        section, _, leaf = key.rpartition(".")
+        node = config_lib.get(config, section)
+        good, node[leaf] = node[leaf], bad
+        with pytest.raises(config_lib.ConfigError, match=f"config.{key}={bad}"):
+            pipeline.validate(config, TOPOLOGY)
+        node[leaf] = good
+
+
 def test_validate_cross_section_rules(tiny_config):
     config = _all_stages_config(tiny_config)
     config.train.strategy = "puzzle"
@@ -301,7 +318,6 @@ def test_runtime_knobs_never_change_a_fingerprint(tiny_config, tmp_path):
     config.runtime.update(
         log_every=7, ckpt_every=9, num_workers=3, predict_batch_size=16, input_workers=2
     )
-    config.runtime.keep_stale = 1
     os.symlink(config.data.data_dir, tmp_path / "moved")
     config.data.data_dir = str(tmp_path / "moved")
     after = {name: pipeline.stage_fingerprint(name, config) for name in pipeline.STAGES}
@@ -332,3 +348,15 @@ def test_compare_sub_config_reads_oc_only_when_needed_and_infers_the_eval_split(
     config.train.init_backbone_from = ""
     assert compare_strategies.sub_config(config, 0, "cam", "/oc/f.npz").train.oc_weights == ""
     assert compare_strategies.sub_config(config, 0, "poc", "/oc/f.npz").train.oc_weights
+
+
+def test_a_training_split_smaller_than_a_batch_stops_before_the_first_stage(tiny_config, tmp_path):
+    config = tiny_config
+    config.stages = ("train_oc", "train_cam")
+    config.train.split = "val"
+    config.train.batch_size = 256  # the synthetic val split has 200 images
+    with pytest.raises(config_lib.ConfigError, match=r"config.train.batch_size=256: stage "
+                       r"train_cam trains on split 'val' \(config.train.split\), which has \d+ "
+                       r"images with a class, fewer than one batch"):  # fmt: skip
+        pipeline.run_stages(config, str(tmp_path))
+    assert os.listdir(tmp_path) == [".lock"]  # train_oc did not run

@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import pytest
-from absl import logging
 
 from pnoc_jax import pipeline
 from pnoc_jax.core import artifacts, fileio
@@ -29,7 +28,8 @@ def _toy_run(config, workdir, dataset):
 
 def _toy_missing(config, workdir, dataset):
     del config, dataset
-    return artifacts.missing([os.path.join(artifacts.stage_dir(workdir, "toy"), "out.txt")])
+    out = os.path.join(artifacts.stage_dir(workdir, "toy"), "out.txt")
+    return artifacts.missing([out, artifacts.metrics_file(workdir, "toy")])
 
 
 @pytest.fixture
@@ -84,19 +84,67 @@ def test_a_stage_without_its_outputs_is_not_done(toy, tmp_path):
         pipeline.run_stage("toy", toy, workdir)
 
 
-def test_only_the_newest_stale_folders_are_kept(toy, tmp_path, monkeypatch):
+def test_stale_folders_are_kept_reported_and_removed_only_on_request(toy, tmp_path, capsys):
     workdir = str(tmp_path)
-    warnings = []
-    monkeypatch.setattr(logging, "warning", lambda msg, *args: warnings.append(msg % args))
-    toy.runtime.keep_stale = 2
     for first in (0.1, 0.2, 0.3, 0.4, 0.45):
         toy.eval.thresholds = (first, 0.9)
-        pipeline.run_stage("toy", toy, workdir)
+        pipeline.run_stages(toy, workdir)
     stale = sorted(d for d in os.listdir(workdir) if d.startswith("toy.stale-"))
-    assert stale == ["toy.stale-3", "toy.stale-4"]
-    assert _out(workdir, "toy.stale-4") == str((0.4, 0.9))
-    removed = [w for w in warnings if w.startswith("removed")]
-    assert len(removed) == 2 and "keep_stale=2" in removed[0]
+    assert stale == [f"toy.stale-{n}" for n in (1, 2, 3, 4)]  # the first recipe's is kept
+    assert _out(workdir, "toy.stale-1") == str((0.1, 0.9))
+    out = capsys.readouterr().out
+    assert "Stale folders (made with other configs, kept): toy.stale-1 (" in out
+    assert "--remove_stale` deletes them" in out
+    target = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    os.rename(os.path.join(workdir, "toy.stale-4"), target)
+    os.symlink(target, os.path.join(workdir, "toy.stale-4"))
+    lines = pipeline.remove_stale(workdir)
+    assert lines[0].startswith(f"removed {workdir}/toy.stale-1 (") and len(lines) == 4
+    assert lines[3] == f"removed the link {workdir}/toy.stale-4 (its target {target} is kept)"
+    assert not any(d.startswith("toy.stale-") for d in os.listdir(workdir))
+    assert (target / "out.txt").exists() and _out(workdir) == str((0.45, 0.9))
+
+
+def test_a_symlinked_stage_folder_is_moved_aside_as_a_link(toy, tmp_path):
+    workdir, target = str(tmp_path / "run"), tmp_path / "elsewhere"
+    toy.eval.thresholds = (0.1, 0.2)
+    pipeline.run_stage("toy", toy, workdir)
+    os.rename(os.path.join(workdir, "toy"), target)
+    os.symlink(target, os.path.join(workdir, "toy"))
+    toy.eval.thresholds = (0.3, 0.4)
+    for _ in range(2):  # the second run: nothing to move, nothing to remove
+        pipeline.run_stage("toy", toy, workdir)
+    assert os.path.islink(os.path.join(workdir, "toy.stale-1"))
+    assert _out(workdir, "toy.stale-1") == str((0.1, 0.2)) and _runs(workdir) == 2
+
+
+def test_a_finished_stage_with_damaged_outputs_runs_again(toy, tmp_path):
+    workdir = str(tmp_path)
+    toy.eval.thresholds = (0.1, 0.2)
+    pipeline.run_stage("toy", toy, workdir)
+    metrics = artifacts.metrics_file(workdir, "toy")
+    for damage in ("delete", "empty", "half"):
+        if damage == "delete":
+            os.remove(metrics)
+        else:
+            with open(metrics, "r+") as f:
+                f.truncate(0 if damage == "empty" else 5)
+        assert pipeline.verify("toy", toy, workdir)
+        assert pipeline.run_stage("toy", toy, workdir)
+        assert not pipeline.verify("toy", toy, workdir)
+    assert _runs(workdir) == 4
+    assert not pipeline.run_stage("toy", toy, workdir)
+
+
+def test_a_partial_run_keeps_the_summary_rows_of_the_other_stages(toy, tmp_path, monkeypatch):
+    workdir = str(tmp_path)
+    other = dataclasses.replace(pipeline.STAGES["toy"], name="toy2")
+    monkeypatch.setitem(pipeline.STAGES, "toy2", other)
+    monkeypatch.setattr(artifacts, "stage_dir", lambda w, s: os.path.join(w, "toy"))
+    pipeline.run_stages(toy, workdir)
+    toy.stages = ()
+    table = pipeline.write_summary(toy, workdir)
+    assert "| toy | toy mIoU (val): 25.00 |" in table
 
 
 def test_corrupted_records_name_the_file(toy, tmp_path):
@@ -106,6 +154,13 @@ def test_corrupted_records_name_the_file(toy, tmp_path):
         f.write("{not json")
     with pytest.raises(UserError, match=r"toy/DONE.json is not valid JSON"):
         pipeline.run_stage("toy", toy, workdir)
+    with open(artifacts.done_file(workdir, "toy"), "w") as f:
+        f.write('["stage", "fingerprint"]')
+    with pytest.raises(UserError, match=r"toy/DONE.json holds a JSON list, not the object"):
+        pipeline.run_stage("toy", toy, workdir)
+    os.mkdir(artifacts.lock_file(workdir))
+    with pytest.raises(UserError, match=r"/.lock is a folder, where the run keeps its lock"):
+        pipeline.run_stages(toy, workdir)
 
 
 def test_summary_lists_evaluated_stages_also_when_all_were_skipped(toy, tmp_path, capsys):
@@ -164,3 +219,18 @@ def test_a_failing_stage_keeps_the_finished_folder_of_the_previous_config(toy, t
     toy.eval.thresholds = (0.1, 0.2)  # the typo is fixed: nothing is redone
     assert not pipeline.run_stage("toy", toy, workdir)
     assert _out(workdir) == str((0.1, 0.2)) and _runs(workdir) == 1
+
+
+def test_a_stopped_stage_leaves_no_temporary_files(toy, tmp_path):
+    def interrupted(config, workdir):
+        del config
+        leftover = os.path.join(artifacts.stage_dir(workdir, "toy"), "val", ".a.png.x1y2.tmp")
+        os.makedirs(os.path.dirname(leftover))
+        fileio.write_text(os.path.join(os.path.dirname(leftover), "b.png"), "whole")
+        open(leftover, "w").close()  # what a write cut short by SIGKILL of a worker leaves
+        raise KeyboardInterrupt
+
+    pipeline.STAGES["toy"] = dataclasses.replace(pipeline.STAGES["toy"], run=interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_stage("toy", toy, str(tmp_path))
+    assert os.listdir(tmp_path / "toy" / "val") == ["b.png"]

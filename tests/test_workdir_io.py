@@ -57,7 +57,6 @@ ALLOWED = {
     ("main.py", "os.path.abspath"): "CONFIG_DIR, the package's configs/ folder",
     ("main.py", "os.path.isdir"): "CONFIG_DIR",
     ("main.py", "os.listdir"): "CONFIG_DIR",
-    ("main.py", "os.path.isfile"): "the --config file the user names (local Python)",
     ("cpu_benchmark.py", "open"): "/proc/self/status and /proc/self/clear_refs",
     ("cpu_benchmark.py", "cv2.imread"): "the benchmark's photographs (--photos, local files)",
     ("cpu_benchmark.py", "os.path.exists"): "scikit-image's installed photographs",

@@ -18,7 +18,7 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import tasks
-from pnoc_jax.core import artifacts, distributed, fileio, pool, progress, scores
+from pnoc_jax.core import artifacts, distributed, fileio, loop, pool, progress, scores
 from pnoc_jax.data import datasets
 
 
@@ -91,12 +91,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Datas
     source = dataset.split(cfg.split)
     counts, computed, total = np.zeros(5, np.int64), 0, 0
     todo = label_tasks(source, cfg, workdir)
-    for image_counts, was_computed in pool.run_tasks(
-        tasks.affinity_label, todo, config.runtime.num_workers
-    ):
-        counts += image_counts
-        computed += was_computed
-        total += 1
+    with loop.StopSignals("finishing the images in flight, then stopping") as stop:
+        for image_counts, was_computed in pool.run_tasks(
+            tasks.affinity_label, todo, config.runtime.num_workers, stop=stop.requested
+        ):
+            counts += image_counts
+            computed += was_computed
+            total += 1
+        if stop.requested():
+            raise stop.preempted(f"affinity_labels: after {computed} more image(s) of {cfg.split}")
     logging.info(
         "affinity_labels %s: %d written, %d already there", cfg.split, computed, total - computed
     )

@@ -11,7 +11,7 @@ import numpy as np
 
 from pnoc_jax.affinity import labels as aff_labels
 from pnoc_jax.affinity import random_walk as rw_lib
-from pnoc_jax.core import fileio, scores
+from pnoc_jax.core import artifacts, fileio, scores
 from pnoc_jax.core.masks import IGNORE
 
 
@@ -55,11 +55,11 @@ class LabelTask:
 
 
 def affinity_label(task: LabelTask) -> tuple[np.ndarray, bool]:
-    """Writes the image's affinity-label PNG unless it exists (method.md §8).
+    """Writes the image's affinity-label PNG unless a whole one exists (method.md §8).
 
     Returns its `label_counts` and whether it was computed now.
     """
-    if fileio.exists(task.out_path):
+    if artifacts.damage(task.out_path) is None:
         return label_counts(fileio.read_png(task.out_path), task.gt), False
     record = scores.read(task.cam_path, ("hr_cam",))
     p = task.params

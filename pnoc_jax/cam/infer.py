@@ -9,6 +9,7 @@ Images with a score file (ours, or the reference's `.npy`) are skipped (resumabl
 """
 
 import math
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -17,7 +18,7 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.cam import train as cam_train
-from pnoc_jax.core import artifacts, distributed, scores, weights
+from pnoc_jax.core import artifacts, distributed, loop, scores, weights
 from pnoc_jax.core import progress as progress_lib
 from pnoc_jax.data import datasets
 from pnoc_jax.inference import predictor, tta
@@ -67,39 +68,56 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Datas
     model = cam_train.build_model(config)
     variables = weights.load(artifacts.weights_file(workdir, cfg.weights_from))
     predict, batch_multiple = cam_predictor(model, variables)
-    batch_size = config.runtime.predict_batch_size
-    for split in cfg.splits:
-        source = dataset.split(split)
-        cam_dir = artifacts.cam_dir(workdir, split)
-        todo = []
-        for index in range(len(source)):
-            example = source[index]
-            done = scores.exists(cam_dir, example["id"])
-            if example["labels"].sum() > 0 and not done:
-                todo.append(index)
-        logging.info("infer_cam %s: %d of %d images to do", split, len(todo), len(source))
-        progress = progress_lib.bar(len(todo), f"infer_cam {split}")
-        for start in range(0, len(todo), batch_size):
-            examples = [source[i] for i in todo[start : start + batch_size]]
-            tta.check_fits(examples, cfg.max_image_size, "infer.max_image_size")
-            cams = tta.multiscale_flip_sums(
-                [e["image"] for e in examples],
-                predict,
-                cfg.scales,
-                cfg.max_image_size,
-                config.model.output_stride,
-                batch_multiple,
-            )
-            for example, per_scale in zip(examples, cams, strict=True):
-                keys = image_keys(example["labels"])
-                h, w = example["image"].shape[:2]
-                cam, hr = combine(per_scale, keys, h, w, config.model.output_stride)
-                scores.write(
-                    artifacts.cam_file(workdir, split, example["id"]), keys, cam=cam, hr_cam=hr
-                )
-            progress.update(len(examples))
-        progress.close()
+    with loop.StopSignals("finishing this batch of images, then stopping") as stop:
+        for split in cfg.splits:
+            _run_split(config, workdir, dataset, split, predict, batch_multiple, stop)
     distributed.barrier("infer_cam")
+
+
+def _run_split(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    dataset: datasets.Dataset,
+    split: str,
+    predict: Callable,
+    batch_multiple: int,
+    stop: loop.StopSignals,
+) -> None:
+    """`run` for one split: the labelled images whose CAM file is missing or damaged."""
+    cfg, batch_size = config.infer, config.runtime.predict_batch_size
+    source = dataset.split(split)
+    cam_dir = artifacts.cam_dir(workdir, split)
+    todo = []
+    for index in range(len(source)):
+        example = source[index]
+        done = artifacts.damage(scores.locate(cam_dir, example["id"])) is None
+        if example["labels"].sum() > 0 and not done:
+            todo.append(index)
+    logging.info("infer_cam %s: %d of %d images to do", split, len(todo), len(source))
+    progress = progress_lib.bar(len(todo), f"infer_cam {split}")
+    for start in range(0, len(todo), batch_size):
+        if stop.requested():
+            progress.close()
+            raise stop.preempted(f"infer_cam: after {start} image(s) of {split}")
+        examples = [source[i] for i in todo[start : start + batch_size]]
+        tta.check_fits(examples, cfg.max_image_size, "infer.max_image_size")
+        cams = tta.multiscale_flip_sums(
+            [e["image"] for e in examples],
+            predict,
+            cfg.scales,
+            cfg.max_image_size,
+            config.model.output_stride,
+            batch_multiple,
+        )
+        for example, per_scale in zip(examples, cams, strict=True):
+            keys = image_keys(example["labels"])
+            h, w = example["image"].shape[:2]
+            cam, hr = combine(per_scale, keys, h, w, config.model.output_stride)
+            scores.write(
+                artifacts.cam_file(workdir, split, example["id"]), keys, cam=cam, hr_cam=hr
+            )
+        progress.update(len(examples))
+    progress.close()
 
 
 def missing(

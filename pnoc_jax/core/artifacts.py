@@ -8,18 +8,65 @@ as `<id>.npz`, read and written by `core.scores`; label maps as palette `<id>.pn
 stages add `metrics.json`, `sweep.csv` and `sweep.png`.
 """
 
+import json
 import os
 from collections.abc import Iterable
 
 from pnoc_jax.core import fileio
 
+# How each kind of output starts, and what a whole file holds `offset` bytes before its end
+# (truncation loses it): (head, tail, offset).
+_SIGNATURES = {
+    # a zip: the end-of-directory record is its last 22 bytes (np.savez writes no comment)
+    ".npz": (b"PK", b"PK\x05\x06", 22),
+    ".npy": (b"\x93NUMPY", b"", 0),
+    ".png": (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82", 8),
+    ".jpg": (b"\xff\xd8", b"", 0),
+}
+
+
+def damage(path: str) -> str | None:
+    """Why `path` is not a whole output ("missing", "empty", "truncated", ...); None when it
+    looks whole. Cheap: the first and last bytes of a file, by its extension; a JSON file is
+    parsed. Nothing is read beyond that, so a whole split of outputs checks in seconds."""
+    try:
+        if fileio.isdir(path):
+            return "a folder where a file should be"
+        with fileio.open_read(path) as f:
+            head = f.read(16)
+            if not head:
+                return "empty"
+            extension = os.path.splitext(path)[1].lower()
+            if extension == ".json":
+                json.loads(head + f.read())
+                return None
+            start, tail, offset = _SIGNATURES.get(extension, (b"", b"", 0))
+            if not head.startswith(start):
+                return f"not a {extension} file"
+            size = f.seek(0, os.SEEK_END)
+            if size < offset:
+                return "truncated"
+            f.seek(size - offset)
+            return None if f.read(len(tail)) == tail else "truncated"
+    except FileNotFoundError:
+        return "missing"
+    except NotADirectoryError:
+        return "a file where a folder should be"
+    except ValueError:  # undecodable JSON
+        return "not valid JSON"
+
 
 def missing(paths: Iterable[str], show: int = 3) -> list[str]:
-    """The first `show` of `paths` that do not exist, and how many are missing in all."""
-    absent = [p for p in paths if not fileio.exists(p)]
-    if len(absent) > show:
-        return [*absent[:show], f"... {len(absent)} files missing in all"]
-    return absent
+    """The first `show` of `paths` that are missing or damaged (`damage`; a damaged one is
+    shown with why), and how many are missing or damaged in all."""
+    bad = []
+    for path in paths:
+        why = damage(path)
+        if why is not None:
+            bad.append(path if why == "missing" else f"{path} ({why})")
+    if len(bad) > show:
+        return [*bad[:show], f"... {len(bad)} files missing or damaged in all"]
+    return bad
 
 
 def lock_file(workdir: str) -> str:

@@ -32,6 +32,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import glob as glob_lib
 import io
 import json
 import os
@@ -147,6 +148,67 @@ def _files(path: str) -> list[str]:
         rel = _bare(os.fspath(parent))[len(root) :].strip("/") if rel is None else rel
         out += [f"{rel}/{name}" if rel not in ("", ".") else name for name in names]
     return sorted(out)
+
+
+def realpath(path: str) -> str:
+    """`os.path.realpath` (links resolved); a URI unchanged."""
+    return path if is_remote(path) else os.path.realpath(path)
+
+
+def glob(pattern: str) -> list[str]:
+    """The paths matching a shell pattern (`*`, `?`, `[...]`), sorted; on an object store the
+    pattern may be in the last component only."""
+    if is_remote(pattern):
+        folder, name = os.path.split(pattern)
+        return sorted(os.fspath(p) for p in _epath(folder).glob(name))
+    return sorted(glob_lib.glob(pattern))
+
+
+def remove_link(path: str) -> str | None:
+    """Removes `path` if it is a symbolic link (never what it points to); returns its target,
+    or None when `path` is no link (an object store has none)."""
+    if is_remote(path) or not os.path.islink(path):
+        return None
+    target = os.readlink(path)
+    os.remove(path)
+    return target
+
+
+def remove_temporaries(path: str) -> int:
+    """Removes the temporary files of interrupted atomic writes (`.<name>.<random>.tmp`)
+    under folder `path` (local; an object store has none that outlive a write); returns how
+    many. Only while nothing writes there (the runner holds the workdir lock)."""
+    if is_remote(path):
+        return 0
+    removed = 0
+    for parent, _, names in os.walk(path):
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(parent, name))
+                    removed += 1
+    return removed
+
+
+def disk_use(path: str) -> int:
+    """Bytes of the files under folder `path` (links not followed: a symlinked folder counts 0)."""
+    if is_remote(path):
+        return sum(_epath(os.path.join(path, name)).stat().length for name in _files(path))
+    total = 0
+    for parent, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(parent, name)).st_size
+    return total
+
+
+def human_size(size: int) -> str:
+    """1536 -> "1.5 KiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def _bare(uri: str) -> str:

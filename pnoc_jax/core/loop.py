@@ -75,15 +75,17 @@ def jit_update(fn: UpdateFn, mesh: Any) -> UpdateFn:
     )
 
 
-class _StopSignals:
-    """Turns SIGTERM and a first SIGINT (Ctrl-C) into `signum`, checked between steps: the loop
-    finishes the step, checkpoints and raises `Preempted`. A SIGINT after that raises
-    KeyboardInterrupt at once, without a checkpoint. Installed on the main thread only."""
+class StopSignals:
+    """Turns SIGTERM and a first SIGINT (Ctrl-C) into `signum`, checked between units of work
+    (training steps, images): the loop finishes the unit, saves (`then`: what the log line says
+    happens next) and raises `Preempted`. A SIGINT after that raises KeyboardInterrupt at once.
+    Installed on the main thread only."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, then: str = "checkpointing and exiting after this step"):
         self.signum: int | None = None
+        self.then = then
         self._previous: dict[int, Any] = {}
 
     def __enter__(self):
@@ -92,17 +94,24 @@ class _StopSignals:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def preempted(self, where: str) -> "Preempted":
+        """The `Preempted` a per-image stage raises once the signal stopped it at `where`."""
+        return Preempted(
+            f"{where}: stopped by {signal.Signals(self.signum or signal.SIGTERM).name}; what is "
+            f"written is whole and kept: rerun the same command to continue",
+            self.signum or signal.SIGTERM,
+        )
+
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGINT and self.signum is not None:
             raise KeyboardInterrupt(f"{name} after a stop request: exiting without a checkpoint")
         if self.signum is None:
             self.signum = signum
-        logging.warning(
-            "%s received: checkpointing and exiting after this step (Ctrl-C again exits at "
-            "once, without that checkpoint)",
-            name,
-        )
+        logging.warning("%s received: %s (Ctrl-C again exits at once)", name, self.then)
 
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
@@ -202,6 +211,25 @@ def _average(metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in host if k in m], dtype=np.float64)) for k in names}
 
 
+# Steps between the processes' agreement on a stop request (at most; log steps too).
+AGREE_EVERY = 10
+
+
+def _stop_agreed(stop: StopSignals, checkpointer: Checkpointer, done: int, log_every: int) -> bool:
+    """Whether to checkpoint and stop after step `done`: a stop signal here, or a preemption
+    notice (Orbax's sync point). With several processes the signals arrive at different
+    moments, so every `min(log_every, AGREE_EVERY)` steps the processes gather their flags and
+    all stop at the same step if any was asked to (one tiny all-gather; between those steps
+    none stops, so none waits in a checkpoint while another waits in the next step)."""
+    if checkpointer.manager.reached_preemption(done):  # the same answer on every process
+        return True
+    if jax.process_count() == 1:
+        return stop.requested()
+    if done % min(log_every, AGREE_EVERY):
+        return False
+    return bool(distributed.allgather(np.asarray(stop.requested(), np.int32)).any())
+
+
 def train_loop(
     *,
     states: dict[str, TrainState],
@@ -228,7 +256,7 @@ def train_loop(
     pending: list[dict[str, jax.Array]] = []
     writer.restart(start_step)
     progress = progress_lib.bar(total_steps, description, initial=start_step)
-    with _StopSignals() as stop:
+    with StopSignals() as stop:
         for step in range(start_step, total_steps):
             batch = next(batches)
             carry: Any = None
@@ -248,7 +276,7 @@ def train_loop(
             if on_step is not None:
                 on_step(done)
             is_last = done == total_steps
-            preempted = stop.signum is not None or checkpointer.manager.reached_preemption(done)
+            preempted = _stop_agreed(stop, checkpointer, done, log_every)
             wants_save = is_last or preempted or checkpointer.manager.should_save(done)
             if done % log_every == 0 or wants_save:
                 scalars = _average(pending)
@@ -315,10 +343,9 @@ def run_training(
     ckpt = Checkpointer(artifacts.checkpoint_dir(workdir, stage), save_every=runtime.ckpt_every)
     writer = MetricWriter(artifacts.stage_dir(workdir, stage))
     try:
-        start = ckpt.latest_step() or 0
+        start, states = ckpt.restore_newest(states, stage)
         if start:
             logging.info("%s: resuming from step %d", stage, start)
-            states = ckpt.restore(start, states)
         global_batches = (
             distributed.to_global(b, mesh) for b in plan.batches(start, runtime.input_workers)
         )

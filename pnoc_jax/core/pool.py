@@ -7,11 +7,15 @@ task function, never a process that has initialised JAX.
 import collections
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 
 def _worker_init() -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides (it lets the
+    # tasks in flight finish), so a worker never dies half-way through writing a file.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # One BLAS/OpenMP thread per worker: the pool already uses every core.
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = "1"
@@ -25,7 +29,11 @@ def default_workers() -> int:
 
 
 def run_tasks(
-    fn: Callable[[Any], Any], tasks: Iterable[Any], num_workers: int, max_pending: int = 0
+    fn: Callable[[Any], Any],
+    tasks: Iterable[Any],
+    num_workers: int,
+    max_pending: int = 0,
+    stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[Any]:
     """Runs `fn` over `tasks` and yields the results in task order.
 
@@ -33,10 +41,13 @@ def run_tasks(
     with at most `max_pending` (default 4·workers) tasks in flight, so a producer that computes
     task inputs lazily (e.g. edges on the accelerator) overlaps with the CPU work without
     queueing the whole split in memory. `fn` must be a module-level function (picklable).
+    Once `stop()` is true no task is started; those in flight finish and are yielded.
     """
     num_workers = num_workers or default_workers()
     if num_workers == 1:
         for task in tasks:
+            if stop():
+                return
             yield fn(task)
         return
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -45,6 +56,8 @@ def run_tasks(
     with ctx.Pool(num_workers, initializer=_worker_init) as pool:
         pending: collections.deque = collections.deque()
         for task in tasks:
+            if stop():
+                break
             pending.append(pool.apply_async(fn, (task,)))
             while len(pending) >= max_pending:
                 yield pending.popleft().get()

@@ -5,6 +5,7 @@ log line is never glued to a stale bar. Elsewhere (SLURM logs, pipes) there are 
 plain line every `every_seconds`, with the rate and the ETA. Only the chief process reports.
 """
 
+import logging as logging_std
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -100,3 +101,31 @@ def log_above_bars() -> None:
     """On a terminal, route absl's log lines above the live progress bars."""
     if interactive():
         logging.get_absl_handler().python_handler.stream = _AboveBars()
+
+
+class _QuietLibraries(logging_std.Filter):
+    """Drops the INFO chatter of orbax, TFDS, grain and JAX's backend probing (e.g. "Unable to
+    initialize backend 'tpu'" on every start); their warnings and errors still show, each once
+    and without a traceback (an error that matters reaches `main`, which reports it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging_std.LogRecord) -> bool:
+        libraries = ("orbax", "tensorflow_datasets", "grain", "xla_bridge")
+        if not any(lib in record.pathname for lib in libraries):
+            return True
+        if record.levelno < logging_std.WARNING:
+            return False
+        message = record.getMessage().splitlines()[0][:300]
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        record.msg, record.args, record.exc_info, record.exc_text = message, None, None, None
+        return True
+
+
+def quiet_libraries() -> None:
+    """Installs `_QuietLibraries` on absl's handler: a command's output is its own lines."""
+    logging.get_absl_handler().addFilter(_QuietLibraries())

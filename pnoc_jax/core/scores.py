@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from pnoc_jax.core import artifacts, fileio
+from pnoc_jax.core.errors import UserError
 
 Scores = dict[str, np.ndarray]
 
@@ -36,7 +37,7 @@ _CONVERT = (
 )
 
 
-class RefusedPickleError(ValueError):
+class RefusedPickleError(UserError, ValueError):
     """A pickled score file names a global other than numpy's array reconstruction."""
 
 
@@ -181,16 +182,27 @@ def check(path: str, record: Mapping[str, Any], fields: Sequence[str]) -> Scores
     return out
 
 
+class ScoreFileError(UserError, ValueError):
+    """A score file that exists but cannot be used (damaged, truncated, not finite); the
+    message names it and says what to do."""
+
+
 def read(path: str, fields: Sequence[str]) -> Scores:
-    """`keys` and the score arrays `fields` of one file: our `.npz` or the reference's `.npy`."""
+    """`keys` and the score arrays `fields` of one file: our `.npz` or the reference's `.npy`.
+    A file that exists but cannot be used is a `ScoreFileError` (one line in `main`)."""
     fields = tuple(fields)
-    if path.endswith(".npz"):
-        record = _read_npz(path, ("keys", *fields))
-    elif path.endswith(".npy"):
-        record = _read_official(path)
-    else:
-        raise ValueError(f"{path}: a score file is an .npz (ours) or an .npy (the reference's)")
-    return check(path, record, fields)
+    try:
+        if path.endswith(".npz"):
+            record = _read_npz(path, ("keys", *fields))
+        elif path.endswith(".npy"):
+            record = _read_official(path)
+        else:
+            raise ValueError(f"{path}: a score file is an .npz (ours) or an .npy (the reference's)")
+        return check(path, record, fields)
+    except RefusedPickleError:
+        raise
+    except ValueError as e:
+        raise ScoreFileError(f"{e}; delete it and rerun the stage that wrote it") from None
 
 
 def write(path: str, keys: np.ndarray, **arrays: np.ndarray) -> None:

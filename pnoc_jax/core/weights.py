@@ -40,7 +40,8 @@ def save(tree: Mapping[str, Any], path: str) -> None:
 
 
 def load(path: str) -> Variables:
-    """Reads an .npz written by `save` into a nested dict of numpy arrays."""
+    """Reads an .npz written by `save` into a nested dict of numpy arrays (`~` expanded)."""
+    path = fileio.expand(path)
     try:
         arrays = fileio.read_npz(path)
     except FileNotFoundError:

@@ -41,6 +41,7 @@ from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import fileio
+from pnoc_jax.core.errors import UserError, first_line
 from pnoc_jax.data.builders import coco2014 as _coco2014
 from pnoc_jax.data.builders import synthetic as _synthetic
 from pnoc_jax.data.builders import voc2012 as _voc2012
@@ -315,6 +316,31 @@ def prepare(
     if not manual_dir:
         return _identity_of(name, find_build(name, data_dir, source).source)
     manual_dir = _expand(manual_dir)
+    with _source_errors(name, manual_dir):
+        return _prepare_manual(name, data_dir, manual_dir, source)
+
+
+class SourceError(UserError, ValueError):
+    """A file of a dataset's source (`manual_dir`) that is missing, empty, undecodable or
+    inconsistent; the message names it."""
+
+
+@contextlib.contextmanager
+def _source_errors(name: str, manual_dir: str) -> Iterator[None]:
+    """The builders' FileNotFoundError / ValueError (each names its file) as a `SourceError`."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (FileNotFoundError, ValueError) as e:
+        raise SourceError(
+            f"{name} source {manual_dir}: {first_line(e, 2000)}; fix or restore that file, then "
+            f"rerun (the dataset is built again from the files as they are then)"
+        ) from None
+
+
+def _prepare_manual(name: str, data_dir: str, manual_dir: str, source: str | None) -> dict:
+    """`prepare` of a dataset read from `manual_dir`."""
     fp = source or source_fingerprint(name, manual_dir)
     path = build_path(name, data_dir, fp)
     if _finished(name, path, fp) is not None:

@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from pnoc_jax.core import artifacts, distributed, fileio, pool, progress
+from pnoc_jax.core import artifacts, distributed, loop, pool, progress
 from pnoc_jax.data import datasets
 
 # The files a stage writes for one image: (split, image_id, labelled) -> paths.
@@ -41,7 +41,7 @@ def _tasks(
     for index in progress.iterate(range(len(source)), f"{stage} {split}"):
         example = source[index]
         labelled = bool(example["labels"].sum() > 0)
-        if all(fileio.exists(p) for p in outputs(split, example["id"], labelled)):
+        if all(artifacts.damage(p) is None for p in outputs(split, example["id"], labelled)):
             continue
         if not labelled and not compute_unlabelled:
             yield make_task(split, example, None)
@@ -66,25 +66,48 @@ def run(
     compute_unlabelled: bool = False,
 ) -> None:
     """Runs `worker(make_task(split, example, computed))` in `core.pool` for every image of
-    `splits` whose `outputs` are missing; `computed` is the image's entry of `compute(examples)`
-    (None for an image without classes unless `compute_unlabelled`). `worker` must be a
-    module-level function that writes the image's outputs. `runtime` gives the batch size of
-    `compute` (`predict_batch_size`) and the pool's `num_workers`."""
-    for split in splits:
-        source = dataset.split(split)
-        todo = _tasks(
-            stage,
-            split,
-            source,
-            outputs,
-            compute,
-            make_task,
-            runtime.predict_batch_size,
-            compute_unlabelled,
-        )
-        done = sum(1 for _ in pool.run_tasks(worker, todo, runtime.num_workers))
-        logging.info("%s %s: %d computed, %d already there", stage, split, done, len(source) - done)
+    `splits` whose `outputs` are missing or damaged; `computed` is the image's entry of
+    `compute(examples)` (None for an image without classes unless `compute_unlabelled`).
+    `worker` must be a module-level function that writes the image's outputs. `runtime` gives
+    the batch size of `compute` (`predict_batch_size`) and the pool's `num_workers`.
+
+    SIGTERM or a first Ctrl-C: the images in flight are finished, then `Preempted` is raised
+    (exit 143 or 130); a rerun continues with the images still missing."""
+    with loop.StopSignals("finishing the images in flight, then stopping") as stop:
+        for split in splits:
+            _run_split(stage, dataset, split, outputs, compute, make_task, worker, runtime,
+                       compute_unlabelled, stop)  # fmt: skip
     distributed.barrier(stage)
+
+
+def _run_split(
+    stage: str,
+    dataset: datasets.Dataset,
+    split: str,
+    outputs: Outputs,
+    compute: Callable[[list[dict]], list[Any]],
+    make_task: Callable[[str, dict, Any], Any],
+    worker: Callable[[Any], Any],
+    runtime: ml_collections.ConfigDict,
+    compute_unlabelled: bool,
+    stop: loop.StopSignals,
+) -> None:
+    source = dataset.split(split)
+    todo = _tasks(
+        stage,
+        split,
+        source,
+        outputs,
+        compute,
+        make_task,
+        runtime.predict_batch_size,
+        compute_unlabelled,
+    )
+    workers = runtime.num_workers
+    done = sum(1 for _ in pool.run_tasks(worker, todo, workers, stop=stop.requested))
+    if stop.requested():
+        raise stop.preempted(f"{stage}: after {done} more image(s) of {split}")
+    logging.info("%s %s: %d computed, %d already there", stage, split, done, len(source) - done)
 
 
 def missing(dataset: datasets.Dataset, splits: Sequence[str], outputs: Outputs) -> list[str]:

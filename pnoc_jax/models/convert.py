@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import pickle
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from pnoc_jax.core import weights
+from pnoc_jax.core import fileio, weights
+from pnoc_jax.core.errors import first_line
 from pnoc_jax.models.resnest import RESNEST_CONFIGS, resnest_config, resnest_plan
 from pnoc_jax.models.resnet import stage_plan
 
@@ -388,33 +390,55 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output .npz path")
     args = parser.parse_args(argv)
     name = args.arch or f"resnet{args.depth}"
+    source, out = fileio.expand(args.torch_checkpoint), fileio.expand(args.out)
+    if not fileio.isfile(source):
+        raise SystemExit(f"error: --torch_checkpoint {source}: no such file")
 
     try:
-        digest = check_hub_hash(args.torch_checkpoint)
+        digest = check_hub_hash(source)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     if digest is not None:
-        print(f"{args.torch_checkpoint}: SHA-256 {digest[:16]}... matches the file name")
+        print(f"{source}: SHA-256 {digest[:16]}... matches the file name")
 
-    import torch  # lazily: torch is only needed for this conversion
-
-    state = torch.load(args.torch_checkpoint, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
-            state = state[wrapper]
-    state = {
-        k.removeprefix("module."): v.detach().float().numpy()
-        for k, v in state.items()
-        if isinstance(v, torch.Tensor)
-    }
+    state = _read_state_dict(source)
     try:
         tree = torch_to_flax(state, name)
         check_shapes(tree, name)
     except (KeyError, ValueError) as e:
-        raise SystemExit(f"error: {args.torch_checkpoint}: {e.args[0]}") from None
-    weights.save(tree, args.out)
+        raise SystemExit(f"error: {source}: {e.args[0]}") from None
+    weights.save(tree, out)
     n = weights.count_parameters(tree)
-    print(f"wrote {args.out}: {name}, {n:,} backbone params")
+    print(f"wrote {out}: {name}, {n:,} backbone params")
+
+
+def _read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """The float arrays of the torch state_dict in `path` (unwrapped from {"state_dict": ...} or
+    {"model": ...}; "module." prefixes dropped); SystemExit with one line naming the file when
+    it is not a torch checkpoint of tensors (truncated, another format, a list)."""
+    import torch  # lazily: torch is only needed for this conversion
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        first = first_line(e, 200)
+        raise SystemExit(
+            f"error: {path}: not a torch checkpoint torch can read (truncated, or another "
+            f"format?): {first}"
+        ) from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
+            state = state[wrapper]
+    if not isinstance(state, Mapping):
+        raise SystemExit(
+            f"error: {path}: holds a {type(state).__name__}, not a state_dict (a dict of "
+            f"tensor names to tensors)"
+        )
+    return {
+        k.removeprefix("module."): v.detach().float().numpy()
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor)
+    }
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, distributed, fileio, progress, weights
+from pnoc_jax.core import artifacts, distributed, fileio, loop, progress, weights
 from pnoc_jax.data import datasets, transforms
 from pnoc_jax.inference import predictor
 from pnoc_jax.saliency import train_detector
@@ -70,24 +70,30 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Datas
     side = train_detector.canvas(config)
     scale = config.detector.input_scale
     batch_size = config.runtime.predict_batch_size
-    for split in config.detector_infer.splits:
-        source = dataset.split(split)
+    with loop.StopSignals("finishing this batch of images, then stopping") as stop:
+        for split in config.detector_infer.splits:
+            source = dataset.split(split)
 
-        def path(example: dict, split: str = split) -> str:
-            return artifacts.saliency_png_file(workdir, "infer_detector", split, example["id"])
+            def path(example: dict, split: str = split) -> str:
+                return artifacts.saliency_png_file(workdir, "infer_detector", split, example["id"])
 
-        todo = [i for i in range(len(source)) if not fileio.exists(path(source[i]))]
-        logging.info("infer_detector %s: %d of %d images to do", split, len(todo), len(source))
-        bar = progress.bar(len(todo), f"infer_detector {split}")
-        for start in range(0, len(todo), batch_size):
-            examples = [source[i] for i in todo[start : start + batch_size]]
-            images = [e["image"] for e in examples]
-            for example, saliency in zip(
-                examples, saliency_maps(images, predict, side, scale, batch_multiple), strict=True
-            ):
-                fileio.write_saliency(path(example), saliency)
-            bar.update(len(examples))
-        bar.close()
+            todo = [i for i in range(len(source)) if artifacts.damage(path(source[i]))]
+            logging.info("infer_detector %s: %d of %d images to do", split, len(todo), len(source))
+            bar = progress.bar(len(todo), f"infer_detector {split}")
+            for start in range(0, len(todo), batch_size):
+                if stop.requested():
+                    bar.close()
+                    raise stop.preempted(f"infer_detector: after {start} image(s) of {split}")
+                examples = [source[i] for i in todo[start : start + batch_size]]
+                images = [e["image"] for e in examples]
+                for example, saliency in zip(
+                    examples,
+                    saliency_maps(images, predict, side, scale, batch_multiple),
+                    strict=True,
+                ):
+                    fileio.write_saliency(path(example), saliency)
+                bar.update(len(examples))
+            bar.close()
     distributed.barrier("infer_detector")
 
 

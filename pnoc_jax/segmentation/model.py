@@ -99,6 +99,9 @@ def inference_fn(model: nn.Module) -> Callable[[Any, tuple[jax.Array, jax.Array]
 
 def load_predictor(spec: ModelSpec, weights_path: str) -> tuple[dense.DensePredict, int]:
     """The trained network `spec` with the weights file `weights_path` as a batch predictor on
-    this process's devices, and the batch multiple it needs."""
+    this process's devices, and the batch multiple it needs. Weights of another network (e.g.
+    a classifier's beside a model.json) are a `weights.WeightsError` naming the file."""
     model = spec.build()
-    return predictor.local_predictor(inference_fn(model), weights.load(weights_path))
+    what = f"the weights of a {spec.model} on {spec.backbone} as its model.json describes"
+    variables = weights.load_checked(weights_path, model, (1, 64, 64, 3), what)
+    return predictor.local_predictor(inference_fn(model), variables)

@@ -33,6 +33,8 @@ from PIL import Image
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, weights
+from pnoc_jax.core.checkpoint import Checkpointer
+from pnoc_jax.core.errors import UserError
 from pnoc_jax.core.loop import Update, jit_update, run_training
 from pnoc_jax.core.train_state import TrainState, create_state, variables
 from pnoc_jax.data import datasets, pipeline, transforms
@@ -267,6 +269,8 @@ def run(
     )
     history_path = artifacts.validation_file(workdir, stage)
     history = read_history(history_path)
+    if history and artifacts.damage(artifacts.segmentation_weights_file(workdir, stage)):
+        export_kept(workdir, stage, history, states)
     scored = {row["step"] for row in history}
     best = max((row["miou"] for row in history), default=-1.0)
     # A split smaller than one batch has no whole epoch: validated at the end only.
@@ -333,6 +337,31 @@ def run(
             },
         )
     distributed.barrier(f"{stage}-done")
+
+
+def export_kept(
+    workdir: str, stage: str, history: list[dict], states: dict[str, TrainState]
+) -> None:
+    """Writes `weights/best.npz` again from the checkpoint of the best validation in `history`,
+    when the file was deleted or damaged after the validations; a UserError saying what to do
+    when Orbax no longer keeps that step (it keeps the last two)."""
+    path = artifacts.segmentation_weights_file(workdir, stage)
+    top = max(history, key=lambda r: (r["miou"], -r["step"]))
+    ckpt = Checkpointer(artifacts.checkpoint_dir(workdir, stage), save_every=1)
+    try:
+        if top["step"] not in ckpt.manager.all_steps():
+            raise UserError(
+                f"{path} is {artifacts.damage(path)} and the checkpoint it was kept from (step "
+                f"{top['step']}) is gone from {ckpt.directory}: move "
+                f"{artifacts.stage_dir(workdir, stage)} aside to train the stage again"
+            )
+        kept = ckpt.restore(top["step"], states)[STATE]
+    finally:
+        ckpt.close()
+    if distributed.is_chief():
+        weights.save(distributed.to_host(variables(kept)), path)
+    logging.warning("%s: %s written again from the checkpoint of step %d", stage, path, top["step"])
+    distributed.barrier(f"{stage}-export-kept")
 
 
 def train_segmentation(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pnoc_jax.core import artifacts, scores
+from pnoc_jax.core.errors import UserError
 
 KEYS = np.array([0, 3, 7])
 
@@ -171,6 +172,13 @@ def test_npz_errors_name_the_file(tmp_path):
         np.save(f, np.array({"keys": KEYS}, dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match=r"p\.npz: not a readable score file"):
         scores.read(pickled, ("rw",))
+    cut = str(tmp_path / "cut.npz")
+    np.savez(cut, keys=KEYS, cam=_cam())
+    with open(cut, "r+b") as f:
+        f.truncate(os.path.getsize(cut) // 2)
+    with pytest.raises(UserError, match=r"cut\.npz: not a readable score file .*; delete it and "
+                       r"rerun the stage that wrote it$"):  # fmt: skip
+        scores.read(cut, ("cam",))
     plain = str(tmp_path / "plain.npy")
     np.save(plain, _cam())
     with pytest.raises(ValueError, match=r"plain\.npy: expected the reference's pickled dict"):

@@ -111,10 +111,21 @@ def test_corrupted_jpeg_names_file(tmp_path):
     assert val["2007_000063"]["labels"].sum() == 0
 
 
+def test_empty_jpeg_is_one_line_naming_the_file(tmp_path):
+    voc = write_voc(tmp_path / "manual")
+    (voc / "JPEGImages" / "2007_000063.jpg").write_bytes(b"")
+    with pytest.raises(datasets.SourceError) as err:
+        datasets.prepare("voc2012", str(tmp_path / "tfds"), str(voc))
+    message = str(err.value)
+    assert "Empty VOC image file (0 bytes)" in message and "2007_000063.jpg" in message
+    assert "\n" not in message and "fix or restore that file" in message
+    _assert_not_built(tmp_path / "tfds")
+
+
 def test_missing_segmentation_folder_names_path(tmp_path):
     voc = write_voc(tmp_path / "manual")
     shutil.rmtree(voc / "SegmentationClass")
-    with pytest.raises(FileNotFoundError, match=re.escape(str(voc / "SegmentationClass"))):
+    with pytest.raises(datasets.SourceError, match=re.escape(str(voc / "SegmentationClass"))):
         datasets.prepare("voc2012", str(tmp_path / "tfds"), str(tmp_path / "manual"))
     _assert_not_built(tmp_path / "tfds")
 
@@ -122,16 +133,16 @@ def test_missing_segmentation_folder_names_path(tmp_path):
 def test_missing_list_image_and_manual_dir(tmp_path):
     voc = write_voc(tmp_path / "manual")
     data_dir = str(tmp_path / "tfds")
-    with pytest.raises(FileNotFoundError, match="JPEGImages"):
+    with pytest.raises(datasets.SourceError, match="JPEGImages"):
         datasets.prepare("voc2012", data_dir, str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="manual_dir"):
         datasets.prepare("voc2012", data_dir)
     (voc / "JPEGImages" / "2008_000003.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape("2008_000003.jpg")):
+    with pytest.raises(datasets.SourceError, match=re.escape("2008_000003.jpg")):
         datasets.prepare("voc2012", data_dir, str(voc))
     val_list = voc / "ImageSets" / "Segmentation" / "val.txt"
     val_list.unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(val_list))):
+    with pytest.raises(datasets.SourceError, match=re.escape(str(val_list))):
         datasets.prepare("voc2012", data_dir, str(voc))
     _assert_not_built(tmp_path / "tfds")
 

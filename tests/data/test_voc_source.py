@@ -233,7 +233,7 @@ def test_manual_dir_may_name_the_folder_holding_vocdevkit_vocdevkit_or_voc2012(t
     empty = tmp_path / "empty"
     empty.mkdir()
     tried = [empty / "VOCdevkit" / "VOC2012", empty / "VOC2012", empty]
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(datasets.SourceError) as err:
         datasets.prepare("voc2012", data_dir, str(empty))
     for path in tried:
         assert repr(str(path / "JPEGImages")) in str(err.value)

@@ -276,3 +276,28 @@ def test_cli(tmp_path) -> None:
     )
     n = sum(a.size for a in jax.tree_util.tree_leaves(tree["params"]))
     assert n == 11_176_512
+
+
+def test_cli_bad_input_is_one_line_and_out_expands_home(tmp_path, monkeypatch) -> None:
+    tmodel = TorchResNet(TorchBasicBlock, [2, 2, 2, 2])
+    good = tmp_path / "r18.pth"
+    torch.save(tmodel.state_dict(), good)
+    truncated, as_npz, as_list = tmp_path / "cut.pth", tmp_path / "w.npz", tmp_path / "list.pth"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    np.savez(as_npz, a=np.zeros(3))
+    torch.save([torch.zeros(2)], as_list)
+    cases = {
+        tmp_path / "none.pth": "none.pth: no such file",
+        truncated: "cut.pth: not a torch checkpoint torch can read",
+        as_npz: "w.npz: not a torch checkpoint torch can read",
+        as_list: "list.pth: holds a list, not a state_dict",
+    }
+    for path, expected in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--torch_checkpoint", str(path), "--depth", "18", "--out", "x.npz"])
+        message = str(exit_info.value.code)
+        assert message.startswith("error: ") and expected in message and "\n" not in message
+    monkeypatch.setenv("HOME", str(tmp_path))
+    main(["--torch_checkpoint", str(good), "--depth", "18", "--out=~/x.npz"])
+    assert (tmp_path / "x.npz").exists()
+    assert "backbone" in weights.load("~/x.npz")["params"]  # every weights key: ~ expanded

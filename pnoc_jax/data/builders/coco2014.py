@@ -221,6 +221,8 @@ def read_image(path: Path) -> tuple[bytes, tuple[int, int]]:
     if not path.is_file():
         raise FileNotFoundError(f"Expected COCO image not found: {str(path)!r}")
     data = path.read_bytes()
+    if not data:
+        raise ValueError(f"Empty COCO image file (0 bytes): {str(path)!r}")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"Corrupted or undecodable COCO image: {str(path)!r}")

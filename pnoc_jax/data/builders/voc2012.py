@@ -248,6 +248,8 @@ def mask_labels(mask: np.ndarray) -> np.ndarray:
 def read_jpeg(path: Path) -> tuple[bytes, tuple[int, int]]:
     """Original JPEG bytes and (H, W), after checking the file decodes; ValueError if not."""
     data = _require_file(path).read_bytes()
+    if not data:
+        raise ValueError(f"Empty VOC image file (0 bytes): {str(path)!r}")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"Corrupted or undecodable VOC image: {str(path)!r}")
