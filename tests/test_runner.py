@@ -222,7 +222,7 @@ def test_a_failing_stage_keeps_the_finished_folder_of_the_previous_config(toy, t
 
 
 def test_a_stopped_stage_leaves_no_temporary_files(toy, tmp_path):
-    def interrupted(config, workdir):
+    def interrupted(config, workdir, dataset):
         del config
         leftover = os.path.join(artifacts.stage_dir(workdir, "toy"), "val", ".a.png.x1y2.tmp")
         os.makedirs(os.path.dirname(leftover))
