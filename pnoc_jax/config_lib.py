@@ -544,6 +544,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.compare = ml_collections.ConfigDict(
         {"strategies": ("cam", "puzzle", "poc", "pnoc"), "seeds": (0, 1, 2)}
     )
+    # The class analysis (stage `analyze`, method.md §15): semantic groups as
+    # ("name=class,class", ...), () = the dataset's (VOC: the paper's; COCO: its
+    # supercategories; synthetic: its builder's), and the size / frequency tertiles.
+    config.analysis = ml_collections.ConfigDict({"groups": (), "tertiles": True})
     # How fast and how often, never what: not part of any stage's fingerprint.
     config.runtime = ml_collections.ConfigDict(
         {

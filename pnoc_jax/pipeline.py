@@ -27,6 +27,7 @@ from pnoc_jax import config_lib
 from pnoc_jax.affinity import evaluate as affinity_evaluate
 from pnoc_jax.affinity import make_labels, walk
 from pnoc_jax.affinity import train as affinity_train
+from pnoc_jax.analysis import analyze
 from pnoc_jax.cam import evaluate as cam_evaluate
 from pnoc_jax.cam import infer as cam_infer
 from pnoc_jax.cam import train as cam_train
@@ -63,6 +64,8 @@ class Stage:
     summary: Callable[[dict], str] | None = None
     # Rows it adds to the summary below its own, from the workdir's metrics.
     summary_rows: Callable[[ml_collections.ConfigDict, str], list[SummaryRow]] | None = None
+    # Markdown it adds under the summary's table, from its metrics.json.
+    summary_notes: Callable[[dict], str] | None = None
 
 
 # ---------------------------------------------------------------------------- the stage graph
@@ -89,6 +92,7 @@ SECTION_CHECKS: dict[str, config_lib.Check] = {
     "segmentation_infer": seg_infer.validate,
     "compare": compare_strategies.validate,
     "compare_saliency": compare_saliency.validate,
+    "analysis": analyze.validate,
 }
 
 
@@ -170,6 +174,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
            "affinity", "rw", "compare_saliency"),
           headline=_table, missing=compare_saliency.missing,
           summary=lambda metrics: "saliency table in results.md"),
+    Stage("analyze",            analyze.run,           ("data", "analysis"), analyze.deps,
+          checks=(analyze.validate_order,), headline=analyze.headline, missing=analyze.missing,
+          summary=analyze.summary_line, summary_notes=analyze.summary_notes),
 )}
 # fmt: on
 
@@ -362,7 +369,7 @@ def _numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
 def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
     """`summary.json` ({stage: {metric: value}}, mIoUs as fractions) and `summary.md` for every
     selected stage with metrics, also the skipped ones; returns the table."""
-    numbers, rows = {}, []
+    numbers, rows, notes = {}, [], []
     for name in config.stages:
         stage, path = STAGES[name], artifacts.metrics_file(workdir, name)
         if not fileio.exists(path):
@@ -371,6 +378,8 @@ def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
         numbers[name] = _numbers(metrics)
         line_of = stage.summary or stage.headline
         line = line_of(metrics).replace("\n", " ") if line_of else ""
+        if stage.summary_notes:
+            notes.append(stage.summary_notes(metrics))
         rows.append(f"| {name} | {line} | {artifacts.stage_dir(workdir, name)} |")
         for key, title, extra_line, extra_numbers in (
             stage.summary_rows(config, workdir) if stage.summary_rows else ()
@@ -380,5 +389,6 @@ def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
     table = "\n".join(["| stage | result | outputs |", "|---|---|---|", *rows]) + "\n"
     json_path, md_path = artifacts.summary_files(workdir)
     fileio.write_json(json_path, numbers)
-    fileio.write_text(md_path, f"# Summary of {workdir}\n\n{table}")
-    return table
+    text = "\n".join([table, *(n for n in notes if n)])
+    fileio.write_text(md_path, f"# Summary of {workdir}\n\n{text}")
+    return text

@@ -177,10 +177,10 @@ def table(
     }
 
 
-def _cell(value: float, column: str) -> str:
+def _cell(value: float, integer: bool) -> str:
     if value is None or np.isnan(value):
         return "–"
-    return f"{value:.0f}" if column == "O" else f"{value:.1f}"
+    return f"{value:.0f}" if integer else f"{value:.1f}"
 
 
 def _rows(tab: Mapping) -> list[tuple[str, str, dict]]:
@@ -206,7 +206,7 @@ def to_markdown(tab: Mapping) -> str:
             title = "**groups**" if kind == "group" else "**ρ × 100**"
             lines.append(f"| {title} |" + " |" * len(columns))
             section = kind
-        cells = [_cell(values.get(c, np.nan), c) for c in columns]
+        cells = [_cell(values.get(c, np.nan), c == "O" and kind != "correlation") for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

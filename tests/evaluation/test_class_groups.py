@@ -59,7 +59,9 @@ def test_properties_against_brute_force():
         shares = [100 * np.sum(m == k + 1) / np.sum(m != IGN) for m, _ in images]
         assert props[str(k)]["O"] == len(images)
         assert props[str(k)]["%S"] == pytest.approx(np.mean(shares))
-        assert props[str(k)]["%C"] == pytest.approx(100 * np.mean([lab.sum() > 1 for _, lab in images]))
+        assert props[str(k)]["%C"] == pytest.approx(
+            100 * np.mean([lab.sum() > 1 for _, lab in images])
+        )
         assert props[str(k)]["L"] == pytest.approx(np.mean([lab.sum() for _, lab in images]))
 
 
