@@ -30,7 +30,8 @@ def _metrics() -> dict:
         "eval_cam": {"split": "val", "miou": 0.60, "per_class_iou": _per_class(0.5),
                      "crf": {"miou": 0.7, "per_class_iou": _per_class(0.6)}},
         "eval_saliency": {
-            "split": "val", "priors_miou": 0.60, "source_order": ["infer_saliency", "infer_detector"],
+            "split": "val", "priors_miou": 0.60,
+            "source_order": ["infer_saliency", "infer_detector"],
             "sources": {
                 "infer_saliency": {"priors_with_saliency_miou": 0.65,
                                    "priors_with_saliency_per_class_iou": _per_class(0.55)},
@@ -169,7 +170,7 @@ def test_groups_config_and_order_are_checked(synthetic_data_dir):
     ]  # fmt: skip
     for bad in (("pair=ant,wolf",), ("ant,bee",), ("a=ant", "a=bee")):
         config.analysis.groups = bad
-        with pytest.raises(config_lib.ConfigError, match="config.analysis.groups="):
+        with pytest.raises(config_lib.ConfigError, match=r"config\.analysis\.groups="):
             analyze.validate(config, TOPOLOGY)
     config.analysis.groups = ()
     config.stages = ("analyze", "eval_cam")
