@@ -196,3 +196,29 @@ def test_stage_on_the_tiny_run(tiny_run, tmp_path):
     assert "[class_groups.md](analyze/class_groups.md)" in summary
     assert "## The paper's claims" in summary and "RW pseudo-labels ≥ priors + 3" in summary
     assert not pipeline.run_stage("analyze", config, workdir)
+
+
+def test_stage_on_a_comparison(synthetic_data_dir, tmp_path):
+    """`compare`'s strategies become the columns (mean over seeds) and its claims use seeds."""
+    workdir = str(tmp_path / "compare")
+    config = _config(synthetic_data_dir, ("compare", "analyze"))
+    config.compare.update(strategies=("cam", "pnoc"), seeds=(0, 1))
+    base = {"cam": 0.40, "pnoc": 0.50}
+    for seed in (0, 1):
+        for strategy, value in base.items():
+            run_dir = artifacts.compare_run_dir(workdir, seed, strategy)
+            per_class = _per_class(value + 0.02 * seed)
+            fileio.write_json(
+                artifacts.metrics_file(run_dir, "eval_cam"),
+                {"split": "val", "miou": float(np.mean(list(per_class.values()))),
+                 "per_class_iou": per_class},
+            )  # fmt: skip
+    analyze.run(config, workdir)
+    out = fileio.read_json(artifacts.metrics_file(workdir, "analyze"))
+    tab = out["tables"]["val"]
+    assert tab["columns"] == ["O", "%S", "%C", "L", "cam", "pnoc"]
+    assert tab["classes"]["bee"]["pnoc"] == pytest.approx(100 * (0.51 + 0.53) / 2)
+    found = {c["claim"]: c for c in out["claims"]}
+    chain = found["P-NOC > CAM (priors mIoU)"]
+    assert chain["holds"] and chain["beyond_noise"]
+    assert found["P-NOC best on `size large` (vs the next, CAM)"]["margin"] == pytest.approx(10)
