@@ -187,13 +187,15 @@ def heatmap(tab: dict, title: str, path: str) -> None:
          for r in rows]
     )  # fmt: skip
     fig, ax = plt.subplots(figsize=(2.0 + 1.1 * len(columns), 1.2 + 0.4 * len(rows)))
-    ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    finite = values[~np.isnan(values)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 100.0)
+    ax.imshow(values, cmap="viridis", vmin=low, vmax=high, aspect="auto")  # contrast: data range
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     for i in range(len(rows)):
         for j in range(len(columns)):
             if not np.isnan(values[i, j]):
-                color = "black" if values[i, j] > 60 else "white"
+                color = "black" if values[i, j] > (low + high) / 2 else "white"
                 ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8,
                         color=color)  # fmt: skip
     ax.set_title(title)
