@@ -411,6 +411,10 @@ def base_config() -> ml_collections.ConfigDict:
             "exp_times": 8,
             "radius": 5,
             "bg_threshold": 0.30,
+            # "" = cut the pseudo-labels at bg_threshold; a split of rw.splits = at the best
+            # threshold (0.05 ... 0.80) of the CRF sweep of that split's random-walk maps
+            # against its ground truth (method.md §9).
+            "bg_threshold_split": "",
             "crf_iterations": 1,
             "crf_gt_prob": 0.9,
             "max_image_size": 500,  # canvas side for the edge network

@@ -69,6 +69,7 @@ BAD_VALUES = {
     "compare.strategies": ("cam", "magic"),
     "compare.seeds": (0, 0),
     "analysis.groups": ("animals=ant,wolf",),
+    "rw.bg_threshold_split": "test",
     "runtime.log_every": 0,
     "runtime.ckpt_every": 0,
     "runtime.num_workers": -1,
