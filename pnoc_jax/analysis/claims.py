@@ -110,13 +110,16 @@ def pipeline_claims(metrics: Mapping[str, Mapping]) -> list[dict]:
     return out
 
 
-def _seed_claim(text: str, left: Sequence[float], right: Sequence[float], paper: str) -> dict:
-    """`left > right` from per-seed values (paired by seed): the means decide whether it held;
-    it is beyond noise when it held at every one of 2 or more seeds."""
+def _seed_claim(
+    text: str, sides: tuple[str, str], left: Sequence[float], right: Sequence[float], paper: str
+) -> dict:
+    """`left > right` from per-seed values (paired by seed; `sides` names them): the means
+    decide whether it held; it is beyond noise when it held at every one of 2 or more seeds."""
     left, right = np.asarray(left, np.float64), np.asarray(right, np.float64)
     claim = _claim(
         text, float(left.mean()), float(right.mean()), 0.0,
-        f"{left.mean():.2f} vs {right.mean():.2f} (mean of {len(left)} seeds; per seed "
+        f"{sides[0]} {left.mean():.2f} vs {sides[1]} {right.mean():.2f} (mean of {len(left)} "
+        "seeds; per seed "
         + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(left, right, strict=True)) + ")",
         paper,
     )  # fmt: skip
@@ -137,8 +140,9 @@ def compare_claims(
     out = []
     chain = [s for s in ("pnoc", "poc", "puzzle", "cam") if s in mious]
     for better, worse in itertools.pairwise(chain):
+        titles = (STRATEGY_TITLES[better], STRATEGY_TITLES[worse])
         out.append(_seed_claim(
-            f"{STRATEGY_TITLES[better]} > {STRATEGY_TITLES[worse]} (priors mIoU)",
+            f"{titles[0]} > {titles[1]} (priors mIoU)", titles,
             mious[better], mious[worse], f"{PAPER[better]} vs {PAPER[worse]} (train)",
         ))  # fmt: skip
     table3 = "Table 3 (its group values are not in this project's reference)"
@@ -158,12 +162,12 @@ def compare_claims(
         if best:
             out.append(_seed_claim(
                 f"{title} best on `{group}` (vs the next, {rival_title})",
-                mine, others[rival], table3,
+                (title, rival_title), mine, others[rival], table3,
             ))  # fmt: skip
         else:
             out.append(_seed_claim(
                 f"{title} worst on `{group}` (vs the next, {rival_title})",
-                others[rival], mine, table3,
+                (rival_title, title), others[rival], mine, table3,
             ))  # fmt: skip
     return out
 
