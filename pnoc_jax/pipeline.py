@@ -174,7 +174,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
            "affinity", "rw", "compare_saliency"),
           headline=_table, missing=compare_saliency.missing,
           summary=lambda metrics: "saliency table in results.md"),
-    Stage("analyze",            analyze.run,           ("data", "analysis"), analyze.deps,
+    Stage("analyze",            analyze.run,           ("data", "eval", "analysis"), analyze.deps,
           checks=(analyze.validate_order,), headline=analyze.headline, missing=analyze.missing,
           summary=analyze.summary_line, summary_notes=analyze.summary_notes),
 )}
