@@ -368,7 +368,8 @@ def _numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
 
 def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
     """`summary.json` ({stage: {metric: value}}, mIoUs as fractions) and `summary.md` for every
-    selected stage with metrics, also the skipped ones; returns the table."""
+    selected stage with metrics, also the skipped ones (the table, then the stages' notes, as
+    the paper's claims); returns the Markdown."""
     numbers, rows, notes = {}, [], []
     for name in config.stages:
         stage, path = STAGES[name], artifacts.metrics_file(workdir, name)

@@ -10,7 +10,7 @@ identity and split and cached beside the dataset (`<data_dir>/class_properties/`
 Writes `<workdir>/analyze/`: `class_groups.{md,csv,json}`, `class_groups.png` (groups ×
 columns, values in the cells) and `iou_vs_size.png` (IoU against %S per class) per split
 (a split other than `config.eval.split` gets a `_<split>` suffix), and `metrics.json`
-(the tables and the claims; `summary.md` lists the claims).
+(the claims and how many held; `summary.md` lists them).
 """
 
 import os
@@ -295,7 +295,7 @@ def _compare_claims(runs: dict[str, list[dict]], groups: dict[str, list[str]]) -
 def write(
     config: ml_collections.ConfigDict, workdir: str, tables: dict, claims: list[dict]
 ) -> None:
-    """The report files and metrics.json (the tables and the claims)."""
+    """The report files (`class_groups.json`: {split: table}) and metrics.json (the claims)."""
     folder = artifacts.stage_dir(workdir, STAGE)
     md, csv = [], []
     for split, tab in tables.items():
@@ -323,9 +323,15 @@ def write(
     fileio.write_text(os.path.join(folder, "class_groups.md"), head + "\n".join(md))
     fileio.write_text(os.path.join(folder, "class_groups.csv"), "\n".join(csv) + "\n")
     fileio.write_json(os.path.join(folder, "class_groups.json"), tables)
+    held = sum(c["holds"] for c in claims)
     fileio.write_json(
         artifacts.metrics_file(workdir, STAGE),
-        {"splits": sorted(tables), "claims": claims, "tables": tables},
+        {
+            "splits": sorted(tables),
+            "claims": claims,
+            "claims_held": held,
+            "claims_checked": len(claims),
+        },
     )
 
 
