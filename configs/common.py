@@ -187,6 +187,6 @@ def synthetic_config(strategy: str = "pnoc", epochs: int = 5) -> ml_collections.
     config.stages = (
         "train_oc", "train_cam", "infer_cam", "eval_cam",
         "train_saliency", "infer_saliency", "train_detector", "infer_detector", "eval_saliency",
-        *LABEL_STAGES, *SEGMENTATION_STAGES,
+        *LABEL_STAGES, *SEGMENTATION_STAGES, "analyze",
     )  # fmt: skip
     return config

@@ -79,5 +79,5 @@ def get_config(arg: str | None = None):
     # kept by the val pseudo-labels' mIoU, evaluated on val; and its fully supervised bound.
     config.segmentation.update(split="train", val_split="val", lr=0.004)
     config.segmentation_infer.update(splits=("val",), max_image_size=640)
-    config.stages += common.SEGMENTATION_STAGES
+    config.stages += (*common.SEGMENTATION_STAGES, "analyze")
     return config

@@ -122,5 +122,5 @@ def get_config(arg: str | None = None):
             label_smoothing=0.0, augment="", crop_size=321, min_size=250, max_size=750,
         )  # fmt: skip
     config.segmentation_infer.update(splits=("val",), max_image_size=500, crf_iterations=10)
-    config.stages += common.SEGMENTATION_STAGES
+    config.stages += (*common.SEGMENTATION_STAGES, "analyze")
     return config

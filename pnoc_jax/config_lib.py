@@ -418,6 +418,10 @@ def base_config() -> ml_collections.ConfigDict:
             "exp_times": 8,
             "radius": 5,
             "bg_threshold": 0.30,
+            # "" = cut the pseudo-labels at bg_threshold; a split of rw.splits = at the best
+            # threshold (0.05 ... 0.80) of the CRF sweep of that split's random-walk maps
+            # against its ground truth (method.md §9).
+            "bg_threshold_split": "",
             "crf_iterations": 1,
             "crf_gt_prob": 0.9,
             "max_image_size": 500,  # canvas side for the edge network
@@ -551,6 +555,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.compare = ml_collections.ConfigDict(
         {"strategies": ("cam", "puzzle", "poc", "pnoc"), "seeds": (0, 1, 2)}
     )
+    # The class analysis (stage `analyze`, method.md §15): semantic groups as
+    # ("name=class,class", ...), () = the dataset's (VOC: the paper's; COCO: its
+    # supercategories; synthetic: its builder's), and the size / frequency tertiles.
+    config.analysis = ml_collections.ConfigDict({"groups": (), "tertiles": True})
     # How fast and how often, never what: not part of any stage's fingerprint.
     config.runtime = ml_collections.ConfigDict(
         {

@@ -29,6 +29,7 @@ from pnoc_jax import config_lib
 from pnoc_jax.affinity import evaluate as affinity_evaluate
 from pnoc_jax.affinity import make_labels, walk
 from pnoc_jax.affinity import train as affinity_train
+from pnoc_jax.analysis import analyze
 from pnoc_jax.cam import evaluate as cam_evaluate
 from pnoc_jax.cam import infer as cam_infer
 from pnoc_jax.cam import train as cam_train
@@ -68,6 +69,8 @@ class Stage:
     # A training stage: (its section with batch_size, the key naming its training split,
     # whether it trains on images with a class only), checked before anything runs.
     trains_on: tuple[str, str, bool] | None = None
+    # Markdown it adds under the summary's table, from its metrics.json.
+    summary_notes: Callable[[dict], str] | None = None
 
 
 # ---------------------------------------------------------------------------- the stage graph
@@ -94,6 +97,7 @@ SECTION_CHECKS: dict[str, config_lib.Check] = {
     "segmentation_infer": seg_infer.validate,
     "compare": compare_strategies.validate,
     "compare_saliency": compare_saliency.validate,
+    "analysis": analyze.validate,
 }
 
 
@@ -182,6 +186,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
            "affinity", "rw", "compare_saliency"),
           headline=_table, missing=compare_saliency.missing,
           summary=lambda metrics: "saliency table in results.md"),
+    Stage("analyze",            analyze.run,           ("data", "eval", "analysis"), analyze.deps,
+          checks=(analyze.validate_order,), headline=analyze.headline, missing=analyze.missing,
+          summary=analyze.summary_line, summary_notes=analyze.summary_notes),
 )}
 # fmt: on
 
@@ -485,8 +492,8 @@ def _summary_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str
 def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
     """`summary.json` ({stage: {metric: value}}, mIoUs as fractions) and `summary.md` for every
     stage with metrics (`_summary_stages`), also the skipped ones, and the disk use of the stale
-    folders; returns the table and that line."""
-    numbers, rows = {}, []
+    folders, then the stages' notes (as the paper's claims); returns the Markdown."""
+    numbers, rows, notes = {}, [], []
     for name in _summary_stages(config, workdir):
         stage, path = STAGES[name], artifacts.metrics_file(workdir, name)
         if artifacts.damage(path) is not None:
@@ -495,6 +502,8 @@ def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
         numbers[name] = _numbers(metrics)
         line_of = stage.summary or stage.headline
         line = line_of(metrics).replace("\n", " ") if line_of else ""
+        if stage.summary_notes:
+            notes.append(stage.summary_notes(metrics))
         rows.append(f"| {name} | {line} | {artifacts.stage_dir(workdir, name)} |")
         for key, title, extra_line, extra_numbers in (
             stage.summary_rows(config, workdir) if stage.summary_rows else ()
@@ -514,5 +523,6 @@ def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
         )
     json_path, md_path = artifacts.summary_files(workdir)
     fileio.write_json(json_path, numbers)
-    fileio.write_text(md_path, f"# Summary of {workdir}\n\n{table}")
-    return table
+    text = "\n".join([table, *(n for n in notes if n)])
+    fileio.write_text(md_path, f"# Summary of {workdir}\n\n{text}")
+    return text

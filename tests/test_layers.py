@@ -17,7 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("core", "config_lib"),
     ("data", "models", "postprocess"),
     ("evaluation", "inference", "visualize"),
-    ("cam", "affinity", "saliency", "segmentation"),  # stage families
+    ("cam", "affinity", "saliency", "segmentation", "analysis"),  # stage families
     ("experiments",),  # drivers of sub-pipelines, given the runner's run_stage
     ("pipeline",),
     ("main", "benchmark", "cpu_benchmark", "predict"),

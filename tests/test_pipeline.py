@@ -72,6 +72,8 @@ BAD_VALUES = {
     "rw.max_image_size": 0,
     "compare.strategies": ("cam", "magic"),
     "compare.seeds": (0, 0),
+    "analysis.groups": ("animals=ant,wolf",),
+    "rw.bg_threshold_split": "test",
     "runtime.log_every": 0,
     "runtime.ckpt_every": 0,
     "runtime.num_workers": -1,
@@ -286,6 +288,7 @@ def test_fingerprints_follow_sections_and_propagate_downstream(tiny_config):
         "compare",
         "eval_saliency",
         "compare_saliency",
+        "analyze",  # reads every evaluation
     }
     config.train.lr = 0.07
     again = fingerprints()
@@ -298,6 +301,7 @@ def test_fingerprints_follow_sections_and_propagate_downstream(tiny_config):
         "compare_saliency",
         # segmentation
         "train_segmentation", "infer_segmentation", "eval_segmentation",
+        "analyze",
     }  # fmt: skip
     # The fully supervised bound reads no weakly supervised stage: only its backbone's.
     config.segmentation_infer.crf_iterations = 3
@@ -305,7 +309,12 @@ def test_fingerprints_follow_sections_and_propagate_downstream(tiny_config):
     changed = {name for name in again if again[name] != last[name]}
     assert changed == {
         "infer_segmentation", "eval_segmentation", "infer_segmentation_gt", "eval_segmentation_gt",
+        "analyze",
     }  # fmt: skip
+    assert pipeline.deps_of("analyze", config) == pipeline.analyze.EVALUATIONS
+    config.analysis.tertiles = False  # read by the analysis only
+    changed = {name for name, fp in fingerprints().items() if fp != last[name]}
+    assert changed == {"analyze"}
     config.segmentation.backbone_weights = "train_oc"
     assert pipeline.deps_of("train_segmentation_gt", config) == ("train_oc",)
     assert pipeline.deps_of("train_segmentation", config) == ("random_walk", "train_oc")

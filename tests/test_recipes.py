@@ -46,9 +46,10 @@ def test_recipes_default_to_resnest269_and_keep_the_backbone_argument():
     voc = _recipe("pnoc_voc")
     assert voc.train.lr == 0.1 and voc.train.accumulate_steps == 2  # summed: no doubling
     # Segmentation: DeepLabV3+ (HEAD runner) by default, the V2 rows by argument;
-    # both recipes end with the model and its fully supervised bound.
+    # both recipes end with the model and its fully supervised bound, then the class analysis.
     for config in (voc, coco):
-        assert config.stages[-6:] == (
+        assert config.stages[-1] == "analyze"
+        assert config.stages[-7:-1] == (
             "train_segmentation", "infer_segmentation", "eval_segmentation",
             "train_segmentation_gt", "infer_segmentation_gt", "eval_segmentation_gt",
         )  # fmt: skip

@@ -99,6 +99,7 @@ class WalkParams:
     bg_threshold: float
     crf_iterations: int
     crf_gt_prob: float
+    labels: bool = True  # False: the random-walk scores only, no pseudo-label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,18 +119,26 @@ class WalkTask:
 
 
 def random_walk(task: WalkTask) -> None:
-    """Random walk of one image's CAMs on its boundary map; writes the rw `.npz` and the PNG."""
-    if task.edge is None:
-        fileio.write_png(task.png_path, np.zeros(task.image.shape[:2], np.uint8))
-        return
+    """Random walk of one image's CAMs on its boundary map; writes the rw `.npz` (or reads it,
+    when a first pass wrote it) and, with `params.labels`, the PNG."""
     p = task.params
-    record = scores.read(task.cam_path, ("cam",))
-    keys = record["keys"]
-    rw = rw_lib.random_walk(
-        record["cam"], task.edge, beta=p.beta, exp_times=p.exp_times, radius=p.radius
-    )
-    rw_hr = rw_lib.rw_to_image(rw, task.image.shape[:2])
-    scores.write(task.rw_path, keys, rw=rw_hr)
+    if task.edge is None:
+        if p.labels:
+            fileio.write_png(task.png_path, np.zeros(task.image.shape[:2], np.uint8))
+        return
+    if fileio.exists(task.rw_path):
+        record = scores.read(task.rw_path, ("rw",))
+        keys, rw_hr = record["keys"], record["rw"]
+    else:
+        record = scores.read(task.cam_path, ("cam",))
+        keys = record["keys"]
+        rw = rw_lib.random_walk(
+            record["cam"], task.edge, beta=p.beta, exp_times=p.exp_times, radius=p.radius
+        )
+        rw_hr = rw_lib.rw_to_image(rw, task.image.shape[:2])
+        scores.write(task.rw_path, keys, rw=rw_hr)
+    if not p.labels:
+        return
     label = rw_lib.pseudo_label_from_rw(
         rw_hr,
         keys,

@@ -152,6 +152,11 @@ def rw_file(workdir: str, split: str, image_id: str) -> str:
     return score_file(rw_dir(workdir, split), image_id)
 
 
+def rw_threshold_file(workdir: str) -> str:
+    """The background threshold chosen by the sweep of `config.rw.bg_threshold_split`."""
+    return os.path.join(workdir, "random_walk", "threshold.json")
+
+
 def pseudo_label_dir(workdir: str, split: str) -> str:
     """Pseudo-labels of `split` (stage random_walk): `<id>.png`, 0 / 1..C."""
     return os.path.join(workdir, "random_walk", f"{split}_pseudo")

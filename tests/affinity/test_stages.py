@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from pnoc_jax import config_lib, pipeline
+from pnoc_jax.affinity import random_walk as rw_lib
 from pnoc_jax.affinity import train as aff_train
 from pnoc_jax.affinity import walk
 from pnoc_jax.core import artifacts, fileio, optim, scores, weights
@@ -139,14 +140,31 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
     for i in ids[:2]:
         os.remove(rw_file(i))
     os.remove(os.path.join(png_dir, f"{ids[2]}.png"))
-    kept = {i: os.stat(rw_file(i)).st_mtime_ns for i in ids[3:]}
+    kept = {i: os.stat(rw_file(i)).st_mtime_ns for i in ids[2:]}  # a kept score file is read
     config.runtime.num_workers = 1
     walk.run(config, workdir, datasets.resolve(config))
     assert all(os.path.exists(os.path.join(png_dir, f"{i}.png")) for i in ids)
     redone = scores.read(rw_file(ids[0]), scores.RW_FIELDS)["rw"]
     np.testing.assert_allclose(redone, record["rw"], atol=1e-6)
-    assert {i: os.stat(rw_file(i)).st_mtime_ns for i in ids[3:]} == kept
-    assert os.stat(rw_file(ids[2])).st_mtime_ns > min(kept.values())
+    assert {i: os.stat(rw_file(i)).st_mtime_ns for i in ids[2:]} == kept
 
     # Everything finished: a rerun skips every stage.
     assert not any(pipeline.run_stage(n, config, workdir) for n in config.stages)
+
+    # The threshold chosen by the CRF sweep of val: the one eval_pseudo_labels found best
+    # (the same CRF, the same 0.05 ... 0.80 grid), and every pseudo-label cut there.
+    swept = metrics["crf"]
+    config.rw.bg_threshold_split = "val"
+    assert pipeline.run_stage("random_walk", config, workdir)
+    chosen = fileio.read_json(artifacts.rw_threshold_file(workdir))
+    assert chosen["split"] == "val" and chosen["best_threshold"] == swept["best_threshold"]
+    assert chosen["miou"] == pytest.approx(swept["miou"])
+    examples = {e["id"]: e for e in datasets.resolve(config).split("val")}
+    for i in ids[:3]:
+        rw = scores.read(rw_file(i), scores.RW_FIELDS)
+        expected = rw_lib.pseudo_label_from_rw(
+            rw["rw"], rw["keys"], examples[i]["image"], bg_threshold=chosen["best_threshold"],
+            crf_iterations=config.rw.crf_iterations, crf_gt_prob=config.rw.crf_gt_prob,
+        )  # fmt: skip
+        np.testing.assert_array_equal(fileio.read_png(os.path.join(png_dir, f"{i}.png")), expected)
+    assert walk.missing(config, workdir) == []

@@ -33,7 +33,14 @@ CATEGORY_NAMES = (
     "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
     "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
-assert len(CATEGORY_IDS) == len(CATEGORY_NAMES) == 80, (len(CATEGORY_IDS), len(CATEGORY_NAMES))
+# Their supercategories as instances_*2014.json has them: (name, number of categories), id order.
+_SUPERCATEGORY_RUNS = (
+    ("person", 1), ("vehicle", 8), ("outdoor", 5), ("animal", 10), ("accessory", 5),
+    ("sports", 10), ("kitchen", 7), ("food", 10), ("furniture", 6), ("electronic", 6),
+    ("appliance", 5), ("indoor", 7),
+)  # fmt: skip
+CATEGORY_SUPERCATEGORIES = tuple(s for s, n in _SUPERCATEGORY_RUNS for _ in range(n))
+assert len(CATEGORY_IDS) == len(CATEGORY_NAMES) == len(CATEGORY_SUPERCATEGORIES) == 80
 
 PERSON, DOG, CAT, CUP, TABLE, TOOTHBRUSH = 1, 18, 17, 47, 67, 90  # category ids
 
@@ -158,8 +165,8 @@ def write_coco(root: Path, seed: int = 0) -> Path:
             )
             annotations += _annotations(split, image_id, h, w, rng, lambda: next(counter))
         categories = [
-            {"supercategory": "thing", "id": i, "name": n}
-            for i, n in zip(CATEGORY_IDS, CATEGORY_NAMES)
+            {"supercategory": s, "id": i, "name": n}
+            for i, n, s in zip(CATEGORY_IDS, CATEGORY_NAMES, CATEGORY_SUPERCATEGORIES)
         ]
         data = {
             "info": {"description": "fixture"},

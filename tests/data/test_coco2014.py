@@ -20,6 +20,7 @@ from tests.data.coco_fixture import (
     CAT,
     CATEGORY_IDS,
     CATEGORY_NAMES,
+    CATEGORY_SUPERCATEGORIES,
     CUP,
     DOG,
     IMAGE_IDS,
@@ -158,6 +159,19 @@ def test_info():
     assert info.num_classes == 80 and info.splits == ("train", "val")
     assert info.class_names == CATEGORY_NAMES  # category-id order
     assert info.class_names[0] == "person" and info.class_names[79] == "toothbrush"
+
+
+def test_supercategories_are_the_annotation_files():
+    by_class = {n: s for s, names in coco2014.SUPERCATEGORIES.items() for n in names}
+    assert tuple(by_class[n] for n in CATEGORY_NAMES) == CATEGORY_SUPERCATEGORIES
+    categories = [
+        {"supercategory": s, "id": i, "name": n}
+        for i, n, s in zip(CATEGORY_IDS, CATEGORY_NAMES, CATEGORY_SUPERCATEGORIES, strict=True)
+    ]
+    assert coco2014.category_index(categories, Path("a.json"))[CATEGORY_IDS[-1]] == 80
+    categories[3] = {**categories[3], "supercategory": "animal"}
+    with pytest.raises(ValueError, match=r"a\.json.*'motorcycle'.*SUPERCATEGORIES"):
+        coco2014.category_index(categories, Path("a.json"))
 
 
 def test_builder_masks_labels_and_images(coco_build, mask_api):

@@ -69,6 +69,23 @@ CLASS_NAMES = (
     "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
 NUM_CLASSES = len(CLASS_NAMES)
+# The 12 supercategories of instances_*2014.json with their categories, in category-id order
+# (`category_index` checks them against the annotation file at every build); the semantic
+# groups of the class analysis (method.md §15).
+SUPERCATEGORIES = {
+    "person": CLASS_NAMES[0:1],
+    "vehicle": CLASS_NAMES[1:9],
+    "outdoor": CLASS_NAMES[9:14],
+    "animal": CLASS_NAMES[14:24],
+    "accessory": CLASS_NAMES[24:29],
+    "sports": CLASS_NAMES[29:39],
+    "kitchen": CLASS_NAMES[39:46],
+    "food": CLASS_NAMES[46:56],
+    "furniture": CLASS_NAMES[56:62],
+    "electronic": CLASS_NAMES[62:68],
+    "appliance": CLASS_NAMES[68:73],
+    "indoor": CLASS_NAMES[73:80],
+}
 SPLITS = {"train": "train2014", "val": "val2014"}  # split -> image folder / annotation suffix
 LABEL_SOURCE = "instances_<split>2014.json (every category with a non-empty annotation)"
 MANUAL_DIR_HINT = (
@@ -173,7 +190,7 @@ def plan_source(manual_dir: str | os.PathLike) -> SourcePlan:
 
 def category_index(categories: list[dict], path: Path) -> dict[int, int]:
     """category id -> segmentation index 1..80 (id order); ValueError unless the file's
-    categories are COCO's 80 (`CLASS_NAMES`)."""
+    categories are COCO's 80 (`CLASS_NAMES`) in their supercategories (`SUPERCATEGORIES`)."""
     ordered = sorted(categories, key=lambda c: c["id"])
     names = tuple(c["name"] for c in ordered)
     if names != CLASS_NAMES:
@@ -181,6 +198,14 @@ def category_index(categories: list[dict], path: Path) -> dict[int, int]:
         raise ValueError(
             f"COCO annotations {str(path)!r} do not have COCO's 80 categories in id order "
             f"(differences: {unknown[:5]}{' ...' if len(unknown) > 5 else ''})"
+        )
+    supercategory = {name: group for group, names in SUPERCATEGORIES.items() for name in names}
+    moved = [c["name"] for c in ordered if c.get("supercategory", supercategory[c["name"]])
+             != supercategory[c["name"]]]  # fmt: skip
+    if moved:
+        raise ValueError(
+            f"COCO annotations {str(path)!r}: the supercategories of {moved[:5]} differ from "
+            "COCO 2014's (coco2014.SUPERCATEGORIES)"
         )
     return {int(c["id"]): i for i, c in enumerate(ordered, start=1)}
 

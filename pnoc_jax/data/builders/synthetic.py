@@ -87,6 +87,15 @@ _PART_COLOUR = np.array(
     dtype=np.float32,
 )
 _PARTNER = {0: 1, 1: 0, 2: 3, 3: 2}
+# The class groups of the class analysis (method.md §15), from what makes the classes differ:
+# co-occurrence (partnered classes share images, the others rarely do) and body texture (the
+# stripe period of `_BODY_PERIOD`: fine 3.5-5.7 px, coarse 6.8-9.0 px).
+CLASS_GROUPS = {
+    "partnered": ["ant", "bee", "cat", "dog"],
+    "unpartnered": ["eel", "fox"],
+    "fine stripes": ["ant", "bee", "cat"],
+    "coarse stripes": ["dog", "eel", "fox"],
+}
 
 
 # ------------------------------------------------------------------------------------ geometry

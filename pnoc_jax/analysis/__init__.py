@@ -1,0 +1,1 @@
+"""The class analysis of a finished run or comparison (method.md §15)."""
