@@ -63,6 +63,23 @@ class Update:
     every: int = 1
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingProgram:
+    """A training stage apart from its data: what the runner runs and the plan compiles.
+
+    `make_states()` builds the stage's train states (replicated over the mesh; the stage's
+    `run` calls it, `pnoc_jax.plan` calls it under `jax.eval_shape`); `updates` are its jitted
+    updates; `transform` and `keys` make one training example (`data.pipeline.section_input`
+    batches them by `batch_size`, the global batch).
+    """
+
+    make_states: Callable[[], dict[str, TrainState]]
+    updates: list[Update]
+    transform: Callable[[dict, np.random.Generator], dict]
+    keys: tuple[str, ...]
+    batch_size: int
+
+
 def jit_update(fn: UpdateFn, mesh: Any) -> UpdateFn:
     """Jits an update: own state donated and replicated, other states replicated, batch
     sharded along "data", carry as it comes, step replicated."""

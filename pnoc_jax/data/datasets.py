@@ -61,6 +61,10 @@ class DatasetInfo:
     # Natural images: training from random weights is a mistake unless asked for
     # (`config.model.allow_random_init`); the synthetic data have no ImageNet-like weights.
     needs_pretrained: bool = True
+    # Images per split of the full dataset (public figures), for planning a run without it.
+    split_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    # (height, width) of a typical image: the example `pnoc_jax.plan` runs the transforms on.
+    typical_size: tuple[int, int] = (375, 500)
 
     @property
     def num_classes(self) -> int:
@@ -74,18 +78,23 @@ _INFOS = {
         class_names=tuple(_synthetic.CLASS_NAMES),
         splits=tuple(_synthetic.SPLIT_SIZES),
         needs_pretrained=False,
+        split_sizes=dict(_synthetic.SPLIT_SIZES),
+        typical_size=(_synthetic.MAX_SIDE, _synthetic.MAX_SIDE),
     ),
     # `train_aug` exists only when the VOCdevkit holds SegmentationClassAug and a train_aug list.
     "voc2012": DatasetInfo(
         name="voc2012",
         class_names=tuple(_voc2012.CLASS_NAMES),
         splits=("train", "val", "train_aug"),
+        split_sizes={"train": 1464, "val": 1449, "train_aug": 10582},
     ),
     # `train` = train2014 (82,783 images), `val` = val2014 (40,504), where the download has them.
     "coco2014": DatasetInfo(
         name="coco2014",
         class_names=tuple(_coco2014.CLASS_NAMES),
         splits=("train", "val"),
+        split_sizes={"train": 82783, "val": 40504},
+        typical_size=(480, 640),
     ),
 }
 _BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
