@@ -324,7 +324,7 @@ def make_plan(
     `devices`; the plan as a JSON-ready dict."""
     hosts = len({d.process_index for d in devices})
     config.model.allow_random_init = True  # no weights are read: fresh variables compile alike
-    pipeline.validate(config, config_lib.Topology(len(devices), hosts))
+    pipeline.validate(config, config_lib.Topology(len(devices), hosts, reads_data=False))
     mesh = distributed.make_mesh(devices)
     chosen = stages or [s for s in config.stages if s in TRAINING]
     unknown = [s for s in chosen if s not in TRAINING]

@@ -115,12 +115,14 @@ def get_info(name: str) -> DatasetInfo:
 def validate_data(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
     """Checks of `config.data`: a known dataset, a usable crop size, an existing manual_dir;
     for a manual-source dataset a manual_dir in its layout (VOC2012 folder, COCO folder), or
-    with none, exactly one build under data_dir (cheap: no file of the source is read)."""
-    del topology
+    with none, exactly one build under data_dir (cheap: no file of the source is read). Where
+    the data lives is not checked when the run reads none (`topology.reads_data`)."""
     config_lib.check_choice(config, "data.name", tuple(_INFOS))
     config_lib.check_number(config, "data.image_size", low=16, integer=True)
     size = config.data.image_size
     config_lib.check(size % 16 == 0, "data.image_size", size, "a positive multiple of 16")
+    if not topology.reads_data:
+        return
     manual = config.data.manual_dir
     config_lib.check(
         not manual or fileio.isdir(_expand(manual)),
