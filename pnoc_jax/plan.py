@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pnoc_jax import config_lib, pipeline
@@ -182,6 +182,11 @@ def compile_stage(
             traced = update.fn.trace(states[update.name], others, batch, carry, step)
             carry = aot.abstract(traced.out_info[2])
             compiled = aot.compile_traced(traced)
+            logging.info(
+                "plan: %s/%s compiled in %.0f s: %.2f GiB per chip, %.1f GFLOP per chip",
+                stage, update.name, compiled.compile_s, compiled.total_bytes / aot.GIB,
+                compiled.flops / 1e9,
+            )  # fmt: skip
             parameters = sum(
                 int(np.prod(x.shape)) for x in jax.tree.leaves(states[update.name].params)
             )

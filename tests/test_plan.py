@@ -76,7 +76,7 @@ def tiny_plan_config():
         config[name].update(batch_size=8, min_size=32, max_size=48)
     config.segmentation.crop_size = 32
     config.saliency.update(batch_size=8, resize_size=40, crop_size=32)
-    config.affinity.update(batch_size=8, crop_size=32, min_size=32, max_size=48)
+    config.affinity.update(batch_size=8, crop_size=48, min_size=40, max_size=56, radius=5)
     return config
 
 

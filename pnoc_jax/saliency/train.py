@@ -218,7 +218,9 @@ def program(
     model = build_model(config, cfg.dtype)
     tx, step_stats = make_optimizer(cfg, total_steps)
     shape = (1, cfg.crop_size, cfg.crop_size, 3)
-    init = backbone_start(config).initializer(workdir, model, shape) if workdir else None
+    init = (
+        backbone_start(config).initializer(workdir, model, shape) if workdir is not None else None
+    )
 
     def make_states() -> dict[str, TrainState]:
         key = rng.init_key(config.seed)

@@ -149,7 +149,9 @@ def program(
     model = build_model(config, cfg.dtype)
     tx, step_stats = make_optimizer(cfg)
     shape = input_shape(config)
-    init = backbone_start(config).initializer(workdir, model, shape) if workdir else None
+    init = (
+        backbone_start(config).initializer(workdir, model, shape) if workdir is not None else None
+    )
 
     def make_states() -> dict[str, TrainState]:
         key = rng.init_key(config.seed)

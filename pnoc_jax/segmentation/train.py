@@ -240,7 +240,11 @@ def program(
     model = seg_model.model_spec(config).build(frozen_bn=cfg.frozen_bn, dtype=cfg.dtype)
     tx, step_stats = make_optimizer(cfg, total_steps)
     shape = (1, cfg.crop_size, cfg.crop_size, 3)
-    init = backbone_start(config, stage).initializer(workdir, model, shape) if workdir else None
+    init = (
+        backbone_start(config, stage).initializer(workdir, model, shape)
+        if workdir is not None
+        else None
+    )
 
     def make_states() -> dict[str, TrainState]:
         key = rng.init_key(config.seed)
