@@ -39,6 +39,7 @@ from ml_collections import config_flags
 
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.affinity import train as affinity_train
+from pnoc_jax.cam import infer as cam_infer
 from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import aot, distributed, fileio
 from pnoc_jax.core.errors import UserError
@@ -74,6 +75,11 @@ TRAINING: dict[str, tuple[str, str, Build]] = {
         "segmentation.split",
         lambda c, m, n: segmentation_train.program(c, m, n, stage="train_segmentation_gt"),
     ),
+}
+
+# Per-image stage -> (the config key of its splits, its device programs for a host's chips).
+PREDICTORS: dict[str, tuple[str, Callable[[ml_collections.ConfigDict, int], list]]] = {
+    "infer_cam": ("infer.splits", cam_infer.device_programs),
 }
 
 # Host CPU seconds per image of the per-image CPU work, one core, VOC-sized images (~500x375),
@@ -207,6 +213,40 @@ def compile_stage(
     return programs, steps
 
 
+def compile_predictors(
+    config: ml_collections.ConfigDict, stage: str, devices: list, chip: aot.Chip
+) -> tuple[list[Program], float]:
+    """Compiles a per-image stage's batch predictions on one host's chips (each host predicts
+    its own images); returns them and the stage's device time (all hosts in parallel)."""
+    splits_key, build = PREDICTORS[stage]
+    local = [d for d in devices if d.process_index == devices[0].process_index]
+    hosts = len({d.process_index for d in devices})
+    mesh = distributed.make_mesh(local)
+    info = datasets.get_info(config.data.name)
+    splits = config_lib.get(config, splits_key)
+    images_per_host = math.ceil(sum(info.split_sizes[s] for s in splits) / hosts)
+    calls = math.ceil(images_per_host / config.runtime.predict_batch_size)
+    programs, device_s = [], 0.0
+    for device_program in build(config, len(local)):
+        jitted = distributed.jit_predictor(device_program.fn, mesh)
+        compiled = aot.compile_traced(jitted.trace(device_program.variables, device_program.images))
+        logging.info(
+            "plan: %s/%s compiled in %.0f s: %.2f GiB per chip",
+            stage, device_program.name, compiled.compile_s, compiled.total_bytes / aot.GIB,
+        )  # fmt: skip
+        rows = device_program.images.shape[0]
+        bound = aot.roofline_s(compiled.flops, compiled.bytes_accessed, chip, "float32")
+        device_s += calls * bound
+        parameters = sum(
+            int(np.prod(x.shape)) for x in jax.tree.leaves(device_program.variables["params"])
+        )
+        programs.append(
+            Program(stage, device_program.name, rows, rows / len(local), parameters, compiled,
+                    bound, compiled.total_bytes <= chip.hbm_bytes)
+        )  # fmt: skip
+    return programs, device_s
+
+
 def advice(program: Program, chip: aot.Chip, chips: int) -> str:
     """What would make a program that does not fit fit: a smaller per-chip batch (more chips,
     or accumulation), or a chip with more HBM."""
@@ -331,12 +371,20 @@ def make_plan(
     config.model.allow_random_init = True  # no weights are read: fresh variables compile alike
     pipeline.validate(config, config_lib.Topology(len(devices), hosts, reads_data=False))
     mesh = distributed.make_mesh(devices)
-    chosen = stages or [s for s in config.stages if s in TRAINING]
-    unknown = [s for s in chosen if s not in TRAINING]
+    chosen = stages or [s for s in config.stages if s in TRAINING or s in PREDICTORS]
+    unknown = [s for s in chosen if s not in TRAINING and s not in PREDICTORS]
     if unknown:
-        raise UserError(f"--stages: {unknown} are not training stages ({', '.join(TRAINING)})")
+        raise UserError(
+            f"--stages: {unknown} are not stages the plan compiles "
+            f"({', '.join([*TRAINING, *PREDICTORS])})"
+        )
     programs, stage_rows, done = [], [], {}
     for stage in chosen:
+        if stage in PREDICTORS:
+            compiled, device_s = compile_predictors(config, stage, devices, chip)
+            programs += compiled
+            stage_rows.append({"stage": stage, "device_s": device_s})
+            continue
         key = TRAINING[stage][0]
         if key in done:  # the *_gt bound trains the same program as its weak twin
             compiled, steps = done[key]

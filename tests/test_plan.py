@@ -98,7 +98,8 @@ def test_bad_topology_is_one_line():
 @pytest.mark.slow
 def test_every_stage_family_compiles_for_a_tpu_slice():
     """train_oc, P-NOC's two updates, C²AM-H, the detector, AffinityNet and DeepLab compiled
-    for v5e:2x2 (4 chips): memory figures, FLOPs, only all-reduces, all fit."""
+    for v5e:2x2 (4 chips): memory figures, FLOPs, only all-reduces, all fit; CAM inference's
+    scales on the host's chips, without collectives."""
     config = tiny_plan_config()
     devices = aot.tpu_devices("v5e:2x2")
     assert len(devices) == 4 and devices[0].device_kind == "TPU v5 lite"
@@ -108,12 +109,17 @@ def test_every_stage_family_compiles_for_a_tpu_slice():
         ("train_oc", "f"), ("train_cam", "f"), ("train_cam", "oc"), ("train_saliency", "f"),
         ("train_detector", "detector"), ("train_affinity", "aff"), ("train_segmentation", "f"),
         ("train_segmentation_gt", "f"),
+        *(("infer_cam", f"scale {s}") for s in config.infer.scales),
     }  # fmt: skip
     for p in result["programs"]:
         assert p["argument_bytes"] > 0 and p["temp_bytes"] > 0 and p["output_bytes"] > 0, p
-        assert p["flops_per_chip"] > 0 and p["step_bound_s"] > 0, p
-        assert p["per_chip_batch"] == 2 and p["fits"], p
-        assert set(p["collectives"]) <= ALLOWED and p["collectives"], p
+        assert p["flops_per_chip"] > 0 and p["step_bound_s"] > 0 and p["fits"], p
+        if p["stage"] == "infer_cam":  # predict_batch_size images and their flips
+            assert p["per_chip_batch"] == 2 * config.runtime.predict_batch_size / 4, p
+            assert not p["collectives"], p
+        else:
+            assert p["per_chip_batch"] == 2, p
+            assert set(p["collectives"]) <= ALLOWED and p["collectives"], p
     assert not result["advice"]
     steps = {s["stage"]: s.get("steps") for s in result["stages"]}
     assert steps["train_oc"] == config.oc.epochs * (1000 // 8)  # synthetic train: 1000 images
