@@ -312,7 +312,7 @@ def _gib(n: float) -> str:
 def print_table(plan: dict) -> None:
     chip = plan["chip"]
     print(
-        f"plan: {plan['config']} on {plan['target']} ({plan['chips']} chips, "
+        f"plan: {plan['config']} on {plan['target']} ({plan['devices']} devices, "
         f"{plan['hosts']} hosts; {chip['name']}: {chip['hbm_bytes'] / aot.GIB:.0f} GiB HBM, "
         f"{chip['peak_bf16'] / 1e12:.0f} TFLOP/s bf16, {chip['hbm_bandwidth'] / 1e9:.0f} GB/s)"
         + ("  ESTIMATE from an XLA:CPU compile" if plan["estimate"] else "")
@@ -403,7 +403,7 @@ def make_plan(
         "config": config_lib.get(config, "data.name"),
         "target": target,
         "estimate": estimate,
-        "chips": len(devices),
+        "devices": len(devices),
         "hosts": hosts,
         "cores_per_host": cores_per_host,
         "chip": dataclasses.asdict(chip),
@@ -434,7 +434,7 @@ def main(argv: list[str]) -> None:
         if _TOPOLOGY.value:
             jax.config.update("jax_platforms", "cpu")  # never claim a TPU of this machine
             devices = aot.tpu_devices(_TOPOLOGY.value, _NUM_SLICES.value)
-            chip = aot.CHIPS[_TOPOLOGY.value.split(":")[0]]
+            chip = aot.per_device(aot.CHIPS[_TOPOLOGY.value.split(":")[0]], devices)
             target = _TOPOLOGY.value + (
                 f" x {_NUM_SLICES.value} slices" if _NUM_SLICES.value > 1 else ""
             )

@@ -104,6 +104,23 @@ def tpu_devices(name: str, num_slices: int = 1) -> list:
     return list(topology.devices)
 
 
+def per_device(chip: Chip, devices: list) -> Chip:
+    """The share of a chip each device has. libtpu describes a v4 slice by its TensorCores
+    (two per chip, `core_on_chip` 0 and 1), where a run on v4 sees one device per chip
+    (megacore): each core then gets half the chip's HBM, FLOP/s and bandwidth."""
+    cores = len({getattr(d, "core_on_chip", 0) for d in devices})
+    if cores == 1:
+        return chip
+    return dataclasses.replace(
+        chip,
+        name=f"{chip.name} TensorCore",
+        hbm_bytes=chip.hbm_bytes // cores,
+        peak_bf16=chip.peak_bf16 / cores,
+        peak_f32=chip.peak_f32 / cores,
+        hbm_bandwidth=chip.hbm_bandwidth / cores,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Compiled:
     """What a compiled program costs one chip: XLA's buffer assignment (bytes), FLOPs and bytes
