@@ -18,10 +18,10 @@ from jax.sharding import Mesh
 
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import losses
-from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, weights
-from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, run_training
+from pnoc_jax.core import artifacts, distributed, fileio, optim, weights
+from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network, run_training
 from pnoc_jax.core.masks import IGNORE
-from pnoc_jax.core.train_state import TrainState, create_state
+from pnoc_jax.core.train_state import TrainState
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.models import backbones
 from pnoc_jax.models.affinity import AffinityNet
@@ -123,13 +123,8 @@ def program(
     init = (
         backbone_start(config).initializer(workdir, model, shape) if workdir is not None else None
     )
-
-    def make_states() -> dict[str, TrainState]:
-        key = rng.init_key(config.seed)
-        return {STATE: create_state(model, tx, key, shape, mesh, init, step_stats)}
-
     return TrainingProgram(
-        make_states,
+        one_network(STATE, model, tx, shape, mesh, config.seed, step_stats, init),
         [build_update(model, mesh, cfg.radius, info.num_classes + 1)],
         transforms.make_affinity_transform(cfg.crop_size, cfg.min_size, cfg.max_size),
         ("image", "aff_label"),

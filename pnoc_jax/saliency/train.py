@@ -26,9 +26,9 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, scores
-from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, run_training
-from pnoc_jax.core.train_state import TrainState, create_state, variables
+from pnoc_jax.core import artifacts, distributed, fileio, optim, scores
+from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network, run_training
+from pnoc_jax.core.train_state import TrainState, variables
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.inference import predictor
 from pnoc_jax.models import backbones
@@ -221,13 +221,8 @@ def program(
     init = (
         backbone_start(config).initializer(workdir, model, shape) if workdir is not None else None
     )
-
-    def make_states() -> dict[str, TrainState]:
-        key = rng.init_key(config.seed)
-        return {STATE: create_state(model, tx, key, shape, mesh, init, step_stats)}
-
     return TrainingProgram(
-        make_states,
+        one_network(STATE, model, tx, shape, mesh, config.seed, step_stats, init),
         [build_update(config, model, mesh)],
         transforms.SaliencyTransform(cfg.resize_size, cfg.crop_size),
         ("image", "hint") if cfg.method == "ccamh" else ("image",),

@@ -31,9 +31,9 @@ import optax
 from jax.sharding import Mesh
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, distributed, fileio, optim, rng
-from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, run_training
-from pnoc_jax.core.train_state import TrainState, create_state
+from pnoc_jax.core import artifacts, distributed, fileio, optim
+from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network, run_training
+from pnoc_jax.core.train_state import TrainState
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.inference import tta
 from pnoc_jax.models import backbones, poolnet
@@ -152,13 +152,8 @@ def program(
     init = (
         backbone_start(config).initializer(workdir, model, shape) if workdir is not None else None
     )
-
-    def make_states() -> dict[str, TrainState]:
-        key = rng.init_key(config.seed)
-        return {STATE: create_state(model, tx, key, shape, mesh, init, step_stats)}
-
     return TrainingProgram(
-        make_states,
+        one_network(STATE, model, tx, shape, mesh, config.seed, step_stats, init),
         [build_update(model, mesh)],
         transforms.DetectorTransform(canvas(config), cfg.input_scale),
         ("image", "target", "valid"),

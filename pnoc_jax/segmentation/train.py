@@ -33,8 +33,8 @@ from PIL import Image
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, weights
-from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, run_training
-from pnoc_jax.core.train_state import TrainState, create_state, variables
+from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network, run_training
+from pnoc_jax.core.train_state import TrainState, variables
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.evaluation import miou
 from pnoc_jax.evaluation.confusion import ConfusionSum
@@ -245,13 +245,8 @@ def program(
         if workdir is not None
         else None
     )
-
-    def make_states() -> dict[str, TrainState]:
-        key = rng.init_key(config.seed)
-        return {STATE: create_state(model, tx, key, shape, mesh, init, step_stats)}
-
     return TrainingProgram(
-        make_states,
+        one_network(STATE, model, tx, shape, mesh, config.seed, step_stats, init),
         [build_update(model, mesh, cfg.label_smoothing, config.seed)],
         transforms.make_classification_transform(
             cfg.crop_size, cfg.min_size, cfg.max_size, cfg.augment
