@@ -135,6 +135,7 @@ class Program:
             if self.step_bound_s
             else None,
             "compile_s": round(c.compile_s, 1),
+            "out_of_memory": c.out_of_memory,
         }
 
 
@@ -207,7 +208,7 @@ def compile_stage(
                     step_bound_s=aot.roofline_s(
                         compiled.flops, compiled.bytes_accessed, chip, dtype
                     ),
-                    fits=compiled.total_bytes <= chip.hbm_bytes,
+                    fits=not compiled.out_of_memory and compiled.total_bytes <= chip.hbm_bytes,
                 )
             )
     return programs, steps
@@ -242,7 +243,7 @@ def compile_predictors(
         )
         programs.append(
             Program(stage, device_program.name, rows, rows / len(local), parameters, compiled,
-                    bound, compiled.total_bytes <= chip.hbm_bytes)
+                    bound, not compiled.out_of_memory and compiled.total_bytes <= chip.hbm_bytes)
         )  # fmt: skip
     return programs, device_s
 
@@ -258,6 +259,7 @@ def advice(program: Program, chip: aot.Chip, chips: int) -> str:
     lines = [
         f"{program.stage}/{program.update} needs {_gib(c.total_bytes)} GiB per chip, "
         f"{_gib(over)} GiB over the {chip.name}'s {chip.hbm_bytes / aot.GIB:.0f} GiB"
+        + (f" (the TPU compiler: {c.out_of_memory})" if c.out_of_memory else "")
     ]
     if fitting >= 1:
         need = math.ceil(program.global_batch / fitting)
@@ -330,7 +332,8 @@ def print_table(plan: dict) -> None:
             _gib(p["temp_bytes"]), _gib(p["total_bytes"]), "yes" if p["fits"] else "NO",
             f"{p['flops_per_chip'] / 1e9:.1f}", f"{p['bytes_accessed_per_chip'] / 1e9:.2f}",
             " ".join(f"{k} {v}" for k, v in sorted(p["collectives"].items())) or "none",
-            f"{1e3 * p['step_bound_s']:.1f}", f"{p['images_per_s_bound']:.0f}",
+            f"{1e3 * p['step_bound_s']:.1f}" if p["fits"] else "-",
+            f"{p['images_per_s_bound']:.0f}" if p["images_per_s_bound"] else "-",
             f"{p['compile_s']:.0f}",
         ))  # fmt: skip
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]

@@ -135,6 +135,9 @@ class Compiled:
     bytes_accessed: float
     collectives: dict[str, int]
     compile_s: float
+    # The compiler's refusal when the program cannot fit the chip (its temporaries then are
+    # the bytes it said it needs; the other figures are unknown, 0).
+    out_of_memory: str = ""
 
     @property
     def total_bytes(self) -> int:
@@ -160,10 +163,34 @@ def collectives(hlo_text: str) -> dict[str, int]:
     return dict(collections.Counter(_COLLECTIVE.findall(hlo_text)))
 
 
+_OUT_OF_MEMORY = re.compile(r"Ran out of memory in memory space hbm|Ran out of memory on HBM")
+_REQUIRED = re.compile(r"required for HLO temporaries \(([\d.]+)G\)")
+
+
 def compile_traced(traced: Any) -> Compiled:
-    """Lowers and compiles a `jax.jit(...).trace(...)` result; reads its cost and memory."""
+    """Lowers and compiles a `jax.jit(...).trace(...)` result; reads its cost and memory. A
+    program the TPU compiler refuses for want of HBM comes back with `out_of_memory` set."""
     start = time.perf_counter()
-    compiled = traced.lower().compile()
+    lowered = traced.lower()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as error:
+        message = str(error)
+        if not _OUT_OF_MEMORY.search(message):
+            raise
+        required = _REQUIRED.search(message)
+        return Compiled(
+            argument_bytes=0,
+            output_bytes=0,
+            alias_bytes=0,
+            temp_bytes=int(float(required.group(1)) * GIB) if required else 0,
+            code_bytes=0,
+            flops=0.0,
+            bytes_accessed=0.0,
+            collectives={},
+            compile_s=time.perf_counter() - start,
+            out_of_memory=message.strip().splitlines()[0],
+        )
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
