@@ -450,8 +450,10 @@ def main(argv: list[str]) -> None:
         plan = make_plan(
             config, devices, chip, target, _STAGES.value, _CORES_PER_HOST.value, bool(_GPU.value)
         )
-    except (aot.TopologyError, UserError, ValueError) as error:
+    except aot.TopologyError as error:
         fail(str(error).splitlines()[0], 2)
+    except (UserError, ValueError) as error:
+        fail(f"{str(error).splitlines()[0]} (planning for {_TOPOLOGY.value or _GPU.value})", 2)
     print_table(plan)
     if _JSON.value:
         fileio.write_json(_JSON.value, plan)
