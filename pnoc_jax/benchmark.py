@@ -43,7 +43,7 @@ import numpy as np
 from absl import app, flags
 
 from pnoc_jax.cam import infer, strategies
-from pnoc_jax.core import distributed, optim, profiling, rng
+from pnoc_jax.core import aot, distributed, optim, profiling, rng
 from pnoc_jax.core.loop import jit_update
 from pnoc_jax.core.train_state import create_state
 from pnoc_jax.inference import tta
@@ -82,23 +82,13 @@ _SEG_MODEL = flags.DEFINE_enum(
     "segmentation_model", "deeplabv3plus", ["deeplabv3plus", "deeplabv2"], "Segmentation model."
 )
 
-# Dense peak FLOP/s per chip: (bf16, f32). f32 matmuls/convs on these GPUs run as TF32.
-_PEAKS = {
-    "H100": (989e12, 495e12),
-    "H200": (989e12, 495e12),
-    "A100": (312e12, 156e12),
-    "TPU v4": (275e12, 275e12),
-    "TPU v5 lite": (197e12, 197e12),
-    "TPU v5p": (459e12, 459e12),
-    "TPU v6 lite": (918e12, 918e12),
-}
-
 
 def peak_flops(device, dtype: str) -> float | None:
-    for name, (bf16, f32) in _PEAKS.items():
-        if name in device.device_kind:
-            return bf16 if dtype == "bfloat16" else f32
-    return None
+    """The chip's dense peak FLOP/s in `dtype` (core.aot.CHIPS), None for an unknown chip."""
+    chip = aot.chip_of_device(device)
+    if chip is None:
+        return None
+    return chip.peak_bf16 if dtype == "bfloat16" else chip.peak_f32
 
 
 def peak_memory_bytes() -> int:

@@ -95,6 +95,8 @@ class Topology:
 
     device_count: int
     process_count: int = 1
+    # False when nothing will read the dataset (`pnoc_jax.plan`): where it lives is not checked.
+    reads_data: bool = True
 
 
 Check = Callable[[ml_collections.ConfigDict, Topology], None]

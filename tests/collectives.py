@@ -1,20 +1,17 @@
 """What a compiled data-parallel update communicates, read from its optimised HLO."""
 
 import collections
-import re
+
+from pnoc_jax.core import aot
 
 # A data-parallel step all-reduces gradients and BatchNorm statistics; nothing else should
 # cross devices (image tiles or CAMs moving between devices would be a layout bug).
 ALLOWED = {"all-reduce"}
-_COLLECTIVE = re.compile(
-    r"\b(all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter|ragged-all-to-all)"
-    r"(?:-start)?\("
-)
 
 
 def collectives(jitted, *args) -> collections.Counter:
     """Counts of each collective in the compiled HLO of `jitted(*args)`."""
-    return collections.Counter(_COLLECTIVE.findall(jitted.lower(*args).compile().as_text()))
+    return collections.Counter(aot.collectives(jitted.lower(*args).compile().as_text()))
 
 
 def unexpected(jitted, *args) -> dict[str, int]:

@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cam", "affinity", "saliency", "segmentation", "analysis"),  # stage families
     ("experiments",),  # drivers of sub-pipelines, given the runner's run_stage
     ("pipeline",),
-    ("main", "benchmark", "cpu_benchmark", "predict"),
+    ("main", "benchmark", "cpu_benchmark", "predict", "plan"),
 )
 
 

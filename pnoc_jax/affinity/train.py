@@ -18,10 +18,10 @@ from jax.sharding import Mesh
 
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import losses
-from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, weights
-from pnoc_jax.core.loop import Update, jit_update, run_training
+from pnoc_jax.core import artifacts, distributed, fileio, optim, weights
+from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network, run_training
 from pnoc_jax.core.masks import IGNORE
-from pnoc_jax.core.train_state import TrainState, create_state
+from pnoc_jax.core.train_state import TrainState
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.models import backbones
 from pnoc_jax.models.affinity import AffinityNet
@@ -110,6 +110,28 @@ def build_update(model: AffinityNet, mesh: Mesh, radius: int, num_labels: int) -
     return Update(STATE, jit_update(fn, mesh))
 
 
+def program(
+    config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int, workdir: str | None = None
+) -> TrainingProgram:
+    """The training program of `config.affinity` over `mesh` (`workdir` None: fresh
+    variables, no weight file read; `pnoc_jax.plan` compiles it)."""
+    cfg = config.affinity
+    info = datasets.get_info(config.data.name)
+    model = build_model(config)
+    tx, step_stats = make_optimizer(cfg, total_steps)
+    shape = (1, cfg.crop_size, cfg.crop_size, 3)
+    init = (
+        backbone_start(config).initializer(workdir, model, shape) if workdir is not None else None
+    )
+    return TrainingProgram(
+        one_network(STATE, model, tx, shape, mesh, config.seed, step_stats, init),
+        [build_update(model, mesh, cfg.radius, info.num_classes + 1)],
+        transforms.make_affinity_transform(cfg.crop_size, cfg.min_size, cfg.max_size),
+        ("image", "aff_label"),
+        cfg.batch_size,
+    )
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -124,25 +146,15 @@ def run(
         dataset.split(split, whole=True),
         functools.partial(attach_label, artifacts.affinity_label_dir(workdir, split)),
     )
+    training = program(config, mesh, pipeline.section_steps(cfg, len(source)), workdir)
     plan = pipeline.section_input(
-        "train_affinity",
-        cfg,
-        source,
-        transforms.make_affinity_transform(cfg.crop_size, cfg.min_size, cfg.max_size),
-        seed=config.seed,
-        keys=("image", "aff_label"),
+        "train_affinity", cfg, source, training.transform, seed=config.seed, keys=training.keys
     )
-    model = build_model(config)
-    tx, step_stats = make_optimizer(cfg, plan.total_steps)
-    shape = (1, cfg.crop_size, cfg.crop_size, 3)
-    init = backbone_start(config).initializer(workdir, model, shape)
-    key = rng.init_key(config.seed)
-    states = {STATE: create_state(model, tx, key, shape, mesh, init, step_stats)}
     run_training(
         workdir=workdir,
         stage="train_affinity",
-        states=states,
-        updates=[build_update(model, mesh, cfg.radius, dataset.num_classes + 1)],
+        states=training.make_states(),
+        updates=training.updates,
         plan=plan,
         mesh=mesh,
         runtime=config.runtime,

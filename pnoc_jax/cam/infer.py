@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -47,14 +48,40 @@ def combine(
     return cam, hr
 
 
-def cam_predictor(model, variables):
-    """ReLU(CAMs) [N, h, w, C] of a batch, jitted on this process's devices."""
+def cam_forward(model):
+    """`(variables, images [N, S, S, 3]) -> ReLU(CAMs) [N, h, w, C]`."""
 
     def predict(variables, images):
         _, cams = model.apply(variables, images, train=False)
         return jax.nn.relu(cams)
 
-    return predictor.local_predictor(predict, variables)
+    return predict
+
+
+def cam_predictor(model, variables):
+    """ReLU(CAMs) [N, h, w, C] of a batch, jitted on this process's devices."""
+    return predictor.local_predictor(cam_forward(model), variables)
+
+
+def device_programs(
+    config: ml_collections.ConfigDict, batch_multiple: int
+) -> list[predictor.DeviceProgram]:
+    """The batches `run` predicts, one per scale: `runtime.predict_batch_size` images and
+    their flips on the scale's canvas, for `batch_multiple` chips of a host."""
+    model = cam_train.build_model(config)
+    size = config.infer.max_image_size
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+    )
+    rows = tta.flip_pairs_rows(config.runtime.predict_batch_size, batch_multiple)
+    programs = []
+    for scale in config.infer.scales:
+        canvas = tta.canvas_size(size, scale)
+        images = jax.ShapeDtypeStruct((rows, canvas, canvas, 3), jnp.float32)
+        programs.append(
+            predictor.DeviceProgram(f"scale {scale}", cam_forward(model), variables, images)
+        )
+    return programs
 
 
 def image_keys(labels: np.ndarray) -> np.ndarray:

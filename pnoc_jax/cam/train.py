@@ -15,7 +15,7 @@ from absl import logging
 from pnoc_jax import config_lib
 from pnoc_jax.cam import strategies
 from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, weights
-from pnoc_jax.core.loop import run_training
+from pnoc_jax.core.loop import TrainingProgram, run_training
 from pnoc_jax.core.train_state import TrainState, create_state
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.models.backbones import BackboneStart
@@ -87,11 +87,12 @@ def optimizer_config(
 def _oc_state(
     config: ml_collections.ConfigDict,
     section: ml_collections.ConfigDict,
-    workdir: str,
+    workdir: str | None,
     mesh,
     strategy: strategies.StrategyConfig,
 ) -> TrainState:
-    """The ordinary classifier, loaded from its weights file.
+    """The ordinary classifier, loaded from its weights file (fresh variables when `workdir`
+    is None).
 
     BN is frozen (FixedBatchNorm) and BN parameters never move; for P-NOC the rest is trained
     by its own optimizer (noc), for OC-CSE and P-OC it stays fixed.
@@ -103,8 +104,50 @@ def _oc_state(
     )
     input_shape = (1, config.data.image_size, config.data.image_size, 3)
     init_key = rng.init_key(config.seed, rng.Stream.INIT_OC)
-    loaded = weights.initializer(oc_weights(section, workdir))
+    loaded = weights.initializer(oc_weights(section, workdir)) if workdir is not None else None
     return create_state(oc_model, tx, init_key, input_shape, mesh, loaded, step_stats)
+
+
+def program(
+    config: ml_collections.ConfigDict,
+    section_name: str,
+    mesh,
+    total_steps: int,
+    workdir: str | None = None,
+) -> TrainingProgram:
+    """The training program of `config[section_name]` over `mesh`: f (and the OC or noc its
+    strategy needs), the strategy's updates, the classification transform. With `workdir`
+    None no weight file is read (fresh variables; `pnoc_jax.plan` compiles it)."""
+    section = config[section_name]
+    strategy = strategies.strategy_config(section, total_steps)
+    model = build_model(config, dtype=section.dtype)
+    frozen = ("bn",) if config.model.frozen_bn else ()
+    tx, step_stats = optim.make_optimizer(optimizer_config(section, total_steps, frozen))
+    input_shape = (1, config.data.image_size, config.data.image_size, 3)
+    init = None
+    if workdir is not None:
+        init = backbone_start(config, section_name).initializer(workdir, model, input_shape)
+    oc_model = None
+    if strategies.needs_oc(section.strategy):
+        oc_model = build_model(config, frozen_bn=True, dtype=section.dtype)
+
+    def make_states() -> dict[str, TrainState]:
+        key = rng.init_key(config.seed)
+        states = {"f": create_state(model, tx, key, input_shape, mesh, init, step_stats)}
+        if oc_model is not None:
+            states["oc"] = _oc_state(config, section, workdir, mesh, strategy)
+        return states
+
+    transform = transforms.make_classification_transform(
+        image_size=config.data.image_size,
+        min_size=section.min_size,
+        max_size=section.max_size,
+        augment=section.augment,
+    )
+    updates = strategies.build_updates(
+        strategy, model=model, oc_model=oc_model, mesh=mesh, seed=config.seed
+    )
+    return TrainingProgram(make_states, updates, transform, ("image", "labels"), section.batch_size)
 
 
 def run(
@@ -122,12 +165,6 @@ def run(
     """
     section = config[section_name]
     mesh = distributed.make_mesh()
-    transform = transforms.make_classification_transform(
-        image_size=config.data.image_size,
-        min_size=section.min_size,
-        max_size=section.max_size,
-        augment=section.augment,
-    )
     split = dataset.split(section.split, whole=True)
     source = pipeline.labelled_only(split)  # images without a class are skipped (reference)
     if len(source) < len(split):
@@ -137,35 +174,22 @@ def run(
             len(split) - len(source),
             len(split),
         )
+    steps = pipeline.section_steps(section, len(source))
+    training = program(config, section_name, mesh, steps, workdir)
     plan = pipeline.section_input(
         stage,
         section,
         source,
-        transform,
+        training.transform,
         seed=config.seed,
+        keys=training.keys,
         detail=f"strategy {section.strategy}",
-    )
-
-    strategy = strategies.strategy_config(section, plan.total_steps)
-    model = build_model(config, dtype=section.dtype)
-    frozen = ("bn",) if config.model.frozen_bn else ()
-    tx, step_stats = optim.make_optimizer(optimizer_config(section, plan.total_steps, frozen))
-    input_shape = (1, config.data.image_size, config.data.image_size, 3)
-    init = backbone_start(config, section_name).initializer(workdir, model, input_shape)
-    key = rng.init_key(config.seed)
-    states = {"f": create_state(model, tx, key, input_shape, mesh, init, step_stats)}
-    oc_model = None
-    if strategies.needs_oc(section.strategy):
-        states["oc"] = _oc_state(config, section, workdir, mesh, strategy)
-        oc_model = build_model(config, frozen_bn=True, dtype=section.dtype)
-    updates = strategies.build_updates(
-        strategy, model=model, oc_model=oc_model, mesh=mesh, seed=config.seed
     )
     run_training(
         workdir=workdir,
         stage=stage,
-        states=states,
-        updates=updates,
+        states=training.make_states(),
+        updates=training.updates,
         plan=plan,
         mesh=mesh,
         runtime=config.runtime,

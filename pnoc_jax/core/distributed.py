@@ -96,5 +96,12 @@ def batch_predictor(fn, variables, mesh: Mesh):
     is placed on them explicitly: jit refuses host arrays with a sharding in multi-process runs.
     """
     data = data_sharded(mesh)
-    jitted = jax.jit(fn, in_shardings=(replicated(mesh), data), out_shardings=data)
+    jitted = jit_predictor(fn, mesh)
     return lambda images: np.asarray(jitted(variables, jax.device_put(images, data)))
+
+
+def jit_predictor(fn, mesh: Mesh):
+    """`fn(variables, images)` jitted with the variables replicated over `mesh` and the batch
+    (and the output) sharded along "data"."""
+    data = data_sharded(mesh)
+    return jax.jit(fn, in_shardings=(replicated(mesh), data), out_shardings=data)

@@ -18,10 +18,10 @@ import numpy as np
 from absl import logging
 from clu import parameter_overview
 
-from pnoc_jax.core import artifacts, distributed, weights
+from pnoc_jax.core import artifacts, distributed, rng, weights
 from pnoc_jax.core import progress as progress_lib
 from pnoc_jax.core.checkpoint import Checkpointer
-from pnoc_jax.core.train_state import TrainState, variables
+from pnoc_jax.core.train_state import TrainState, create_state, variables
 from pnoc_jax.core.writers import MetricWriter
 
 # update(state, others, batch, carry, step) -> (state, metrics, carry)
@@ -61,6 +61,43 @@ class Update:
     name: str
     fn: UpdateFn
     every: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingProgram:
+    """A training stage apart from its data: what the runner runs and the plan compiles.
+
+    `make_states()` builds the stage's train states (replicated over the mesh; the stage's
+    `run` calls it, `pnoc_jax.plan` calls it under `jax.eval_shape`); `updates` are its jitted
+    updates; `transform` and `keys` make one training example (`data.pipeline.section_input`
+    batches them by `batch_size`, the global batch).
+    """
+
+    make_states: Callable[[], dict[str, TrainState]]
+    updates: list[Update]
+    transform: Callable[[dict, np.random.Generator], dict]
+    keys: tuple[str, ...]
+    batch_size: int
+
+
+def one_network(
+    name: str,
+    model: Any,
+    tx: Any,
+    input_shape: tuple[int, ...],
+    mesh: Any,
+    seed: int,
+    step_stats: Any = None,
+    init: Callable[[dict], dict] | None = None,
+) -> Callable[[], dict[str, TrainState]]:
+    """`make_states` of a stage that trains one network: `{name: create_state(...)}` from the
+    seed's init key (`init` rewrites the fresh variables: a backbone's start)."""
+
+    def make_states() -> dict[str, TrainState]:
+        key = rng.init_key(seed)
+        return {name: create_state(model, tx, key, input_shape, mesh, init, step_stats)}
+
+    return make_states
 
 
 def jit_update(fn: UpdateFn, mesh: Any) -> UpdateFn:

@@ -62,6 +62,10 @@ class DatasetInfo:
     # Natural images: training from random weights is a mistake unless asked for
     # (`config.model.allow_random_init`); the synthetic data have no ImageNet-like weights.
     needs_pretrained: bool = True
+    # Images per split of the full dataset (public figures), for planning a run without it.
+    split_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    # (height, width) of a typical image: the example `pnoc_jax.plan` runs the transforms on.
+    typical_size: tuple[int, int] = (375, 500)
 
     @property
     def num_classes(self) -> int:
@@ -75,18 +79,23 @@ _INFOS = {
         class_names=tuple(_synthetic.CLASS_NAMES),
         splits=tuple(_synthetic.SPLIT_SIZES),
         needs_pretrained=False,
+        split_sizes=dict(_synthetic.SPLIT_SIZES),
+        typical_size=(_synthetic.MAX_SIDE, _synthetic.MAX_SIDE),
     ),
     # `train_aug` exists only when the VOCdevkit holds SegmentationClassAug and a train_aug list.
     "voc2012": DatasetInfo(
         name="voc2012",
         class_names=tuple(_voc2012.CLASS_NAMES),
         splits=("train", "val", "train_aug"),
+        split_sizes={"train": 1464, "val": 1449, "train_aug": 10582},
     ),
     # `train` = train2014 (82,783 images), `val` = val2014 (40,504), where the download has them.
     "coco2014": DatasetInfo(
         name="coco2014",
         class_names=tuple(_coco2014.CLASS_NAMES),
         splits=("train", "val"),
+        split_sizes={"train": 82783, "val": 40504},
+        typical_size=(480, 640),
     ),
 }
 _BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
@@ -107,12 +116,14 @@ def get_info(name: str) -> DatasetInfo:
 def validate_data(config: ml_collections.ConfigDict, topology: config_lib.Topology) -> None:
     """Checks of `config.data`: a known dataset, a usable crop size, an existing manual_dir;
     for a manual-source dataset a manual_dir in its layout (VOC2012 folder, COCO folder), or
-    with none, exactly one build under data_dir (cheap: no file of the source is read)."""
-    del topology
+    with none, exactly one build under data_dir (cheap: no file of the source is read). Where
+    the data lives is not checked when the run reads none (`topology.reads_data`)."""
     config_lib.check_choice(config, "data.name", tuple(_INFOS))
     config_lib.check_number(config, "data.image_size", low=16, integer=True)
     size = config.data.image_size
     config_lib.check(size % 16 == 0, "data.image_size", size, "a positive multiple of 16")
+    if not topology.reads_data:
+        return
     manual = config.data.manual_dir
     config_lib.check(
         not manual or fileio.isdir(_expand(manual)),

@@ -148,6 +148,16 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
     return steps
 
 
+def total_steps(num_examples: int, batch_size: int, epochs: int, steps: int) -> int:
+    """Iterations of a training run: `steps` when > 0, else `epochs` whole epochs."""
+    return steps or epochs * steps_per_epoch(num_examples, batch_size)
+
+
+def section_steps(section: ml_collections.ConfigDict, num_examples: int) -> int:
+    """Iterations of a training section (its batch_size, epochs, steps) on `num_examples`."""
+    return total_steps(num_examples, section.batch_size, section.epochs, section.steps)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingInput:
     """The input plan of a training stage: batches as a pure function of the step, and the
@@ -189,7 +199,8 @@ def training_input(
         jax.process_index(),
         jax.process_count(),
     )
-    return TrainingInput(dataset, len(source), per_epoch, steps or epochs * per_epoch)
+    total = total_steps(len(source), batch_size, epochs, steps)
+    return TrainingInput(dataset, len(source), per_epoch, total)
 
 
 def section_input(

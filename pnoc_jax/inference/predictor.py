@@ -1,5 +1,6 @@
 """Jitted batch prediction on this process's devices, for every per-image inference stage."""
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -24,3 +25,14 @@ def local_predictor(
     mesh = distributed.make_mesh(jax.local_devices())
     variables = jax.device_put(variables, distributed.replicated(mesh))
     return distributed.batch_predictor(fn, variables, mesh), len(jax.local_devices())
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceProgram:
+    """One jitted batch prediction a per-image stage runs, as shapes (what `pnoc_jax.plan`
+    compiles): `fn(variables, images)` on `images` [N, canvas, canvas, 3] batches."""
+
+    name: str
+    fn: Callable[[Any, jax.Array], jax.Array]
+    variables: Any  # ShapeDtypeStructs of the network's variables
+    images: jax.ShapeDtypeStruct

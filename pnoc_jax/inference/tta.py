@@ -69,9 +69,15 @@ def flip_pairs_on_canvas(images: list[np.ndarray], canvas: int, batch_multiple: 
             padded = np.zeros((canvas, canvas, 3), np.float32)
             padded[: view.shape[0], : view.shape[1]] = view
             pairs.append(padded)
-    while len(pairs) % batch_multiple:
+    while len(pairs) < flip_pairs_rows(len(images), batch_multiple):
         pairs.append(np.zeros_like(pairs[0]))
     return np.stack(pairs)
+
+
+def flip_pairs_rows(images: int, batch_multiple: int) -> int:
+    """Rows of the batch `flip_pairs_on_canvas` makes of `images` images: both views of each,
+    padded to a multiple of `batch_multiple`."""
+    return batch_multiple * math.ceil(2 * images / batch_multiple)
 
 
 def flip_pair_outputs(

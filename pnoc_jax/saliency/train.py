@@ -26,9 +26,9 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, scores
-from pnoc_jax.core.loop import Update, jit_update, run_training
-from pnoc_jax.core.train_state import TrainState, create_state, variables
+from pnoc_jax.core import artifacts, distributed, fileio, optim, scores
+from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network, run_training
+from pnoc_jax.core.train_state import TrainState, variables
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.inference import predictor
 from pnoc_jax.models import backbones
@@ -209,6 +209,27 @@ def read_orientation(workdir: str) -> float:
     return -1.0 if fileio.read_json(path)["applied"] else 1.0
 
 
+def program(
+    config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int, workdir: str | None = None
+) -> TrainingProgram:
+    """The training program of `config.saliency` over `mesh` (`workdir` None: fresh variables,
+    no weight file read; `pnoc_jax.plan` compiles it)."""
+    cfg = config.saliency
+    model = build_model(config, cfg.dtype)
+    tx, step_stats = make_optimizer(cfg, total_steps)
+    shape = (1, cfg.crop_size, cfg.crop_size, 3)
+    init = (
+        backbone_start(config).initializer(workdir, model, shape) if workdir is not None else None
+    )
+    return TrainingProgram(
+        one_network(STATE, model, tx, shape, mesh, config.seed, step_stats, init),
+        [build_update(config, model, mesh)],
+        transforms.SaliencyTransform(cfg.resize_size, cfg.crop_size),
+        ("image", "hint") if cfg.method == "ccamh" else ("image",),
+        cfg.batch_size,
+    )
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -219,31 +240,25 @@ def run(
     cfg = config.saliency
     mesh = distributed.make_mesh()
     source = dataset.split(cfg.split, whole=True)
-    keys: tuple[str, ...] = ("image",)
     train_source: Sequence[dict] = source
     if cfg.method == "ccamh":
         hints = functools.partial(attach_hint, artifacts.cam_dir(workdir, cfg.split))
         train_source = pipeline.Attached(source, hints)
-        keys = ("image", "hint")
+    training = program(config, mesh, pipeline.section_steps(cfg, len(source)), workdir)
     plan = pipeline.section_input(
         "train_saliency",
         cfg,
         train_source,
-        transforms.SaliencyTransform(cfg.resize_size, cfg.crop_size),
+        training.transform,
         seed=config.seed,
-        keys=keys,
+        keys=training.keys,
         detail=f"method {cfg.method}",
     )
-    model = build_model(config, cfg.dtype)
-    tx, step_stats = make_optimizer(cfg, plan.total_steps)
-    shape = (1, cfg.crop_size, cfg.crop_size, 3)
-    init = backbone_start(config).initializer(workdir, model, shape)
-    state = create_state(model, tx, rng.init_key(config.seed), shape, mesh, init, step_stats)
     states = run_training(
         workdir=workdir,
         stage="train_saliency",
-        states={STATE: state},
-        updates=[build_update(config, model, mesh)],
+        states=training.make_states(),
+        updates=training.updates,
         plan=plan,
         mesh=mesh,
         runtime=config.runtime,

@@ -31,9 +31,9 @@ import optax
 from jax.sharding import Mesh
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, distributed, fileio, optim, rng
-from pnoc_jax.core.loop import Update, jit_update, run_training
-from pnoc_jax.core.train_state import TrainState, create_state
+from pnoc_jax.core import artifacts, distributed, fileio, optim
+from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network, run_training
+from pnoc_jax.core.train_state import TrainState
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.inference import tta
 from pnoc_jax.models import backbones, poolnet
@@ -138,6 +138,29 @@ def build_update(model: PoolNet, mesh: Mesh) -> Update:
     return Update(STATE, jit_update(functools.partial(detector_update, model=model), mesh))
 
 
+def program(
+    config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int, workdir: str | None = None
+) -> TrainingProgram:
+    """The training program of `config.detector` over `mesh` (`workdir` None: fresh
+    variables, no weight file read; `pnoc_jax.plan` compiles it). Adam's step does not
+    depend on `total_steps`."""
+    del total_steps
+    cfg = config.detector
+    model = build_model(config, cfg.dtype)
+    tx, step_stats = make_optimizer(cfg)
+    shape = input_shape(config)
+    init = (
+        backbone_start(config).initializer(workdir, model, shape) if workdir is not None else None
+    )
+    return TrainingProgram(
+        one_network(STATE, model, tx, shape, mesh, config.seed, step_stats, init),
+        [build_update(model, mesh)],
+        transforms.DetectorTransform(canvas(config), cfg.input_scale),
+        ("image", "target", "valid"),
+        cfg.batch_size,
+    )
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -152,26 +175,21 @@ def run(
         dataset.split(cfg.split, whole=True),
         functools.partial(attach_target, mask_dir),
     )
+    training = program(config, mesh, pipeline.section_steps(cfg, len(source)), workdir)
     plan = pipeline.section_input(
         "train_detector",
         cfg,
         source,
-        transforms.DetectorTransform(canvas(config), cfg.input_scale),
+        training.transform,
         seed=config.seed,
-        keys=("image", "target", "valid"),
+        keys=training.keys,
         detail=f"canvas {canvas(config)}",
     )
-    model = build_model(config, cfg.dtype)
-    tx, step_stats = make_optimizer(cfg)
-    shape = input_shape(config)
-    init = backbone_start(config).initializer(workdir, model, shape)
-    key = rng.init_key(config.seed)
-    states = {STATE: create_state(model, tx, key, shape, mesh, init, step_stats)}
     run_training(
         workdir=workdir,
         stage="train_detector",
-        states=states,
-        updates=[build_update(model, mesh)],
+        states=training.make_states(),
+        updates=training.updates,
         plan=plan,
         mesh=mesh,
         runtime=config.runtime,

@@ -35,8 +35,8 @@ from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, weights
 from pnoc_jax.core.checkpoint import Checkpointer
 from pnoc_jax.core.errors import UserError
-from pnoc_jax.core.loop import Update, jit_update, run_training
-from pnoc_jax.core.train_state import TrainState, create_state, variables
+from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network, run_training
+from pnoc_jax.core.train_state import TrainState, variables
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.evaluation import miou
 from pnoc_jax.evaluation.confusion import ConfusionSum
@@ -227,6 +227,37 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
     )
 
 
+def program(
+    config: ml_collections.ConfigDict,
+    mesh,
+    total_steps: int,
+    workdir: str | None = None,
+    *,
+    stage: str = STAGES["pseudo"][0],
+) -> TrainingProgram:
+    """The training program of `config.segmentation` over `mesh` for `stage` (its backbone's
+    start; `workdir` None: fresh variables, no weight file read; `pnoc_jax.plan` compiles it).
+    The pseudo-label and ground-truth stages train the same program."""
+    cfg = config.segmentation
+    model = seg_model.model_spec(config).build(frozen_bn=cfg.frozen_bn, dtype=cfg.dtype)
+    tx, step_stats = make_optimizer(cfg, total_steps)
+    shape = (1, cfg.crop_size, cfg.crop_size, 3)
+    init = (
+        backbone_start(config, stage).initializer(workdir, model, shape)
+        if workdir is not None
+        else None
+    )
+    return TrainingProgram(
+        one_network(STATE, model, tx, shape, mesh, config.seed, step_stats, init),
+        [build_update(model, mesh, cfg.label_smoothing, config.seed)],
+        transforms.make_classification_transform(
+            cfg.crop_size, cfg.min_size, cfg.max_size, cfg.augment
+        ),
+        ("image", "mask"),
+        cfg.batch_size,
+    )
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -240,26 +271,20 @@ def run(
     stage = STAGES[labels][0]
     mesh = distributed.make_mesh()
     spec = seg_model.model_spec(config)
-    transform = transforms.make_classification_transform(
-        cfg.crop_size, cfg.min_size, cfg.max_size, cfg.augment
-    )
+    source = labelled_split(dataset, workdir, labels, cfg.split, whole=True)
+    steps = pipeline.section_steps(cfg, len(source))
+    training = program(config, mesh, steps, workdir, stage=stage)
     plan = pipeline.section_input(
         stage,
         cfg,
-        labelled_split(dataset, workdir, labels, cfg.split, whole=True),
-        transform,
+        source,
+        training.transform,
         seed=config.seed,
-        keys=("image", "mask"),
+        keys=training.keys,
         detail=f"{cfg.model} on {labels} labels",
     )
-    model = spec.build(frozen_bn=cfg.frozen_bn, dtype=cfg.dtype)
-    tx, step_stats = make_optimizer(cfg, plan.total_steps)
-    shape = (1, cfg.crop_size, cfg.crop_size, 3)
-    init = backbone_start(config, stage).initializer(workdir, model, shape)
-    states = {
-        STATE: create_state(model, tx, rng.init_key(config.seed), shape, mesh, init, step_stats)
-    }
-    update = build_update(model, mesh, cfg.label_smoothing, config.seed)
+    states = training.make_states()
+    (update,) = training.updates
     validator = Validator(
         spec.build(frozen_bn=True, dtype=cfg.dtype),
         labelled_split(dataset, workdir, labels, cfg.val_split),

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Before starting a pod: compile the recipe's training programs for the slice, on any machine
+# (no TPU needed; `pip install -e ".[tpu]"` brings libtpu), and read whether each fits a chip,
+# what it communicates and how long the recipe takes at best:
+#   bash launch/tpu/plan.sh configs/pnoc_voc.py v5e:4x4 [--config.train.dtype=bfloat16 ...]
+# Prints the table, writes plan-<topology>.json; exit 3 when a program does not fit (the table
+# says which and what would), 2 for a config the run would refuse on that slice.
+set -euo pipefail
+config=$1; topology=$2; shift 2
+export TF_CPP_MIN_LOG_LEVEL=3
+exec python -m pnoc_jax.plan --config "$config" --topology "$topology" \
+    --json "plan-${topology//:/_}.json" "$@"
