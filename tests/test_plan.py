@@ -40,7 +40,7 @@ def test_example_batch_is_the_pipelines_batch(tiny_config):
     training = cam_train.program(config, "train", mesh, total_steps=6)
     info = datasets.get_info(config.data.name)
     expected = plan.example_batch(training, info)
-    source = pipeline.open_split(config, config.train.split, whole=True)
+    source = datasets.resolve(config).split(config.train.split, whole=True)
     real = pipeline.section_input(
         "train_cam", config.train, source, training.transform, seed=0, keys=training.keys
     )

@@ -42,7 +42,7 @@ def test_pnoc_voc_saliency_recipes_validate(tmp_path, saliency, stages, labels_f
         for bound in ("", "_gt")
         for step in ("train", "infer", "eval")
     )
-    assert tuple(config.stages) == (*priors, *stages, *labels, *segmentation)
+    assert tuple(config.stages) == (*priors, *stages, *labels, *segmentation, "analyze")
     assert config.affinity_labels.saliency == labels_from
     assert config.affinity_labels.fg_threshold == (0.40 if labels_from else 0.30)
     # The spec's recipe: C²AM-H on the P-NOC hints, PoolNet on ResNet-50 with Adam.
