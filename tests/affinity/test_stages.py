@@ -167,4 +167,4 @@ def test_priors_to_pseudo_labels_end_to_end_and_resume(tiny_config, tmp_path, mo
             crf_iterations=config.rw.crf_iterations, crf_gt_prob=config.rw.crf_gt_prob,
         )  # fmt: skip
         np.testing.assert_array_equal(fileio.read_png(os.path.join(png_dir, f"{i}.png")), expected)
-    assert walk.missing(config, workdir) == []
+    assert walk.missing(config, workdir, datasets.resolve(config)) == []

@@ -140,12 +140,13 @@ def test_one_ctrl_c_checkpoints_the_step_two_exit_at_once(tmp_path):
 
         return hook
 
+    before = signal.getsignal(signal.SIGINT)  # pytest-xdist workers ignore SIGINT
     once = tmp_path / "once"
     with pytest.raises(Preempted) as info:
         _train(once, ckpt_every=2, on_step=ctrl_c(1))
     assert info.value.signum == signal.SIGINT and info.value.exit_code == 130
     assert _latest(once)[0] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is before  # restored
     _train(once)  # resumes from step 3 and finishes
     assert [r["step"] for r in _rows(once)] == list(range(1, STEPS + 1))
 
@@ -153,7 +154,7 @@ def test_one_ctrl_c_checkpoints_the_step_two_exit_at_once(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _train(twice, ckpt_every=2, on_step=ctrl_c(2))
     assert _latest(twice)[0] == 2  # no checkpoint at step 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_sigterm_exit_code(tmp_path):

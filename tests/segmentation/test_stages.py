@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pnoc_jax import config_lib, pipeline
-from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, weights
+from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, scores, weights
 from pnoc_jax.core.masks import IGNORE, PALETTE
 from pnoc_jax.core.train_state import create_state
 from pnoc_jax.core.writers import read_metrics
@@ -57,13 +57,19 @@ def few_images(monkeypatch):
 
 def _fake_pseudo_labels(config, workdir: str) -> None:
     """Pseudo-labels (stands in for the random walk): the GT mask with void -> background and
-    a band of wrong pixels, for every split the stages read; random_walk is marked done."""
+    a band of wrong pixels, for every split the stages read, with the score file the walk keeps
+    for each image with classes; random_walk is marked done."""
     for split in config.rw.splits:
         for example in datasets.resolve(config).split(split):
             label = example["mask"].copy()
             label[label == IGNORE] = 0
             label[:3] = 1  # a wrong stripe: pseudo-labels are not the ground truth
             fileio.write_png(artifacts.pseudo_label_file(workdir, split, example["id"]), label)
+            classes = np.flatnonzero(example["labels"] > 0.5)
+            if classes.size:
+                keys = np.concatenate([[0], classes + 1]).astype(np.int64)
+                maps = np.stack([label == k for k in keys[1:]]).astype(np.float32)
+                scores.write(artifacts.rw_file(workdir, split, example["id"]), keys, rw=maps)
     done = {"fingerprint": pipeline.stage_fingerprint("random_walk", config)}
     fileio.write_json(artifacts.done_file(workdir, "random_walk"), done)
 
