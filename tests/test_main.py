@@ -58,6 +58,15 @@ def test_command_line_mistakes_are_one_line(tmp_path, args, config, expected):
     assert not os.path.exists(workdir)  # nothing on disk changed
 
 
+def test_a_run_without_a_config_is_one_line(tmp_path):
+    workdir = str(tmp_path / "run")
+    command = [sys.executable, "-m", "pnoc_jax.main", "--workdir", workdir]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "--config: give a config file" in _one_error_line(result)
+    assert not os.path.exists(workdir)
+
+
 def test_workdir_and_record_problems_are_one_line(tmp_path, synthetic_data_dir):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
