@@ -4,10 +4,14 @@ command line, the config, the workdir or the machine; readable logs; a useful --
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+
+from tests.conftest import as_flags, tiny_run_overrides
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
@@ -156,3 +160,52 @@ def test_full_disk_during_a_checkpoint_is_one_line(tmp_path, synthetic_data_dir)
     assert "\r" not in result.stderr
     assert "train_oc: 1/2 (50%)" in result.stderr
     assert "Unable to initialize backend" not in result.stderr
+
+
+@pytest.mark.slow  # a training run started and stopped
+def test_a_second_ctrl_c_is_one_line(tmp_path, synthetic_data_dir):
+    """Two Ctrl-C's during training: exit 130 with one line, no traceback."""
+    workdir = tmp_path / "run"
+    overrides = {
+        **tiny_run_overrides(synthetic_data_dir, ("train_oc",)),
+        "oc.steps": 5000,
+        "runtime.log_every": 1,
+    }
+    command = [sys.executable, "-m", "pnoc_jax.main", "--config", "configs/quickstart.py",
+               "--workdir", str(workdir), *as_flags(overrides)]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    metrics = workdir / "train_oc" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    result = subprocess.CompletedProcess(command, process.returncode, "", stderr)
+    assert result.returncode == 130, stderr[-3000:]
+    assert "stopped by a second Ctrl-C" in _one_error_line(result)
+
+
+@pytest.mark.slow  # the shared tiny run (built once per session)
+def test_a_file_in_place_of_a_weights_folder_is_found_and_one_line(tiny_run, tmp_path):
+    """`train_segmentation/weights/` replaced by a file: the finished stage is found damaged
+    and runs again; writing its weights then stops on the file in the way, in one line naming
+    it, and the file (the user's) is left alone."""
+    config, finished = tiny_run
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir, symlinks=True)
+    folder = workdir / "train_segmentation" / "weights"
+    shutil.rmtree(folder)
+    folder.write_text("mine")
+    overrides = tiny_run_overrides(config.data.data_dir)
+    result = _main("--workdir", str(workdir), *as_flags(overrides))
+    assert "a file where a folder should be" in result.stderr
+    assert result.returncode == 1, result.stderr[-3000:]
+    line = _one_error_line(result)
+    assert "a file is in the way" in line and "weights" in line
+    assert folder.read_text() == "mine"
+    assert "stage train_oc: finished with this config" in result.stderr
