@@ -173,18 +173,22 @@ def test_a_second_ctrl_c_is_one_line(tmp_path, synthetic_data_dir):
     }
     command = [sys.executable, "-m", "pnoc_jax.main", "--config", "configs/quickstart.py",
                "--workdir", str(workdir), *as_flags(overrides)]  # fmt: skip
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as err:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err
+        )
     metrics = workdir / "train_oc" / "metrics.jsonl"
     deadline = time.time() + 240
     while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
-        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert process.poll() is None, log.read_text()[-3000:]
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    time.sleep(0.01)
+    while "SIGINT received" not in log.read_text() and time.time() < deadline:
+        time.sleep(0.01)  # the second must come after the first was taken (signals coalesce)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    process.wait(timeout=120)
+    stderr = log.read_text()
     result = subprocess.CompletedProcess(command, process.returncode, "", stderr)
     assert result.returncode == 130, stderr[-3000:]
     assert "stopped by a second Ctrl-C" in _one_error_line(result)
