@@ -10,6 +10,7 @@ SIGTERM-triggered checkpoint, 130 after Ctrl-C.
 
 import difflib
 import errno
+import logging as std_logging
 import os
 import re
 import sys
@@ -196,6 +197,16 @@ def quiet_background_errors() -> None:
     threading.excepthook = lambda args: once(
         f"in thread {getattr(args.thread, 'name', '?')}: {first_line(args.exc_value)}"
     )
+
+    def asyncio_once(record: std_logging.LogRecord) -> bool:
+        """asyncio's "Task exception was never retrieved" (the library's writer tasks after a
+        failed save), with its traceback, as one line."""
+        if record.exc_info and record.exc_info[1] is not None:
+            once(f"{record.getMessage().splitlines()[0]}: {first_line(record.exc_info[1])}")
+            return False
+        return True
+
+    std_logging.getLogger("asyncio").addFilter(asyncio_once)
     sys.unraisablehook = lambda unraisable: once(f"ignored: {first_line(unraisable.exc_value)}")
 
 
