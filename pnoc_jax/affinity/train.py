@@ -120,9 +120,7 @@ def program(
     model = build_model(config)
     tx, step_stats = make_optimizer(cfg, total_steps)
     shape = (1, cfg.crop_size, cfg.crop_size, 3)
-    init = (
-        backbone_start(config).initializer(workdir, model, shape) if workdir is not None else None
-    )
+    init = backbone_start(config).initializer(workdir, model, shape)
     return TrainingProgram(
         one_network(STATE, model, tx, shape, mesh, config.seed, step_stats, init),
         [build_update(model, mesh, cfg.radius, info.num_classes + 1)],

@@ -124,9 +124,7 @@ def program(
     frozen = ("bn",) if config.model.frozen_bn else ()
     tx, step_stats = optim.make_optimizer(optimizer_config(section, total_steps, frozen))
     input_shape = (1, config.data.image_size, config.data.image_size, 3)
-    init = None
-    if workdir is not None:
-        init = backbone_start(config, section_name).initializer(workdir, model, input_shape)
+    init = backbone_start(config, section_name).initializer(workdir, model, input_shape)
     oc_model = None
     if strategies.needs_oc(section.strategy):
         oc_model = build_model(config, frozen_bn=True, dtype=section.dtype)

@@ -236,10 +236,13 @@ class BackboneStart:
             )
 
     def initializer(
-        self, workdir: str, model: nn.Module, input_shape: tuple[int, ...]
+        self, workdir: str | None, model: nn.Module, input_shape: tuple[int, ...]
     ) -> Callable[[dict], dict] | None:
         """The initializer of `model`'s backbone (checked against `model` now: a file of another
-        architecture is a `weights.WeightsError` naming it), or None with a warning: random."""
+        architecture is a `weights.WeightsError` naming it), or None with a warning: random.
+        `workdir` None (a program compiled for planning): None, no file read."""
+        if workdir is None:
+            return None
         path = self.path(workdir)
         if not path:
             logging.warning(

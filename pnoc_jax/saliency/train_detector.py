@@ -149,9 +149,7 @@ def program(
     model = build_model(config, cfg.dtype)
     tx, step_stats = make_optimizer(cfg)
     shape = input_shape(config)
-    init = (
-        backbone_start(config).initializer(workdir, model, shape) if workdir is not None else None
-    )
+    init = backbone_start(config).initializer(workdir, model, shape)
     return TrainingProgram(
         one_network(STATE, model, tx, shape, mesh, config.seed, step_stats, init),
         [build_update(model, mesh)],
