@@ -9,19 +9,27 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The persistent compilation cache, as for runs: a second run of the suite (and every
-# `python -m pnoc_jax.main` subprocess of this one) reuses compiled programs.
+# `python -m pnoc_jax.main` subprocess of this one) reuses compiled programs. Runs cache what
+# took over a second to compile; the suite's programs are tiny and many (a few hundred
+# milliseconds each), so here every program is kept.
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pnoc_jax", "jax-tests"
     ),
 )
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+import jax
 import pytest
 
 from pnoc_jax.core import compile_cache
 
 compile_cache.enable(None)
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
 
 
 def _built_once(tmp_path_factory, name: str, build: Callable[[str], None]) -> str:

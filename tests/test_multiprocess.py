@@ -1,8 +1,9 @@
 """Two processes x 4 CPU devices (jax.distributed on localhost, gloo collectives) give the
-results of one process x 8 devices, stage by stage, also when stopped and resumed: training
-(P-NOC's two updates, the affinity network), CAM inference, evaluation, affinity labels, random
-walk, and DeepLab trained on the random walk's pseudo-labels (with its validation and kept
-checkpoint). `tests/test_preemption.py` preempts a training stage on two processes. The runs are
+results of one process x 8 devices, stage by stage, also when preempted and killed and resumed:
+training (P-NOC's two updates, the affinity network), CAM inference, evaluation, affinity
+labels, random walk, and DeepLab trained on the random walk's pseudo-labels (with its
+validation and kept checkpoint). Preemption notices come to the processes seconds apart: both
+stop at one training step, or finish the images in flight, and exit 143. The runs are
 `launch/local_multiprocess.sh` and `python -m pnoc_jax.main`, as a user starts them; the
 1-process run is the session's shared tiny run (the same config, in the test process)."""
 
@@ -12,6 +13,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -43,7 +45,7 @@ def _env(devices: int) -> dict[str, str]:
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
         "DEVICES_PER_PROCESS": str(devices),
         "JAX_PLATFORMS": "cpu",
-        "GRACE": "20",
+        "GRACE": "5",  # a process blocked in a collective with a killed one
     }
 
 
@@ -82,20 +84,25 @@ def _walked(workdir: str) -> int:
     return len(os.listdir(pseudo)) if os.path.isdir(pseudo) else 0
 
 
-def _stop_mid_walk(command: list[str], workdir: str, share: float, kill: bool) -> str:
-    """Starts the 2-process run and, once `share` of the random walk's pseudo-labels exist
-    (both processes have written some), SIGKILLs process 1 (`kill`: the launcher stops process 0
-    and fails, as srun --kill-on-bad-exit does), or SIGTERMs process 1 and, 1 s later, process 0
-    (as preemption notices come, skewed; while process 0 still has images to do): each
-    finishes the images in flight and exits 143. Returns the launcher's output and the
-    processes' logs."""
+def _trained(workdir: str, stage: str) -> int:
+    """Steps of `stage` logged so far (the run logs every step)."""
+    metrics = os.path.join(artifacts.stage_dir(workdir, stage), "metrics.jsonl")
+    return len(pathlib.Path(metrics).read_text().splitlines()) if os.path.exists(metrics) else 0
+
+
+def _stop_when(command: list[str], workdir: str, ready: Callable[[], bool], kill: bool) -> str:
+    """Starts the 2-process run and, once `ready()`, SIGKILLs process 1 (`kill`: the launcher
+    stops process 0 and fails, as srun --kill-on-bad-exit does), or SIGTERMs process 1 and,
+    1 s later, process 0 if it still runs (preemption notices come skewed; the processes agree
+    on a stop at every step here, so process 0 stops with process 1 even before its own
+    signal). Returns the launcher's output and the processes' logs."""
     launcher = subprocess.Popen(
         command, cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     signalled_at = None
     while launcher.poll() is None:
         pids = [_pid_of_process(i, workdir) for i in (0, 1)]
-        if signalled_at is None and _walked(workdir) >= share * VAL_IMAGES and pids[1]:
+        if signalled_at is None and pids[1] and ready():
             os.kill(pids[1], signal.SIGKILL if kill else signal.SIGTERM)
             signalled_at = time.time()
         elif signalled_at and not kill and pids[0] and time.time() > signalled_at + 1:
@@ -103,23 +110,34 @@ def _stop_mid_walk(command: list[str], workdir: str, share: float, kill: bool) -
             signalled_at = float("inf")
         time.sleep(0.01)
     output = launcher.stdout.read().decode(errors="replace") + _logs(workdir)
-    assert signalled_at, "the random walk finished before it could be stopped\n" + output[-3000:]
+    assert signalled_at, "the run got past the point to stop it at\n" + output[-3000:]
     expected_code = launcher.returncode if kill and launcher.returncode else 143
     assert launcher.returncode == expected_code, output[-3000:]
     return output
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_run, synthetic_data_dir, tmp_path_factory) -> tuple[str, str]:
+def runs(request, synthetic_data_dir, tmp_path_factory) -> tuple[str, str]:
     """The 1 x 8 run (the session's shared tiny run, tests/conftest.py), and the same config
-    on 2 x 4 devices stopped twice in the random walk and resumed each time: both processes
-    preempted a second apart at 20 %, then process 1 killed at 60 %."""
-    _, single = tiny_run
+    on 2 x 4 devices stopped three times and resumed each time: P-NOC's training preempted
+    (process 1 signalled, process 0 a second later), the random walk preempted the same way at
+    20 %, then process 1 killed at 60 % of it. The tiny run is asked for last: another
+    pytest-xdist worker may be building it meanwhile."""
     double = str(tmp_path_factory.mktemp("multiprocess") / "2x4")
     overrides = tiny_run_overrides(synthetic_data_dir, STAGES)
+    overrides["runtime.log_every"] = 1  # the processes agree on a stop at every step
     args = ["--config", "configs/quickstart.py", *as_flags(overrides)]
     launch = ["bash", os.path.join(ROOT, "launch", "local_multiprocess.sh"), "2", args[1], double]
-    preempted = _stop_mid_walk([*launch, *args[2:]], double, 0.2, kill=False)
+    command = [*launch, *args[2:]]
+
+    preempted = _stop_when(command, double, lambda: _trained(double, "train_cam") >= 1, False)
+    steps = [int(n) for n in re.findall(r"checkpoint saved at step (\d+)", preempted)]
+    stopped = re.findall(r"train_cam: stopped by SIGTERM; checkpoint saved at step", preempted)
+    assert len(stopped) == 2 and len(steps) == 2, preempted[-3000:]
+    assert steps[0] == steps[1] < overrides["train.steps"], preempted[-3000:]  # one step
+
+    preempted = _stop_when(command, double, lambda: _walked(double) >= 0.2 * VAL_IMAGES, False)
+    assert f"train_cam: resuming from step {steps[0]}" in preempted, preempted[-3000:]
     stopped = re.findall(
         r"random_walk: after \d+ more image\(s\) of val: stopped by SIGTERM", preempted
     )
@@ -127,14 +145,15 @@ def runs(tiny_run, synthetic_data_dir, tmp_path_factory) -> tuple[str, str]:
     pseudo = artifacts.pseudo_label_dir(double, "val")
     assert not [f for f in os.listdir(pseudo) if f.endswith(".tmp")]
     walked = _walked(double)
-    killed = _stop_mid_walk([*launch, *args[2:]], double, 0.6, kill=True)
+    killed = _stop_when(command, double, lambda: _walked(double) >= 0.6 * VAL_IMAGES, True)
     assert "stopping the others" in killed
     assert walked < _walked(double) < VAL_IMAGES
-    resumed = _run([*launch, *args[2:]], 4, double)
+    resumed = _run(command, 4, double)
     kept = [
         int(n) for n in re.findall(r"random_walk val: \d+ computed, (\d+) already there", resumed)
     ]
     assert len(kept) == 2 and sum(kept) > 0, resumed[-3000:]  # finished images not redone
+    _, single = request.getfixturevalue("tiny_run")
     return single, double
 
 

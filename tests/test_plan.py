@@ -100,19 +100,25 @@ def test_bad_topology_is_one_line():
 @needs_libtpu
 @pytest.mark.slow
 def test_every_stage_family_compiles_for_a_tpu_slice():
-    """train_oc, P-NOC's two updates, C²AM-H, the detector, AffinityNet and DeepLab compiled
-    for v5e:2x2 (4 chips): memory figures, FLOPs, only all-reduces (and C²AM-H's all-gather),
-    all fit; CAM inference's scales on the host's chips, without collectives."""
+    """train_oc, P-NOC's two updates, C²AM-H, AffinityNet and DeepLab compiled for v5e:2x2
+    (4 chips): memory figures, FLOPs, only all-reduces (and C²AM-H's all-gather), all fit; CAM
+    inference on the host's chips, without collectives. One program per family: the detector
+    (43 s of TPU compilation alone, the saliency family's second trainer), the ground-truth
+    DeepLab (the same program as train_segmentation's) and the other CAM scales are left to the
+    full-size plans (`launch/tpu/plan.sh`)."""
     config = tiny_plan_config()
+    config.infer.scales = (1.0,)
     devices = aot.tpu_devices("v5e:2x2")
     assert len(devices) == 4 and devices[0].device_kind == "TPU v5 lite"
-    result = plan.make_plan(config, devices, aot.CHIPS["v5e"], "v5e:2x2", [], 1, False)
+    stages = [
+        "train_oc", "train_cam", "train_saliency", "train_affinity", "train_segmentation",
+        "infer_cam",
+    ]  # fmt: skip
+    result = plan.make_plan(config, devices, aot.CHIPS["v5e"], "v5e:2x2", stages, 1, False)
     compiled = {(p["stage"], p["update"]) for p in result["programs"]}
     assert compiled == {
         ("train_oc", "f"), ("train_cam", "f"), ("train_cam", "oc"), ("train_saliency", "f"),
-        ("train_detector", "detector"), ("train_affinity", "aff"), ("train_segmentation", "f"),
-        ("train_segmentation_gt", "f"),
-        *(("infer_cam", f"scale {s}") for s in config.infer.scales),
+        ("train_affinity", "aff"), ("train_segmentation", "f"), ("infer_cam", "scale 1.0"),
     }  # fmt: skip
     saliency = [p for p in result["programs"] if p["stage"] == "train_saliency"]
     assert saliency and "all-gather" in saliency[0]["collectives"], saliency

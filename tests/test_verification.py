@@ -10,6 +10,8 @@ from pnoc_jax import pipeline
 from pnoc_jax.core import artifacts, fileio
 from pnoc_jax.core.errors import UserError
 
+pytestmark = pytest.mark.slow  # copies of the shared tiny run (built once per session, minutes)
+
 
 @pytest.fixture
 def damaged_copy(tiny_run, tmp_path):
