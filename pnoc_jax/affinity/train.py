@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import losses
 from pnoc_jax.core import artifacts, distributed, fileio, optim, weights
-from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network, run_training
+from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network
 from pnoc_jax.core.masks import IGNORE
 from pnoc_jax.core.train_state import TrainState
 from pnoc_jax.data import datasets, pipeline, transforms
@@ -145,19 +145,10 @@ def run(
         functools.partial(attach_label, artifacts.affinity_label_dir(workdir, split)),
     )
     training = program(config, mesh, pipeline.section_steps(cfg, len(source)), workdir)
-    plan = pipeline.section_input(
-        "train_affinity", cfg, source, training.transform, seed=config.seed, keys=training.keys
-    )
-    run_training(
-        workdir=workdir,
-        stage="train_affinity",
-        states=training.make_states(),
-        updates=training.updates,
-        plan=plan,
-        mesh=mesh,
-        runtime=config.runtime,
+    pipeline.train(
+        "train_affinity", cfg, source, training, config=config, mesh=mesh, workdir=workdir,
         on_step=on_step,
-    )
+    )  # fmt: skip
 
 
 def missing(

@@ -15,7 +15,7 @@ from absl import logging
 from pnoc_jax import config_lib
 from pnoc_jax.cam import strategies
 from pnoc_jax.core import artifacts, distributed, fileio, optim, rng, weights
-from pnoc_jax.core.loop import TrainingProgram, run_training
+from pnoc_jax.core.loop import TrainingProgram
 from pnoc_jax.core.train_state import TrainState, create_state
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.models.backbones import BackboneStart
@@ -174,25 +174,10 @@ def run(
         )
     steps = pipeline.section_steps(section, len(source))
     training = program(config, section_name, mesh, steps, workdir)
-    plan = pipeline.section_input(
-        stage,
-        section,
-        source,
-        training.transform,
-        seed=config.seed,
-        keys=training.keys,
-        detail=f"strategy {section.strategy}",
-    )
-    run_training(
-        workdir=workdir,
-        stage=stage,
-        states=training.make_states(),
-        updates=training.updates,
-        plan=plan,
-        mesh=mesh,
-        runtime=config.runtime,
-        on_step=on_step,
-    )
+    pipeline.train(
+        stage, section, source, training, config=config, mesh=mesh, workdir=workdir,
+        on_step=on_step, detail=f"strategy {section.strategy}",
+    )  # fmt: skip
 
 
 def train_oc(

@@ -8,6 +8,7 @@ with no iterator state to checkpoint.
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import grain
 import jax
@@ -15,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from pnoc_jax.core import rng
+from pnoc_jax.core import loop, rng
 
 Transform = Callable[[dict, np.random.Generator], dict]
 
@@ -233,3 +234,34 @@ def section_input(
         f", {detail}" if detail else "",
     )
     return plan
+
+
+def train(
+    stage: str,
+    section: ml_collections.ConfigDict,
+    source: Sequence[dict],
+    training: loop.TrainingProgram,
+    *,
+    config: ml_collections.ConfigDict,
+    mesh: Any,
+    workdir: str,
+    on_step: Callable[[int], Any] | None = None,
+    detail: str = "",
+) -> dict[str, Any]:
+    """Trains `training` (a trainer's `program()`) on `source` with the section's batch size,
+    epochs or steps: `section_input`, then `core.loop.run_training`, resuming from the stage's
+    checkpoints. Returns the final states."""
+    plan = section_input(
+        stage, section, source, training.transform, seed=config.seed, keys=training.keys,
+        detail=detail,
+    )  # fmt: skip
+    return loop.run_training(
+        workdir=workdir,
+        stage=stage,
+        states=training.make_states(),
+        updates=training.updates,
+        plan=plan,
+        mesh=mesh,
+        runtime=config.runtime,
+        on_step=on_step,
+    )

@@ -27,7 +27,7 @@ from PIL import Image
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed, fileio, optim, scores
-from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network, run_training
+from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network
 from pnoc_jax.core.train_state import TrainState, variables
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.inference import predictor
@@ -243,25 +243,10 @@ def run(
         hints = functools.partial(attach_hint, artifacts.cam_dir(workdir, cfg.split))
         train_source = pipeline.Attached(source, hints)
     training = program(config, mesh, pipeline.section_steps(cfg, len(source)), workdir)
-    plan = pipeline.section_input(
-        "train_saliency",
-        cfg,
-        train_source,
-        training.transform,
-        seed=config.seed,
-        keys=training.keys,
-        detail=f"method {cfg.method}",
-    )
-    states = run_training(
-        workdir=workdir,
-        stage="train_saliency",
-        states=training.make_states(),
-        updates=training.updates,
-        plan=plan,
-        mesh=mesh,
-        runtime=config.runtime,
-        on_step=on_step,
-    )
+    states = pipeline.train(
+        "train_saliency", cfg, train_source, training, config=config, mesh=mesh,
+        workdir=workdir, on_step=on_step, detail=f"method {cfg.method}",
+    )  # fmt: skip
     if distributed.is_chief():
         final = distributed.to_host(variables(states[STATE]))
         record = decide_orientation(config, build_model(config), final, source)

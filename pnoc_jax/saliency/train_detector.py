@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 
 from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed, fileio, optim
-from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network, run_training
+from pnoc_jax.core.loop import TrainingProgram, Update, jit_update, one_network
 from pnoc_jax.core.train_state import TrainState
 from pnoc_jax.data import datasets, pipeline, transforms
 from pnoc_jax.inference import tta
@@ -174,25 +174,10 @@ def run(
         functools.partial(attach_target, mask_dir),
     )
     training = program(config, mesh, pipeline.section_steps(cfg, len(source)), workdir)
-    plan = pipeline.section_input(
-        "train_detector",
-        cfg,
-        source,
-        training.transform,
-        seed=config.seed,
-        keys=training.keys,
-        detail=f"canvas {canvas(config)}",
-    )
-    run_training(
-        workdir=workdir,
-        stage="train_detector",
-        states=training.make_states(),
-        updates=training.updates,
-        plan=plan,
-        mesh=mesh,
-        runtime=config.runtime,
-        on_step=on_step,
-    )
+    pipeline.train(
+        "train_detector", cfg, source, training, config=config, mesh=mesh, workdir=workdir,
+        on_step=on_step, detail=f"canvas {canvas(config)}",
+    )  # fmt: skip
 
 
 def backbone_start(config: ml_collections.ConfigDict) -> backbones.BackboneStart:
