@@ -39,6 +39,7 @@ from ml_collections import config_flags
 
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.affinity import train as affinity_train
+from pnoc_jax.affinity import walk
 from pnoc_jax.cam import infer as cam_infer
 from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import aot, distributed, fileio
@@ -46,8 +47,10 @@ from pnoc_jax.core.errors import UserError
 from pnoc_jax.core.loop import TrainingProgram
 from pnoc_jax.data import datasets
 from pnoc_jax.data import pipeline as data_pipeline
+from pnoc_jax.saliency import infer as saliency_infer
+from pnoc_jax.saliency import infer_detector, train_detector
 from pnoc_jax.saliency import train as saliency_train
-from pnoc_jax.saliency import train_detector
+from pnoc_jax.segmentation import infer as segmentation_infer
 from pnoc_jax.segmentation import train as segmentation_train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -78,8 +81,14 @@ TRAINING: dict[str, tuple[str, str, Build]] = {
 }
 
 # Per-image stage -> (the config key of its splits, its device programs for a host's chips).
+# The two segmentation inferences predict with the same network (the config's DeepLab).
 PREDICTORS: dict[str, tuple[str, Callable[[ml_collections.ConfigDict, int], list]]] = {
     "infer_cam": ("infer.splits", cam_infer.device_programs),
+    "infer_saliency": ("saliency_infer.splits", saliency_infer.device_programs),
+    "infer_detector": ("detector_infer.splits", infer_detector.device_programs),
+    "random_walk": ("rw.splits", walk.device_programs),
+    "infer_segmentation": ("segmentation_infer.splits", segmentation_infer.device_programs),
+    "infer_segmentation_gt": ("segmentation_infer.splits", segmentation_infer.device_programs),
 }
 
 # Host CPU seconds per image of the per-image CPU work, one core, VOC-sized images (~500x375),
@@ -235,7 +244,7 @@ def compile_predictors(
             "plan: %s/%s compiled in %.0f s: %.2f GiB per chip",
             stage, device_program.name, compiled.compile_s, compiled.total_bytes / aot.GIB,
         )  # fmt: skip
-        rows = device_program.images.shape[0]
+        rows = device_program.rows
         bound = aot.roofline_s(compiled.flops, compiled.bytes_accessed, chip, "float32")
         device_s += calls * bound
         parameters = sum(
@@ -384,7 +393,13 @@ def make_plan(
     programs, stage_rows, done = [], [], {}
     for stage in chosen:
         if stage in PREDICTORS:
-            compiled, device_s = compile_predictors(config, stage, devices, chip)
+            build = PREDICTORS[stage][1]
+            if build in done:  # infer_segmentation_gt predicts with infer_segmentation's network
+                compiled, device_s = done[build]
+                compiled = [dataclasses.replace(p, stage=stage) for p in compiled]
+            else:
+                compiled, device_s = compile_predictors(config, stage, devices, chip)
+                done[build] = (compiled, device_s)
             programs += compiled
             stage_rows.append({"stage": stage, "device_s": device_s})
             continue
