@@ -9,14 +9,18 @@ Every training stage of `config.stages` is built by its own `program()` (the one
 uses: the same states, jitted updates, mesh and shardings), its states made abstract with
 `jax.eval_shape`, its batch's shapes taken from its own transform, and each update compiled
 for the TPU slice `--topology` (needs libtpu: `pip install -e ".[tpu]"`; `--num_slices 2` for
-two slices). Per program it prints the global and per-chip batch, parameters, per-chip memory
-(XLA's buffer assignment) against the chip's HBM, FLOPs and bytes per chip per step, the
-collectives, and a roofline lower bound of the step time (FLOPs at peak or bytes at full HBM
-bandwidth, `core.aot.CHIPS`); then per stage the steps (its epochs on the dataset's full
-split sizes), the device-time bound, and the host-side CPU time of the per-image CPU stages
-from the per-image costs measured in docs/performance.md. `--gpu h100|h200|a100` compiles for
-`--gpus` CPU devices instead and prices the FLOPs and bytes at that GPU's figures: an
-estimate, since XLA:CPU's program is not the GPU's.
+two slices). Every per-image stage with a network (CAM, saliency and detector inference, the
+random walk's edges, DeepLab's inference) gives its batches through its own `device_programs`
+(its run's network function, at the batch its run pads to: `runtime.predict_batch_size`
+images, with their flips, on each scale's canvas), compiled on one host's chips as its run
+jits them (each host predicts its own images). Per program it prints the global and per-chip
+batch, parameters, per-chip memory (XLA's buffer assignment) against the chip's HBM, FLOPs and
+bytes per chip per step, the collectives, and a roofline lower bound of the step time (FLOPs
+at peak or bytes at full HBM bandwidth, `core.aot.CHIPS`); then per stage the steps (its
+epochs on the dataset's full split sizes), the device-time bound, and the host-side CPU time
+of the per-image CPU stages from the per-image costs measured in docs/performance.md.
+`--gpu h100|h200|a100` compiles for `--gpus` CPU devices instead and prices the FLOPs and
+bytes at that GPU's figures: an estimate, since XLA:CPU's program is not the GPU's.
 
 Exit status: 0 when every program fits, 3 when one does not (the table says which, by how
 much, and what would make it fit), 2 for a bad command line, config or topology.
