@@ -364,7 +364,7 @@ def print_table(plan: dict) -> None:
     total = plan["total"]
     print(
         f"\nwhole recipe: device time >= {total['device_s'] / 3600:.2f} h (roofline bound of the "
-        f"training stages), host CPU {total['cpu_s'] / 3600:.1f} CPU-h = "
+        f"compiled programs), host CPU {total['cpu_s'] / 3600:.1f} CPU-h = "
         f"{total['host_wall_s'] / 3600:.2f} h on {plan['hosts']} hosts x "
         f"{plan['cores_per_host']} cores"
     )
