@@ -9,14 +9,18 @@ Every training stage of `config.stages` is built by its own `program()` (the one
 uses: the same states, jitted updates, mesh and shardings), its states made abstract with
 `jax.eval_shape`, its batch's shapes taken from its own transform, and each update compiled
 for the TPU slice `--topology` (needs libtpu: `pip install -e ".[tpu]"`; `--num_slices 2` for
-two slices). Per program it prints the global and per-chip batch, parameters, per-chip memory
-(XLA's buffer assignment) against the chip's HBM, FLOPs and bytes per chip per step, the
-collectives, and a roofline lower bound of the step time (FLOPs at peak or bytes at full HBM
-bandwidth, `core.aot.CHIPS`); then per stage the steps (its epochs on the dataset's full
-split sizes), the device-time bound, and the host-side CPU time of the per-image CPU stages
-from the per-image costs measured in docs/performance.md. `--gpu h100|h200|a100` compiles for
-`--gpus` CPU devices instead and prices the FLOPs and bytes at that GPU's figures: an
-estimate, since XLA:CPU's program is not the GPU's.
+two slices). Every per-image stage with a network (CAM, saliency and detector inference, the
+random walk's edges, DeepLab's inference) gives its batches through its own `device_programs`
+(its run's network function, at the batch its run pads to: `runtime.predict_batch_size`
+images, with their flips, on each scale's canvas), compiled on one host's chips as its run
+jits them (each host predicts its own images). Per program it prints the global and per-chip
+batch, parameters, per-chip memory (XLA's buffer assignment) against the chip's HBM, FLOPs and
+bytes per chip per step, the collectives, and a roofline lower bound of the step time (FLOPs
+at peak or bytes at full HBM bandwidth, `core.aot.CHIPS`); then per stage the steps (its
+epochs on the dataset's full split sizes), the device-time bound, and the host-side CPU time
+of the per-image CPU stages from the per-image costs measured in docs/performance.md.
+`--gpu h100|h200|a100` compiles for `--gpus` CPU devices instead and prices the FLOPs and
+bytes at that GPU's figures: an estimate, since XLA:CPU's program is not the GPU's.
 
 Exit status: 0 when every program fits, 3 when one does not (the table says which, by how
 much, and what would make it fit), 2 for a bad command line, config or topology.
@@ -39,6 +43,7 @@ from ml_collections import config_flags
 
 from pnoc_jax import config_lib, pipeline
 from pnoc_jax.affinity import train as affinity_train
+from pnoc_jax.affinity import walk
 from pnoc_jax.cam import infer as cam_infer
 from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import aot, distributed, fileio
@@ -46,8 +51,10 @@ from pnoc_jax.core.errors import UserError
 from pnoc_jax.core.loop import TrainingProgram
 from pnoc_jax.data import datasets
 from pnoc_jax.data import pipeline as data_pipeline
+from pnoc_jax.saliency import infer as saliency_infer
+from pnoc_jax.saliency import infer_detector, train_detector
 from pnoc_jax.saliency import train as saliency_train
-from pnoc_jax.saliency import train_detector
+from pnoc_jax.segmentation import infer as segmentation_infer
 from pnoc_jax.segmentation import train as segmentation_train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -78,8 +85,14 @@ TRAINING: dict[str, tuple[str, str, Build]] = {
 }
 
 # Per-image stage -> (the config key of its splits, its device programs for a host's chips).
+# The two segmentation inferences predict with the same network (the config's DeepLab).
 PREDICTORS: dict[str, tuple[str, Callable[[ml_collections.ConfigDict, int], list]]] = {
     "infer_cam": ("infer.splits", cam_infer.device_programs),
+    "infer_saliency": ("saliency_infer.splits", saliency_infer.device_programs),
+    "infer_detector": ("detector_infer.splits", infer_detector.device_programs),
+    "random_walk": ("rw.splits", walk.device_programs),
+    "infer_segmentation": ("segmentation_infer.splits", segmentation_infer.device_programs),
+    "infer_segmentation_gt": ("segmentation_infer.splits", segmentation_infer.device_programs),
 }
 
 # Host CPU seconds per image of the per-image CPU work, one core, VOC-sized images (~500x375),
@@ -235,7 +248,7 @@ def compile_predictors(
             "plan: %s/%s compiled in %.0f s: %.2f GiB per chip",
             stage, device_program.name, compiled.compile_s, compiled.total_bytes / aot.GIB,
         )  # fmt: skip
-        rows = device_program.images.shape[0]
+        rows = device_program.rows
         bound = aot.roofline_s(compiled.flops, compiled.bytes_accessed, chip, "float32")
         device_s += calls * bound
         parameters = sum(
@@ -351,7 +364,7 @@ def print_table(plan: dict) -> None:
     total = plan["total"]
     print(
         f"\nwhole recipe: device time >= {total['device_s'] / 3600:.2f} h (roofline bound of the "
-        f"training stages), host CPU {total['cpu_s'] / 3600:.1f} CPU-h = "
+        f"compiled programs), host CPU {total['cpu_s'] / 3600:.1f} CPU-h = "
         f"{total['host_wall_s'] / 3600:.2f} h on {plan['hosts']} hosts x "
         f"{plan['cores_per_host']} cores"
     )
@@ -384,7 +397,13 @@ def make_plan(
     programs, stage_rows, done = [], [], {}
     for stage in chosen:
         if stage in PREDICTORS:
-            compiled, device_s = compile_predictors(config, stage, devices, chip)
+            build = PREDICTORS[stage][1]
+            if build in done:  # infer_segmentation_gt predicts with infer_segmentation's network
+                compiled, device_s = done[build]
+                compiled = [dataclasses.replace(p, stage=stage) for p in compiled]
+            else:
+                compiled, device_s = compile_predictors(config, stage, devices, chip)
+                done[build] = (compiled, device_s)
             programs += compiled
             stage_rows.append({"stage": stage, "device_s": device_s})
             continue

@@ -17,9 +17,15 @@ import numpy as np
 import pytest
 
 from pnoc_jax import plan
+from pnoc_jax.affinity import walk
+from pnoc_jax.cam import infer as cam_infer
 from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import aot, distributed
 from pnoc_jax.data import datasets, pipeline
+from pnoc_jax.inference import dense, tta
+from pnoc_jax.saliency import infer as saliency_infer
+from pnoc_jax.saliency import infer_detector, train_detector
+from pnoc_jax.segmentation import infer as segmentation_infer
 from tests.collectives import ALLOWED
 from tests.conftest import load_config
 
@@ -83,6 +89,69 @@ def tiny_plan_config():
     return config
 
 
+def recording_predictor(seen: list, channels: tuple[int, ...]):
+    """A predictor that records the shapes and dtypes of each batch it is given and returns
+    zeros of [N, canvas, canvas, *channels] (what the stages crop their outputs from)."""
+
+    def predict(batch):
+        seen.append(jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), batch))
+        first = jax.tree.leaves(batch)[0]
+        return np.zeros((*first.shape[:3], *channels), np.float32)
+
+    return predict
+
+
+def test_predictor_batches_are_the_runners():
+    """Per per-image stage, the batches the plan compiles are those its run feeds the
+    network: `predict_batch_size` images of the largest side, through the stage's own
+    batching (every scale's canvas, flips, padding to the host's chips)."""
+    config = tiny_plan_config()
+    config.runtime.predict_batch_size = 3
+    multiple = 4
+    stride = config.model.output_stride
+
+    def images(side: int) -> list[np.ndarray]:
+        return [np.zeros((side, side, 3), np.uint8)] * config.runtime.predict_batch_size
+
+    def fed(run) -> list:
+        seen = []
+        run(seen)
+        return seen
+
+    cfg = config.infer
+    runs = {
+        cam_infer.device_programs: lambda seen: tta.multiscale_flip_sums(
+            images(cfg.max_image_size), recording_predictor(seen, (2,)), cfg.scales,
+            cfg.max_image_size, stride, multiple,
+        ),
+        saliency_infer.device_programs: lambda seen: tta.multiscale_flip_sums(
+            images(config.saliency_infer.max_image_size), recording_predictor(seen, ()),
+            config.saliency_infer.scales, config.saliency_infer.max_image_size,
+            config.saliency.output_stride, multiple,
+        ),
+        walk.device_programs: lambda seen: walk.edge_maps(
+            images(config.rw.max_image_size), recording_predictor(seen, ()),
+            tta.canvas_size(config.rw.max_image_size, 1.0), multiple,
+        ),
+        infer_detector.device_programs: lambda seen: infer_detector.saliency_maps(
+            images(config.detector.max_image_size), recording_predictor(seen, ()),
+            train_detector.canvas(config), config.detector.input_scale, multiple,
+        ),
+        segmentation_infer.device_programs: lambda seen: dense.multiscale_logits(
+            images(config.segmentation_infer.max_image_size), recording_predictor(seen, (2,)),
+            config.segmentation_infer.scales, config.segmentation_infer.max_image_size,
+            multiple, config.segmentation_infer.flip,
+        ),
+    }  # fmt: skip
+    assert set(runs) == {build for _, build in plan.PREDICTORS.values()}
+    for build, run in runs.items():
+        compiled = [
+            jax.tree.map(lambda s: (tuple(s.shape), np.dtype(s.dtype)), p.images)
+            for p in build(config, multiple)
+        ]
+        assert compiled and compiled == fed(run), build.__module__
+
+
 @needs_libtpu
 def test_bad_topology_is_one_line():
     """The command line names the topology and what is expected, in one line, exit 2."""
@@ -136,6 +205,37 @@ def test_every_stage_family_compiles_for_a_tpu_slice():
     assert not result["advice"]
     steps = {s["stage"]: s.get("steps") for s in result["stages"]}
     assert steps["train_oc"] == config.oc.epochs * (1000 // 8)  # synthetic train: 1000 images
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_device_predictors_compile_for_a_tpu_slice():
+    """C²AM-H's saliency maps, AffinityNet's edges for the random walk and DeepLab's logits
+    (the ground-truth DeepLab's are the same program) compiled for one host's chips of
+    v5e:2x2 at the runner's batches: memory figures, FLOPs, all fit, no collectives (each host
+    predicts its own images). One scale each, on 32-pixel canvases. The detector (its canvas
+    is 128 pixels at least: about 30 s of TPU compilation) and CAM inference (compiled by
+    test_every_stage_family_compiles_for_a_tpu_slice) are left out."""
+    config = tiny_plan_config()
+    config.runtime.predict_batch_size = 2
+    for name in ("saliency_infer", "segmentation_infer"):
+        config[name].update(scales=(1.0,), max_image_size=32)
+    config.rw.max_image_size = 32
+    devices = aot.tpu_devices("v5e:2x2")
+    stages = ["infer_saliency", "random_walk", "infer_segmentation", "infer_segmentation_gt"]
+    result = plan.make_plan(config, devices, aot.CHIPS["v5e"], "v5e:2x2", stages, 1, False)
+    assert [(p["stage"], p["update"]) for p in result["programs"]] == [
+        (stage, "scale 1.0") for stage in stages
+    ]
+    for p in result["programs"]:
+        assert p["global_batch"] == 4 and p["per_chip_batch"] == 1, p  # 2 images + flips
+        assert p["argument_bytes"] > 0 and p["output_bytes"] > 0 and p["temp_bytes"] >= 0, p
+        assert p["total_bytes"] >= p["argument_bytes"] + p["temp_bytes"], p
+        assert p["parameters"] > 0 and p["flops_per_chip"] > 0 and p["fits"], p
+        assert not p["collectives"], p
+    assert not result["advice"]
+    device = {s["stage"]: s["device_s"] for s in result["stages"] if "device_s" in s}
+    assert set(device) == set(stages) and all(v > 0 for v in device.values()), device
 
 
 @needs_libtpu

@@ -20,11 +20,12 @@ from absl import logging
 from pnoc_jax import config_lib
 from pnoc_jax.affinity import tasks
 from pnoc_jax.affinity import train as aff_train
-from pnoc_jax.core import artifacts, distributed, fileio, scores
+from pnoc_jax.core import artifacts, distributed, fileio, scores, weights
 from pnoc_jax.data import datasets
 from pnoc_jax.evaluation import miou, sweep
 from pnoc_jax.inference import per_image, predictor, tta
 from pnoc_jax.inference.predictor import Predict
+from pnoc_jax.models.affinity import AffinityNet
 
 
 def edge_maps(
@@ -36,6 +37,25 @@ def edge_maps(
         (1.0 / (1.0 + np.exp(-(direct + flipped) / 2))).astype(np.float32)
         for direct, flipped in pairs
     ]
+
+
+def edge_forward(model: AffinityNet):
+    """`(variables, images [N, S, S, 3]) -> edge logits [N, ⌈S/4⌉, ⌈S/4⌉]`."""
+    return lambda v, x: model.apply(v, x)
+
+
+def device_programs(
+    config: ml_collections.ConfigDict, batch_multiple: int
+) -> list[predictor.DeviceProgram]:
+    """The batch `run` predicts: `runtime.predict_batch_size` images and their flips on the
+    scale-1 canvas of `rw.max_image_size`, for `batch_multiple` chips of a host."""
+    model = aff_train.build_model(config)
+    size = config.rw.max_image_size
+    variables = weights.variable_shapes(model, (1, size, size, 3))
+    return tta.flip_pair_programs(
+        edge_forward(model), variables, (1.0,), size, config.runtime.predict_batch_size,
+        batch_multiple,
+    )  # fmt: skip
 
 
 def outputs(workdir: str) -> per_image.Outputs:
@@ -95,7 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Datas
     cfg = config.rw
     model = aff_train.build_model(config)
     predict, batch_multiple = predictor.local_predictor(
-        lambda v, x: model.apply(v, x), aff_train.load_variables(config, workdir)
+        edge_forward(model), aff_train.load_variables(config, workdir)
     )
     canvas = tta.canvas_size(cfg.max_image_size, 1.0)
     params = config_lib.from_section(tasks.WalkParams, cfg, labels=True)

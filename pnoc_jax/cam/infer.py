@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -70,18 +69,11 @@ def device_programs(
     their flips on the scale's canvas, for `batch_multiple` chips of a host."""
     model = cam_train.build_model(config)
     size = config.infer.max_image_size
-    variables = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
-    )
-    rows = tta.flip_pairs_rows(config.runtime.predict_batch_size, batch_multiple)
-    programs = []
-    for scale in config.infer.scales:
-        canvas = tta.canvas_size(size, scale)
-        images = jax.ShapeDtypeStruct((rows, canvas, canvas, 3), jnp.float32)
-        programs.append(
-            predictor.DeviceProgram(f"scale {scale}", cam_forward(model), variables, images)
-        )
-    return programs
+    variables = weights.variable_shapes(model, (1, size, size, 3))
+    return tta.flip_pair_programs(
+        cam_forward(model), variables, config.infer.scales, size,
+        config.runtime.predict_batch_size, batch_multiple,
+    )  # fmt: skip
 
 
 def image_keys(labels: np.ndarray) -> np.ndarray:

@@ -137,12 +137,19 @@ def initializer(
     return lambda variables: merge(variables, loaded)
 
 
-def _fresh_variables(model: Any, input_shape: tuple[int, ...]) -> dict:
-    """Zero-filled host variables of `model` (shapes only; nothing is compiled)."""
+def variable_shapes(model: Any, input_shape: tuple[int, ...]) -> dict:
+    """`jax.ShapeDtypeStruct`s of `model`'s inference variables, for inputs of `input_shape`
+    (traced, nothing is compiled or run)."""
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros(input_shape), train=False)
     )
-    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(shapes))
+    return dict(shapes)
+
+
+def _fresh_variables(model: Any, input_shape: tuple[int, ...]) -> dict:
+    """Zero-filled host variables of `model` (shapes only; nothing is compiled)."""
+    shapes = variable_shapes(model, input_shape)
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def _checked(merged: Callable[[], dict], path: str, what: str) -> dict:

@@ -13,15 +13,22 @@ as the reference's `segmentation/inference.py` merges them; softmax and the CRF 
 host (`segmentation.tasks`).
 """
 
+import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pnoc_jax.data import transforms
 from pnoc_jax.inference import tta
+from pnoc_jax.inference.predictor import DeviceProgram
 
 # (images [N, S, S, 3] float32, valid [N, S, S] bool) -> logits [N, S, S, K]
 DensePredict = Callable[[tuple[np.ndarray, np.ndarray]], np.ndarray]
+# (variables, (images, valid)) -> logits: the network's function a DensePredict jits
+DenseFn = Callable[[Any, tuple[jax.Array, jax.Array]], jax.Array]
 
 
 def on_canvas(
@@ -44,10 +51,39 @@ def on_canvas(
             valid[:h, :w] = True
             views.append(padded)
             masks.append(valid)
-    while len(views) % batch_multiple:
+    while len(views) < view_rows(len(images), batch_multiple, flip):
         views.append(np.zeros_like(views[0]))
         masks.append(np.zeros_like(masks[0]))
     return np.stack(views), np.stack(masks)
+
+
+def view_rows(images: int, batch_multiple: int, flip: bool) -> int:
+    """Rows of the batch `on_canvas` makes of `images` images: their views, padded to a
+    multiple of `batch_multiple`."""
+    return batch_multiple * math.ceil((2 if flip else 1) * images / batch_multiple)
+
+
+def dense_programs(
+    fn: DenseFn,
+    variables: Any,
+    scales: Sequence[float],
+    max_image_size: int,
+    images: int,
+    batch_multiple: int,
+    flip: bool,
+) -> list[DeviceProgram]:
+    """The batches `multiscale_logits` of `images` images predicts with `fn`, one per scale:
+    the views and their valid masks on the scale's canvas, `view_rows` rows."""
+    rows = view_rows(images, batch_multiple, flip)
+    programs = []
+    for scale in scales:
+        canvas = tta.canvas_size(max_image_size, scale)
+        batch = (
+            jax.ShapeDtypeStruct((rows, canvas, canvas, 3), jnp.float32),
+            jax.ShapeDtypeStruct((rows, canvas, canvas), jnp.bool_),
+        )
+        programs.append(DeviceProgram(f"scale {scale}", fn, variables, batch))
+    return programs
 
 
 def multiscale_logits(

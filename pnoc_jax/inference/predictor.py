@@ -30,9 +30,15 @@ def local_predictor(
 @dataclasses.dataclass(frozen=True)
 class DeviceProgram:
     """One jitted batch prediction a per-image stage runs, as shapes (what `pnoc_jax.plan`
-    compiles): `fn(variables, images)` on `images` [N, canvas, canvas, 3] batches."""
+    compiles): `fn(variables, images)` on batches of `images`' shapes, [N, canvas, canvas, 3]
+    (or a tuple of arrays with N rows, e.g. DeepLab's images and valid masks)."""
 
     name: str
-    fn: Callable[[Any, jax.Array], jax.Array]
+    fn: Callable[[Any, Any], jax.Array]
     variables: Any  # ShapeDtypeStructs of the network's variables
-    images: jax.ShapeDtypeStruct
+    images: Any  # a jax.ShapeDtypeStruct, or a tuple of them
+
+    @property
+    def rows(self) -> int:
+        """N: the batch's rows (views, flips included, padded to the batch multiple)."""
+        return jax.tree.leaves(self.images)[0].shape[0]

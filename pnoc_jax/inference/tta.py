@@ -7,14 +7,17 @@ network compiles once per scale. Outputs are cropped back to the image's own gri
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from pnoc_jax.core.errors import UserError
 from pnoc_jax.data import transforms
-from pnoc_jax.inference.predictor import Predict
+from pnoc_jax.inference.predictor import DeviceProgram, Predict
 
 
 def check_fits(examples: Sequence[dict], max_image_size: int, key: str) -> None:
@@ -78,6 +81,25 @@ def flip_pairs_rows(images: int, batch_multiple: int) -> int:
     """Rows of the batch `flip_pairs_on_canvas` makes of `images` images: both views of each,
     padded to a multiple of `batch_multiple`."""
     return batch_multiple * math.ceil(2 * images / batch_multiple)
+
+
+def flip_pair_programs(
+    fn: Any,
+    variables: Any,
+    scales: Sequence[float],
+    max_image_size: int,
+    images: int,
+    batch_multiple: int,
+) -> list[DeviceProgram]:
+    """The batches `multiscale_flip_sums` of `images` images predicts with `fn`, one per scale:
+    the images and their flips on the scale's canvas, `flip_pairs_rows` rows."""
+    rows = flip_pairs_rows(images, batch_multiple)
+    programs = []
+    for scale in scales:
+        canvas = canvas_size(max_image_size, scale)
+        batch = jax.ShapeDtypeStruct((rows, canvas, canvas, 3), jnp.float32)
+        programs.append(DeviceProgram(f"scale {scale}", fn, variables, batch))
+    return programs
 
 
 def flip_pair_outputs(

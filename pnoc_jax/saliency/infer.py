@@ -18,8 +18,19 @@ from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, scores, weights
 from pnoc_jax.data import datasets
 from pnoc_jax.inference import per_image, predictor, tta
+from pnoc_jax.models.ccam import CCAM
 from pnoc_jax.saliency import tasks
 from pnoc_jax.saliency import train as saliency_train
+
+
+def map_forward(model: CCAM, sign: float):
+    """`(variables, images [N, S, S, 3]) -> ReLU(sign · z) [N, h, w]`."""
+
+    def predict(v, x):
+        z, _, _ = model.apply(v, x, train=False)
+        return jax.nn.relu(sign * z)
+
+    return predict
 
 
 def map_predictor(config: ml_collections.ConfigDict, workdir: str):
@@ -29,12 +40,22 @@ def map_predictor(config: ml_collections.ConfigDict, workdir: str):
     what = f"a C²AM with a {saliency_train.backbone_name(config)} backbone (config.saliency)"
     model_variables = weights.load_checked(path, model, (1, 64, 64, 3), what)
     sign = saliency_train.read_orientation(workdir)
+    return predictor.local_predictor(map_forward(model, sign), model_variables)
 
-    def predict(v, x):
-        z, _, _ = model.apply(v, x, train=False)
-        return jax.nn.relu(sign * z)
 
-    return predictor.local_predictor(predict, model_variables)
+def device_programs(
+    config: ml_collections.ConfigDict, batch_multiple: int
+) -> list[predictor.DeviceProgram]:
+    """The batches `run` predicts, one per scale: `runtime.predict_batch_size` images and
+    their flips on the scale's canvas, for `batch_multiple` chips of a host (the orientation's
+    sign, read from the workdir by `run`, does not change the program)."""
+    cfg = config.saliency_infer
+    model = saliency_train.build_model(config)
+    variables = weights.variable_shapes(model, (1, 64, 64, 3))
+    return tta.flip_pair_programs(
+        map_forward(model, 1.0), variables, cfg.scales, cfg.max_image_size,
+        config.runtime.predict_batch_size, batch_multiple,
+    )  # fmt: skip
 
 
 def outputs(workdir: str) -> per_image.Outputs:

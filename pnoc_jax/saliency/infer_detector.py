@@ -9,6 +9,7 @@ of the configured architecture. Images whose PNG exists are skipped.
 """
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -17,6 +18,7 @@ from pnoc_jax import config_lib
 from pnoc_jax.core import artifacts, distributed, fileio, loop, progress, weights
 from pnoc_jax.data import datasets, transforms
 from pnoc_jax.inference import predictor
+from pnoc_jax.models.poolnet import PoolNet
 from pnoc_jax.saliency import train_detector
 
 
@@ -25,21 +27,42 @@ def weights_path(config: ml_collections.ConfigDict, workdir: str) -> str:
     return fileio.expand(given) if given else train_detector.weights_path(workdir)
 
 
+def saliency_forward(model: PoolNet):
+    """`(variables, images [N, C, C, 3]) -> σ(logits) [N, C, C]`."""
+    return lambda v, x: jax.nn.sigmoid(model.apply(v, x))
+
+
 def detector_predictor(config: ml_collections.ConfigDict, workdir: str):
     """σ(logits) [N, C, C] of canvas batches, on this process's devices."""
     model = train_detector.build_model(config)
     path = weights_path(config, workdir)
     shape = train_detector.input_shape(config)
     model_variables = weights.load_checked(path, model, shape, train_detector.describe(config))
-    return predictor.local_predictor(
-        lambda v, x: jax.nn.sigmoid(model.apply(v, x)), model_variables
-    )
+    return predictor.local_predictor(saliency_forward(model), model_variables)
+
+
+def device_programs(
+    config: ml_collections.ConfigDict, batch_multiple: int
+) -> list[predictor.DeviceProgram]:
+    """The batch `run` predicts: `runtime.predict_batch_size` images on the detector's canvas,
+    padded to a multiple of `batch_multiple` (a host's chips)."""
+    model = train_detector.build_model(config)
+    shape = train_detector.input_shape(config)
+    variables = weights.variable_shapes(model, shape)
+    rows = canvas_rows(config.runtime.predict_batch_size, batch_multiple)
+    images = jax.ShapeDtypeStruct((rows, *shape[1:]), jnp.float32)
+    return [predictor.DeviceProgram("canvas", saliency_forward(model), variables, images)]
+
+
+def canvas_rows(images: int, batch_multiple: int) -> int:
+    """Rows of the batch `on_canvas` makes of `images` images."""
+    return images + (-images % batch_multiple)
 
 
 def on_canvas(images: list[np.ndarray], side: int, batch_multiple: int) -> np.ndarray:
     """[N', side, side, 3]: each image normalised at the top-left of a zero (mean-colour)
     square, zero images padding N up to a multiple of `batch_multiple`."""
-    batch = np.zeros((len(images) + (-len(images) % batch_multiple), side, side, 3), np.float32)
+    batch = np.zeros((canvas_rows(len(images), batch_multiple), side, side, 3), np.float32)
     for slot, image in zip(batch, images, strict=False):
         slot[: image.shape[0], : image.shape[1]] = transforms.normalize(image)
     return batch

@@ -17,10 +17,10 @@ import ml_collections
 import numpy as np
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts
+from pnoc_jax.core import artifacts, weights
 from pnoc_jax.core.masks import IGNORE
 from pnoc_jax.data import datasets
-from pnoc_jax.inference import dense, per_image
+from pnoc_jax.inference import dense, per_image, predictor
 from pnoc_jax.segmentation import model as seg_model
 from pnoc_jax.segmentation import tasks
 from pnoc_jax.segmentation import train as seg_train
@@ -35,6 +35,22 @@ def outputs(workdir: str, stage: str, crf: bool) -> per_image.Outputs:
         return [artifacts.segmentation_file(workdir, stage, split, image_id, k) for k in kinds]
 
     return files
+
+
+def device_programs(
+    config: ml_collections.ConfigDict, batch_multiple: int
+) -> list[predictor.DeviceProgram]:
+    """The batches `run` predicts, one per scale: the views (with `flip`, each image and its
+    flip) of `runtime.predict_batch_size` images and their valid masks on the scale's canvas,
+    for `batch_multiple` chips of a host. The network is the one `train_segmentation` writes
+    in its model.json (`model.model_spec` of the config)."""
+    cfg = config.segmentation_infer
+    model = seg_model.model_spec(config).build()
+    variables = weights.variable_shapes(model, (1, 64, 64, 3))
+    return dense.dense_programs(
+        seg_model.inference_fn(model), variables, cfg.scales, cfg.max_image_size,
+        config.runtime.predict_batch_size, batch_multiple, cfg.flip,
+    )  # fmt: skip
 
 
 def run(

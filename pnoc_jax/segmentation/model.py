@@ -3,11 +3,8 @@ architecture that `infer_segmentation` and `python -m pnoc_jax.predict` rebuild)
 predictor of a trained network on this process's devices (method.md §10, test time)."""
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -89,7 +86,7 @@ def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
     )
 
 
-def inference_fn(model: nn.Module) -> Callable[[Any, tuple[jax.Array, jax.Array]], jax.Array]:
+def inference_fn(model: nn.Module) -> dense.DenseFn:
     """`(variables, (images [N, S, S, 3], valid [N, S, S])) -> logits [N, S, S, K]` in inference
     mode: DeepLabV3+ (image pooling over `valid`) or DeepLabV2's MSC-fused `predict`."""
     if isinstance(model, DeepLabV2):
