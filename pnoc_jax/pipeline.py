@@ -9,7 +9,9 @@ its current config (its sections plus the fingerprints of the stages it reads), 
 stage reruns, and so does everything downstream of it. A stage folder left by a different config
 is moved aside (`<stage>.stale-N`), never deleted by a run (`remove_stale` deletes them when
 the user asks). A finished stage is verified before it is skipped (`verify`): one whose outputs
-are missing or damaged runs again. `config.runtime` is in no stage's sections.
+are missing or damaged runs again, and so do the finished stages of the run that read it
+(`run_stages`), each in a fresh folder (the old one moved aside as a stale folder).
+`config.runtime` is in no stage's sections.
 
 The experiments that run sub-pipelines (`compare`, `compare_saliency`) live in
 `pnoc_jax.experiments` and receive `run_stage` from here.
@@ -267,13 +269,14 @@ def _stale_dirs(stage_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _claim_stage_dir(workdir: str, name: str, fingerprint: str) -> None:
+def _claim_stage_dir(workdir: str, name: str, fingerprint: str, fresh: bool = False) -> None:
     """Makes `<workdir>/<name>` the folder of this fingerprint, just before the stage runs.
 
     A folder made with another config is moved aside to `<name>.stale-N`; a stale folder made
-    with this config (a config that came back) is moved back and resumed, not redone. Nothing
-    is deleted: `remove_stale` does that when the user asks. A symlinked stage folder moves as
-    the link (its target stays where it is).
+    with this config (a config that came back) is moved back and resumed, not redone. `fresh`
+    (the stage's inputs were made again): the folder is moved aside whatever its config, and
+    nothing comes back. Nothing is deleted: `remove_stale` does that when the user asks. A
+    symlinked stage folder moves as the link (its target stays where it is).
 
     On an object store a move is a copy and a removal, not atomic: `fileio.move_tree` copies
     DONE.json last and removes it first, so an interrupted move leaves at most a folder without
@@ -283,12 +286,12 @@ def _claim_stage_dir(workdir: str, name: str, fingerprint: str) -> None:
     """
     stage_dir = artifacts.stage_dir(workdir, name)
     current = artifacts.config_file(workdir, name)
-    if fileio.isdir(stage_dir) and _recorded_fingerprint(current) != fingerprint:
+    if fileio.isdir(stage_dir) and (fresh or _recorded_fingerprint(current) != fingerprint):
         number = max((n for n, _ in _stale_dirs(stage_dir)), default=0) + 1
         fileio.move_tree(stage_dir, f"{stage_dir}.stale-{number}", marker=artifacts.DONE)
-        logging.warning("%s was made with another config: moved to %s.stale-%d", stage_dir,
-                        stage_dir, number)  # fmt: skip
-    if not fileio.isdir(stage_dir):
+        why = "its inputs were made again" if fresh else "it was made with another config"
+        logging.warning("%s: %s, moved to %s.stale-%d", stage_dir, why, stage_dir, number)
+    if not fresh and not fileio.isdir(stage_dir):
         for _, stale in reversed(_stale_dirs(stage_dir)):
             if _recorded_fingerprint(os.path.join(stale, "config.json")) == fingerprint:
                 fileio.move_tree(stale, stage_dir, marker=artifacts.DONE)
@@ -333,24 +336,32 @@ def run_stage(
     config: ml_collections.ConfigDict,
     workdir: str,
     dataset: datasets.Dataset | None = None,
+    inputs_made_again: str | None = None,
 ) -> bool:
     """Runs one stage unless finished with the same fingerprint. Returns True if it ran.
 
-    `dataset` is `datasets.resolve(config)`, resolved here when not given."""
+    `dataset` is `datasets.resolve(config)`, resolved here when not given.
+    `inputs_made_again`: why a stage it reads ran again in this run (`run_stages`); a finished
+    stage then runs again in a fresh folder, its old one moved aside as a stale folder."""
     stage = STAGES[name]
     fp = stage_fingerprint(name, config)
     dataset = dataset or datasets.resolve(config)
+    fresh = False
     if is_finished(workdir, name, config):
         damaged = verify(name, config, workdir, dataset)
-        if not damaged:
+        fresh = inputs_made_again is not None
+        if not damaged and not fresh:
             logging.info("stage %s: finished with this config (%s), skipped", name, fp)
             return False
-        logging.warning(
-            "stage %s: finished, but its outputs are missing or damaged (%s): running it again",
-            name, ", ".join(damaged),
-        )  # fmt: skip
+        if fresh:
+            logging.warning("stage %s: %s: running it again", name, inputs_made_again)
+        else:
+            logging.warning(
+                "stage %s: finished, but its outputs are missing or damaged (%s): running it "
+                "again", name, ", ".join(damaged),
+            )  # fmt: skip
         distributed.barrier(f"verify-{name}")
-        if distributed.is_chief():
+        if distributed.is_chief() and not fresh:
             fileio.remove(artifacts.done_file(workdir, name))
     for dep in deps_of(name, config):
         if not is_finished(workdir, dep, config):
@@ -365,7 +376,7 @@ def run_stage(
                 f"({', '.join(damaged)}); add {dep!r} to config.stages before {name!r} to redo them"
             )
     if distributed.is_chief():
-        _claim_stage_dir(workdir, name, fp)
+        _claim_stage_dir(workdir, name, fp, fresh=fresh)
     distributed.barrier(f"claim-{name}")
     if is_finished(workdir, name, config) and not verify(name, config, workdir, dataset):
         _report(name, workdir)  # a stale folder of this config came back finished
@@ -423,12 +434,30 @@ def check_training_splits(config: ml_collections.ConfigDict, dataset: datasets.D
 
 
 def run_stages(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Runs `config.stages` in order under the workdir lock, then writes and prints the summary."""
+    """Runs `config.stages` in order under the workdir lock, then writes and prints the summary.
+
+    A stage that had finished and runs again (its outputs were damaged, or it reads a stage that
+    ran again) makes the finished stages of the run that read it run again too, in fresh
+    folders: their outputs were made from the old ones. So does a stage that ran unfinished
+    while a stage reading it had finished (a repair that was interrupted, a deleted folder).
+    Every process takes the same decisions: they follow from the files, read by every process
+    before a stage's verify barrier."""
     with workdir_lock(workdir):
         dataset = datasets.resolve(config)
         check_training_splits(config, dataset)
+        made_again: dict[str, str] = {}  # stage that ran in this run -> why, for its readers
         for name in config.stages:
-            run_stage(name, config, workdir, dataset)
+            was_finished = is_finished(workdir, name, config)
+            read = next((dep for dep in deps_of(name, config) if dep in made_again), None)
+            why = f"its input stage {read} was run again ({made_again[read]})" if read else None
+            if not run_stage(name, config, workdir, dataset, inputs_made_again=why):
+                continue
+            if not was_finished:
+                made_again[name] = "it had not finished"
+            elif read:
+                made_again[name] = f"it reads {read}, which was run again"
+            else:
+                made_again[name] = "repaired"
         if distributed.is_chief():
             print(write_summary(config, workdir), flush=True)
 
@@ -518,8 +547,9 @@ def write_summary(config: ml_collections.ConfigDict, workdir: str) -> str:
         )
         total = fileio.human_size(sum(size for _, size in stale))
         table += (
-            f"\nStale folders (made with other configs, kept): {listing}; {total} in all. "
-            f"`python -m pnoc_jax.main --workdir {workdir} --remove_stale` deletes them.\n"
+            f"\nStale folders (made with other configs or older inputs, kept): {listing}; "
+            f"{total} in all. `python -m pnoc_jax.main --workdir {workdir} --remove_stale` "
+            f"deletes them.\n"
         )
     json_path, md_path = artifacts.summary_files(workdir)
     fileio.write_json(json_path, numbers)

@@ -3,6 +3,8 @@
 import fcntl
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -136,6 +138,26 @@ def tiny_run_overrides(data_dir: str, stages: tuple[str, ...] = TINY_RUN_STAGES)
 def as_flags(overrides: dict) -> list[str]:
     """The overrides as `python -m pnoc_jax.main` flags."""
     return [f"--config.{k}={v if isinstance(v, str) else repr(v)}" for k, v in overrides.items()]
+
+
+REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
+MAIN_ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+
+def run_main(*args: str, config: str = "configs/quickstart.py") -> subprocess.CompletedProcess:
+    """`python -m pnoc_jax.main --config <config> <args>` as a user runs it, output captured."""
+    command = [sys.executable, "-m", "pnoc_jax.main", "--config", config, *args]
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=MAIN_ENV, capture_output=True, text=True, timeout=300
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The run's one `pnoc_jax: error:` line; asserts there is exactly one and no traceback."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pnoc_jax: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return errors[0]
 
 
 def load_config(name: str = "quickstart", arg: str | None = None):

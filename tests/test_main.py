@@ -11,22 +11,14 @@ import time
 
 import pytest
 
-from tests.conftest import as_flags, tiny_run_overrides
-
-ROOT = os.path.join(os.path.dirname(__file__), "..")
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-
-
-def _main(*args: str, config: str = "configs/quickstart.py") -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pnoc_jax.main", "--config", config, *args]
-    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-
-
-def _one_error_line(result: subprocess.CompletedProcess) -> str:
-    errors = [line for line in result.stderr.splitlines() if line.startswith("pnoc_jax: error:")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    return errors[0]
+from tests.conftest import (
+    MAIN_ENV,
+    REPO_ROOT,
+    as_flags,
+    one_error_line,
+    run_main,
+    tiny_run_overrides,
+)
 
 
 @pytest.mark.parametrize(
@@ -56,38 +48,40 @@ def test_command_line_mistakes_are_one_line(tmp_path, args, config, expected):
     if config and not config.startswith("configs/"):  # the text of a broken config file
         (tmp_path / "broken.py").write_text(config)
         config = str(tmp_path / "broken.py")
-    result = _main("--workdir", workdir, *args, config=config or "configs/quickstart.py")
+    result = run_main("--workdir", workdir, *args, config=config or "configs/quickstart.py")
     assert result.returncode == 2
-    assert expected in _one_error_line(result)
+    assert expected in one_error_line(result)
     assert not os.path.exists(workdir)  # nothing on disk changed
 
 
 def test_a_run_without_a_config_is_one_line(tmp_path):
     workdir = str(tmp_path / "run")
     command = [sys.executable, "-m", "pnoc_jax.main", "--workdir", workdir]
-    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=MAIN_ENV, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 2
-    assert "--config: give a config file" in _one_error_line(result)
+    assert "--config: give a config file" in one_error_line(result)
     assert not os.path.exists(workdir)
 
 
 def test_workdir_and_record_problems_are_one_line(tmp_path, synthetic_data_dir):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    result = _main("--workdir", str(not_a_dir))
+    result = run_main("--workdir", str(not_a_dir))
     assert result.returncode == 1
-    assert "exists and is not a directory" in _one_error_line(result)
+    assert "exists and is not a directory" in one_error_line(result)
 
     workdir = tmp_path / "run"
     (workdir / "eval_cam").mkdir(parents=True)
     (workdir / "eval_cam" / "DONE.json").write_text("{not json")
-    result = _main(
+    result = run_main(
         "--workdir", str(workdir),
         f"--config.data.data_dir={synthetic_data_dir}",
         "--config.stages=('eval_cam',)",
     )  # fmt: skip
     assert result.returncode == 1
-    assert "eval_cam/DONE.json is not valid JSON" in _one_error_line(result)
+    assert "eval_cam/DONE.json is not valid JSON" in one_error_line(result)
 
 
 def test_remove_stale_lists_what_goes_and_needs_no_config(tmp_path):
@@ -95,7 +89,9 @@ def test_remove_stale_lists_what_goes_and_needs_no_config(tmp_path):
     (tmp_path / "eval_cam.stale-1" / "metrics.json").write_text("{}")
     (tmp_path / "eval_cam").mkdir()
     command = [sys.executable, "-m", "pnoc_jax.main", "--workdir", str(tmp_path), "--remove_stale"]
-    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=MAIN_ENV, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"removed {tmp_path}/eval_cam.stale-1 (2 B)\n"
     assert result.stderr == ""  # no backend probing line
@@ -105,7 +101,7 @@ def test_remove_stale_lists_what_goes_and_needs_no_config(tmp_path):
 def test_help_lists_configs_stages_and_strategies():
     result = subprocess.run(
         [sys.executable, "-m", "pnoc_jax.main", "--help"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT, env=MAIN_ENV, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     text = result.stdout + result.stderr
     assert "configs/quickstart.py" in text and "configs/pnoc_voc.py" in text
@@ -132,14 +128,14 @@ def _in_small_filesystem(tmp_path, size: str, options: str, *args: str):
         pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr!r}")
     return subprocess.run(
         ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT, env=MAIN_ENV, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
 
 def test_read_only_workdir_is_one_line(tmp_path):
     result = _in_small_filesystem(tmp_path, "1m", "ro")
     assert result.returncode == 1
-    assert "read-only" in _one_error_line(result)
+    assert "read-only" in one_error_line(result)
 
 
 @pytest.mark.slow
@@ -152,7 +148,7 @@ def test_full_disk_during_a_checkpoint_is_one_line(tmp_path, synthetic_data_dir)
         "--config.data.image_size=32", "--config.oc.min_size=32", "--config.oc.max_size=48",
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
-    line = _one_error_line(result)
+    line = one_error_line(result)
     assert "the disk is full writing " in line and "/train_oc/ckpt/" in line
     assert "training resumes from its last checkpoint" in line
     assert len(result.stderr.splitlines()) < 40  # not 1,600 lines of threads' tracebacks
@@ -176,7 +172,7 @@ def test_a_second_ctrl_c_is_one_line(tmp_path, synthetic_data_dir):
     log = tmp_path / "stderr.log"
     with open(log, "w") as err:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err
+            command, cwd=REPO_ROOT, env=MAIN_ENV, stdout=subprocess.DEVNULL, stderr=err
         )
     metrics = workdir / "train_oc" / "metrics.jsonl"
     deadline = time.time() + 240
@@ -191,7 +187,7 @@ def test_a_second_ctrl_c_is_one_line(tmp_path, synthetic_data_dir):
     stderr = log.read_text()
     result = subprocess.CompletedProcess(command, process.returncode, "", stderr)
     assert result.returncode == 130, stderr[-3000:]
-    assert "stopped by a second Ctrl-C" in _one_error_line(result)
+    assert "stopped by a second Ctrl-C" in one_error_line(result)
 
 
 @pytest.mark.slow  # the shared tiny run (built once per session)
@@ -206,10 +202,10 @@ def test_a_file_in_place_of_a_weights_folder_is_found_and_one_line(tiny_run, tmp
     shutil.rmtree(folder)
     folder.write_text("mine")
     overrides = tiny_run_overrides(config.data.data_dir)
-    result = _main("--workdir", str(workdir), *as_flags(overrides))
+    result = run_main("--workdir", str(workdir), *as_flags(overrides))
     assert "a file where a folder should be" in result.stderr
     assert result.returncode == 1, result.stderr[-3000:]
-    line = _one_error_line(result)
+    line = one_error_line(result)
     assert "a file is in the way" in line and "weights" in line
     assert folder.read_text() == "mine"
     assert "stage train_oc: finished with this config" in result.stderr

@@ -46,8 +46,8 @@ def toy(tiny_config, monkeypatch):
     return tiny_config
 
 
-def _runs(workdir):
-    with open(os.path.join(workdir, "toy_runs.txt")) as f:
+def _runs(workdir, stage="toy"):
+    with open(os.path.join(workdir, f"{stage}_runs.txt")) as f:
         return len(f.readlines())
 
 
@@ -93,7 +93,7 @@ def test_stale_folders_are_kept_reported_and_removed_only_on_request(toy, tmp_pa
     assert stale == [f"toy.stale-{n}" for n in (1, 2, 3, 4)]  # the first recipe's is kept
     assert _out(workdir, "toy.stale-1") == str((0.1, 0.9))
     out = capsys.readouterr().out
-    assert "Stale folders (made with other configs, kept): toy.stale-1 (" in out
+    assert "Stale folders (made with other configs or older inputs, kept): toy.stale-1 (" in out
     assert "--remove_stale` deletes them" in out
     target = tmp_path.parent / f"{tmp_path.name}-elsewhere"
     os.rename(os.path.join(workdir, "toy.stale-4"), target)
@@ -134,6 +134,44 @@ def test_a_finished_stage_with_damaged_outputs_runs_again(toy, tmp_path):
         assert not pipeline.verify("toy", toy, workdir)
     assert _runs(workdir) == 4
     assert not pipeline.run_stage("toy", toy, workdir)
+
+
+def _reader_run(config, workdir, dataset):
+    """Copies toy's out.txt; counts its runs."""
+    del config, dataset
+    with open(os.path.join(workdir, "reader_runs.txt"), "a") as f:
+        f.write("run\n")
+    fileio.write_text(os.path.join(workdir, "reader", "out.txt"), _out(workdir))
+
+
+def _reader_missing(config, workdir, dataset):
+    del config, dataset
+    return artifacts.missing([os.path.join(workdir, "reader", "out.txt")])
+
+
+def test_a_stage_run_again_runs_its_finished_readers_again_in_fresh_folders(
+    toy, tmp_path, monkeypatch, caplog
+):
+    reader = pipeline.Stage("reader", _reader_run, ("eval",), ("toy",), missing=_reader_missing)
+    monkeypatch.setitem(pipeline.STAGES, "reader", reader)
+    workdir, toy.stages = str(tmp_path), ("toy", "reader")
+    pipeline.run_stages(toy, workdir)
+    os.remove(artifacts.metrics_file(workdir, "toy"))
+    pipeline.run_stages(toy, workdir)
+    assert "stage toy: finished, but its outputs are missing or damaged" in caplog.text
+    assert "stage reader: its input stage toy was run again (repaired): running it" in caplog.text
+    assert _out(workdir, "reader.stale-1") == _out(workdir, "reader")  # the old one kept
+    assert _runs(workdir) == 2 and _runs(workdir, "reader") == 2
+    pipeline.run_stages(toy, workdir)  # repaired: nothing more runs
+    assert _runs(workdir) == 2 and _runs(workdir, "reader") == 2
+    os.remove(artifacts.done_file(workdir, "toy"))  # e.g. its repair was interrupted
+    caplog.clear()
+    pipeline.run_stages(toy, workdir)
+    assert "its input stage toy was run again (it had not finished)" in caplog.text
+    assert (tmp_path / "reader.stale-2").is_dir() and _runs(workdir) == 3
+    toy.stages = ("reader",)  # its input not in the run: nothing runs again
+    pipeline.run_stages(toy, workdir)
+    assert _runs(workdir, "reader") == 3
 
 
 def test_a_partial_run_keeps_the_summary_rows_of_the_other_stages(toy, tmp_path, monkeypatch):
