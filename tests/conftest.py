@@ -120,6 +120,7 @@ def tiny_run_overrides(data_dir: str, stages: tuple[str, ...] = TINY_RUN_STAGES)
         "affinity.radius": 5,
         "rw.splits": ("val",),
         "rw.exp_times": 2,
+        "rw.crf_iterations": 0,  # the pseudo-labels' CRF: tests/affinity, tests/test_recipes.py
         # DeepLab on the val pseudo-labels (the only split walked here), backbone from
         # train_oc; 3 steps < one epoch, so one validation, at the end: it picks the kept
         # checkpoint (weights/best.npz) and writes the metrics.
