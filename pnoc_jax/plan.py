@@ -395,25 +395,28 @@ def make_plan(
             f"({', '.join([*TRAINING, *PREDICTORS])})"
         )
     programs, stage_rows, done = [], [], {}
+
+    def once(key: object, stage: str, compile_stage_programs: Callable[[], tuple]) -> tuple:
+        """The programs of `stage`, compiled once per `key`: the *_gt stages train and predict
+        with the same programs as their weak twins."""
+        if key not in done:
+            done[key] = compile_stage_programs()
+        compiled, extent = done[key]
+        return [dataclasses.replace(p, stage=stage) for p in compiled], extent
+
     for stage in chosen:
         if stage in PREDICTORS:
-            build = PREDICTORS[stage][1]
-            if build in done:  # infer_segmentation_gt predicts with infer_segmentation's network
-                compiled, device_s = done[build]
-                compiled = [dataclasses.replace(p, stage=stage) for p in compiled]
-            else:
-                compiled, device_s = compile_predictors(config, stage, devices, chip)
-                done[build] = (compiled, device_s)
+            compiled, device_s = once(
+                PREDICTORS[stage][1], stage,
+                lambda: compile_predictors(config, stage, devices, chip),  # noqa: B023
+            )  # fmt: skip
             programs += compiled
             stage_rows.append({"stage": stage, "device_s": device_s})
             continue
-        key = TRAINING[stage][0]
-        if key in done:  # the *_gt bound trains the same program as its weak twin
-            compiled, steps = done[key]
-            compiled = [dataclasses.replace(p, stage=stage) for p in compiled]
-        else:
-            compiled, steps = compile_stage(config, stage, mesh, chip)
-            done[key] = (compiled, steps)
+        compiled, steps = once(
+            TRAINING[stage][0], stage,
+            lambda: compile_stage(config, stage, mesh, chip),  # noqa: B023
+        )  # fmt: skip
         programs += compiled
         stage_rows.append({"stage": stage, "steps": steps,
                            "device_s": steps * sum(p.step_bound_s for p in compiled)})  # fmt: skip

@@ -14,14 +14,12 @@ from collections.abc import Callable
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
 from pnoc_jax import config_lib
 from pnoc_jax.cam import train as cam_train
 from pnoc_jax.core import artifacts, distributed, loop, scores, weights
-from pnoc_jax.core import progress as progress_lib
 from pnoc_jax.data import datasets
-from pnoc_jax.inference import predictor, tta
+from pnoc_jax.inference import per_image, predictor, tta
 
 
 def combine(
@@ -112,13 +110,7 @@ def _run_split(
         done = artifacts.damage(scores.locate(cam_dir, example["id"])) is None
         if example["labels"].sum() > 0 and not done:
             todo.append(index)
-    logging.info("infer_cam %s: %d of %d images to do", split, len(todo), len(source))
-    progress = progress_lib.bar(len(todo), f"infer_cam {split}")
-    for start in range(0, len(todo), batch_size):
-        if stop.requested():
-            progress.close()
-            raise stop.preempted(f"infer_cam: after {start} image(s) of {split}")
-        examples = [source[i] for i in todo[start : start + batch_size]]
+    for examples in per_image.device_batches("infer_cam", split, source, todo, batch_size, stop):
         tta.check_fits(examples, cfg.max_image_size, "infer.max_image_size")
         cams = tta.multiscale_flip_sums(
             [e["image"] for e in examples],
@@ -135,8 +127,6 @@ def _run_split(
             scores.write(
                 artifacts.cam_file(workdir, split, example["id"]), keys, cam=cam, hr_cam=hr
             )
-        progress.update(len(examples))
-    progress.close()
 
 
 def missing(

@@ -110,6 +110,29 @@ def _run_split(
     logging.info("%s %s: %d computed, %d already there", stage, split, done, len(source) - done)
 
 
+def device_batches(
+    stage: str,
+    split: str,
+    source: Sequence[dict],
+    todo: Sequence[int],
+    batch_size: int,
+    stop: loop.StopSignals,
+) -> Iterator[list[dict]]:
+    """The examples `todo` (indices into `source`) in batches of `batch_size`, for a stage that
+    predicts them on the accelerator in the main process (no pool): logs how many there are,
+    shows progress, and between batches raises `stop.preempted` once a stop was requested."""
+    logging.info("%s %s: %d of %d images to do", stage, split, len(todo), len(source))
+    bar = progress.bar(len(todo), f"{stage} {split}")
+    for start in range(0, len(todo), batch_size):
+        if stop.requested():
+            bar.close()
+            raise stop.preempted(f"{stage}: after {start} image(s) of {split}")
+        examples = [source[i] for i in todo[start : start + batch_size]]
+        yield examples
+        bar.update(len(examples))
+    bar.close()
+
+
 def missing(dataset: datasets.Dataset, splits: Sequence[str], outputs: Outputs) -> list[str]:
     """The outputs of every image of `splits` (all processes' shares) that do not exist."""
     return artifacts.missing(

@@ -12,12 +12,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
 from pnoc_jax import config_lib
-from pnoc_jax.core import artifacts, distributed, fileio, loop, progress, weights
+from pnoc_jax.core import artifacts, distributed, fileio, loop, weights
 from pnoc_jax.data import datasets, transforms
-from pnoc_jax.inference import predictor
+from pnoc_jax.inference import per_image, predictor
 from pnoc_jax.models.poolnet import PoolNet
 from pnoc_jax.saliency import train_detector
 
@@ -101,13 +100,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Datas
                 return artifacts.saliency_png_file(workdir, "infer_detector", split, example["id"])
 
             todo = [i for i in range(len(source)) if artifacts.damage(path(source[i]))]
-            logging.info("infer_detector %s: %d of %d images to do", split, len(todo), len(source))
-            bar = progress.bar(len(todo), f"infer_detector {split}")
-            for start in range(0, len(todo), batch_size):
-                if stop.requested():
-                    bar.close()
-                    raise stop.preempted(f"infer_detector: after {start} image(s) of {split}")
-                examples = [source[i] for i in todo[start : start + batch_size]]
+            batches = per_image.device_batches(
+                "infer_detector", split, source, todo, batch_size, stop
+            )
+            for examples in batches:
                 images = [e["image"] for e in examples]
                 for example, saliency in zip(
                     examples,
@@ -115,8 +111,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: datasets.Datas
                     strict=True,
                 ):
                     fileio.write_saliency(path(example), saliency)
-                bar.update(len(examples))
-            bar.close()
     distributed.barrier("infer_detector")
 
 
