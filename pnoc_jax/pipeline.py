@@ -8,10 +8,12 @@ and `DONE.json` when it finished. A stage is skipped when `DONE.json` holds the 
 its current config (its sections plus the fingerprints of the stages it reads), so a changed
 stage reruns, and so does everything downstream of it. A stage folder left by a different config
 is moved aside (`<stage>.stale-N`), never deleted by a run (`remove_stale` deletes them when
-the user asks). A finished stage is verified before it is skipped (`verify`): one whose outputs
-are missing or damaged runs again, and so do the finished stages of the run that read it
-(`run_stages`), each in a fresh folder (the old one moved aside as a stale folder).
-`config.runtime` is in no stage's sections.
+the user asks). Each `DONE.json` also holds a token of its own and the tokens of the stages it read
+(`inputs`): a stage whose input was made again after it ran (a repair, an interrupted rerun) is
+out of date, and runs again in a fresh folder the next time it is selected, whichever run made
+its input again. A finished stage is verified before it is skipped (`verify`): one whose outputs
+are missing or damaged runs again in its folder (resuming), and gets a new token, so its readers
+follow. `config.runtime` is in no stage's sections.
 
 The experiments that run sub-pipelines (`compare`, `compare_saliency`) live in
 `pnoc_jax.experiments` and receive `run_stage` from here.
@@ -22,6 +24,7 @@ import dataclasses
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 
 import ml_collections
@@ -227,7 +230,8 @@ def stage_fingerprint(name: str, config: ml_collections.ConfigDict) -> str:
     return config_lib.fingerprint({"stage": name, "config": sections, "deps": upstream})
 
 
-def _recorded_fingerprint(path: str) -> str | None:
+def _record(path: str) -> dict | None:
+    """The runner's JSON record at `path` (`config.json`, `DONE.json`); None when absent."""
     if not fileio.exists(path):
         return None
     record = fileio.read_json(path)
@@ -236,12 +240,61 @@ def _recorded_fingerprint(path: str) -> str | None:
             f"{path} holds a JSON {type(record).__name__}, not the object the runner writes "
             f"({{stage, fingerprint, ...}}); delete it to run the stage again"
         )
-    return record.get("fingerprint")
+    return record
+
+
+def _recorded_fingerprint(path: str) -> str | None:
+    record = _record(path)
+    return None if record is None else record.get("fingerprint")
+
+
+def input_tokens(name: str, config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+    """{stage it reads: the token of that stage's DONE.json} ("" when it has none)."""
+    tokens = {}
+    for dep in deps_of(name, config):
+        record = _record(artifacts.done_file(workdir, dep)) or {}
+        tokens[dep] = record.get("token", "")
+    return tokens
+
+
+def _inputs_made_again(record: dict | None, tokens: dict[str, str]) -> list[str]:
+    """The stages whose outputs a record's stage read that were made again since. A record
+    without `inputs` (written before tokens existed) counts as current."""
+    recorded = (record or {}).get("inputs")
+    if recorded is None:
+        return []
+    return [dep for dep, token in tokens.items() if recorded.get(dep, "") != token]
+
+
+def made_from_old_inputs(workdir: str, name: str, config: ml_collections.ConfigDict) -> str | None:
+    """Why a stage's recorded outputs came from outputs made again since (of a stage it reads,
+    or, through an out-of-date stage it reads, of one further up), or None. A stage it reads
+    that is merely absent or unfinished does not count: deleting a finished stage's folder to
+    save space keeps the stages that read it finished."""
+    record = _record(artifacts.done_file(workdir, name))
+    if record is None:
+        return None
+    changed = _inputs_made_again(record, input_tokens(name, config, workdir))
+    if changed:
+        return f"its input stage {', '.join(changed)} was made again after it ran"
+    for dep in deps_of(name, config):
+        why = made_from_old_inputs(workdir, dep, config)
+        if why is not None:
+            return f"its input stage {dep} is out of date ({why})"
+    return None
+
+
+def out_of_date(workdir: str, name: str, config: ml_collections.ConfigDict) -> str | None:
+    """Why the stage's finished outputs cannot be used as they are, or None when they can: not
+    finished with the current config, or made from outputs made again since."""
+    fingerprint = _recorded_fingerprint(artifacts.done_file(workdir, name))
+    if fingerprint != stage_fingerprint(name, config):
+        return "not finished with the current config"
+    return made_from_old_inputs(workdir, name, config)
 
 
 def is_finished(workdir: str, name: str, config: ml_collections.ConfigDict) -> bool:
-    done = _recorded_fingerprint(artifacts.done_file(workdir, name))
-    return done == stage_fingerprint(name, config)
+    return out_of_date(workdir, name, config) is None
 
 
 def verify(
@@ -269,14 +322,15 @@ def _stale_dirs(stage_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _claim_stage_dir(workdir: str, name: str, fingerprint: str, fresh: bool = False) -> None:
-    """Makes `<workdir>/<name>` the folder of this fingerprint, just before the stage runs.
+def _claim_stage_dir(workdir: str, name: str, fingerprint: str, tokens: dict[str, str]) -> None:
+    """Makes `<workdir>/<name>` the folder of this fingerprint and these input tokens, just
+    before the stage runs.
 
-    A folder made with another config is moved aside to `<name>.stale-N`; a stale folder made
-    with this config (a config that came back) is moved back and resumed, not redone. `fresh`
-    (the stage's inputs were made again): the folder is moved aside whatever its config, and
-    nothing comes back. Nothing is deleted: `remove_stale` does that when the user asks. A
-    symlinked stage folder moves as the link (its target stays where it is).
+    A folder made with another config, or from inputs made again since (its `config.json`
+    records both), is moved aside to `<name>.stale-N`; a stale folder made with this config from
+    these inputs (a config that came back) is moved back and resumed, not redone. Nothing is
+    deleted: `remove_stale` does that when the user asks. A symlinked stage folder moves as the
+    link (its target stays where it is).
 
     On an object store a move is a copy and a removal, not atomic: `fileio.move_tree` copies
     DONE.json last and removes it first, so an interrupted move leaves at most a folder without
@@ -285,15 +339,24 @@ def _claim_stage_dir(workdir: str, name: str, fingerprint: str, fresh: bool = Fa
     aside is retried (to the next stale number) next time.
     """
     stage_dir = artifacts.stage_dir(workdir, name)
-    current = artifacts.config_file(workdir, name)
-    if fileio.isdir(stage_dir) and (fresh or _recorded_fingerprint(current) != fingerprint):
+
+    def made_here(record: dict | None) -> bool:
+        return (
+            record is not None
+            and record.get("fingerprint") == fingerprint
+            and not _inputs_made_again(record, tokens)
+        )
+
+    current = _record(artifacts.config_file(workdir, name))
+    if fileio.isdir(stage_dir) and not made_here(current):
         number = max((n for n, _ in _stale_dirs(stage_dir)), default=0) + 1
         fileio.move_tree(stage_dir, f"{stage_dir}.stale-{number}", marker=artifacts.DONE)
-        why = "its inputs were made again" if fresh else "it was made with another config"
+        same_config = current is not None and current.get("fingerprint") == fingerprint
+        why = "its inputs were made again" if same_config else "it was made with another config"
         logging.warning("%s: %s, moved to %s.stale-%d", stage_dir, why, stage_dir, number)
-    if not fresh and not fileio.isdir(stage_dir):
+    if not fileio.isdir(stage_dir):
         for _, stale in reversed(_stale_dirs(stage_dir)):
-            if _recorded_fingerprint(os.path.join(stale, "config.json")) == fingerprint:
+            if made_here(_record(os.path.join(stale, "config.json"))):
                 fileio.move_tree(stale, stage_dir, marker=artifacts.DONE)
                 logging.warning("%s was made with this config: moved back to %s", stale, stage_dir)
                 break
@@ -336,38 +399,44 @@ def run_stage(
     config: ml_collections.ConfigDict,
     workdir: str,
     dataset: datasets.Dataset | None = None,
-    inputs_made_again: str | None = None,
 ) -> bool:
-    """Runs one stage unless finished with the same fingerprint. Returns True if it ran.
+    """Runs one stage unless finished with the same fingerprint from the same inputs. Returns
+    True if it ran.
 
-    `dataset` is `datasets.resolve(config)`, resolved here when not given.
-    `inputs_made_again`: why a stage it reads ran again in this run (`run_stages`); a finished
-    stage then runs again in a fresh folder, its old one moved aside as a stale folder."""
+    A finished stage whose outputs are missing or damaged runs again in its folder (training
+    resumes, per-image stages redo what is missing); one whose input stage was made again after
+    it ran runs again in a fresh folder (its old one moved aside as a stale folder), since its
+    outputs came from the old inputs. Every process takes the same decision: it follows from
+    files every process reads before the stage's verify barrier.
+    `dataset` is `datasets.resolve(config)`, resolved here when not given."""
     stage = STAGES[name]
     fp = stage_fingerprint(name, config)
     dataset = dataset or datasets.resolve(config)
-    fresh = False
-    if is_finished(workdir, name, config):
-        damaged = verify(name, config, workdir, dataset)
-        fresh = inputs_made_again is not None
-        if not damaged and not fresh:
+    tokens = input_tokens(name, config, workdir)
+    done = _record(artifacts.done_file(workdir, name))
+    if done is not None and done.get("fingerprint") == fp:
+        changed = made_from_old_inputs(workdir, name, config)
+        damaged = [] if changed else verify(name, config, workdir, dataset)
+        if not changed and not damaged:
             logging.info("stage %s: finished with this config (%s), skipped", name, fp)
             return False
-        if fresh:
-            logging.warning("stage %s: %s: running it again", name, inputs_made_again)
+        if changed:  # when only a stage further up was made again, the check below stops
+            if _inputs_made_again(done, tokens):
+                logging.warning("stage %s: %s: running it again in a fresh folder", name, changed)
         else:
             logging.warning(
                 "stage %s: finished, but its outputs are missing or damaged (%s): running it "
                 "again", name, ", ".join(damaged),
             )  # fmt: skip
         distributed.barrier(f"verify-{name}")
-        if distributed.is_chief() and not fresh:
+        if distributed.is_chief() and not changed:
             fileio.remove(artifacts.done_file(workdir, name))
     for dep in deps_of(name, config):
-        if not is_finished(workdir, dep, config):
+        why = out_of_date(workdir, dep, config)
+        if why is not None:
             raise StageError(
-                f"stage {name} needs stage {dep} finished in {workdir} with the current config; "
-                f"add {dep!r} to config.stages before {name!r}"
+                f"stage {name} needs stage {dep} finished in {workdir} with the current config "
+                f"and inputs ({why}); add {dep!r} to config.stages before {name!r}"
             )
         damaged = verify(dep, config, workdir, dataset)
         if damaged:
@@ -376,7 +445,7 @@ def run_stage(
                 f"({', '.join(damaged)}); add {dep!r} to config.stages before {name!r} to redo them"
             )
     if distributed.is_chief():
-        _claim_stage_dir(workdir, name, fp, fresh=fresh)
+        _claim_stage_dir(workdir, name, fp, tokens)
     distributed.barrier(f"claim-{name}")
     if is_finished(workdir, name, config) and not verify(name, config, workdir, dataset):
         _report(name, workdir)  # a stale folder of this config came back finished
@@ -384,8 +453,9 @@ def run_stage(
     if distributed.is_chief():
         fileio.write_json(
             artifacts.config_file(workdir, name),
-            {"stage": name, "fingerprint": fp, "config": config_lib.to_plain(config)},
-        )
+            {"stage": name, "fingerprint": fp, "inputs": tokens,
+             "config": config_lib.to_plain(config)},
+        )  # fmt: skip
     distributed.barrier(f"start-{name}")
     logging.info("stage %s: running (fingerprint %s)", name, fp)
     start = time.time()
@@ -405,8 +475,9 @@ def run_stage(
             )
         fileio.write_json(
             artifacts.done_file(workdir, name),
-            {"stage": name, "fingerprint": fp, "seconds": round(time.time() - start, 1)},
-        )
+            {"stage": name, "fingerprint": fp, "token": uuid.uuid4().hex, "inputs": tokens,
+             "seconds": round(time.time() - start, 1)},
+        )  # fmt: skip
     distributed.barrier(f"done-{name}")
     _report(name, workdir)
     return True
@@ -434,30 +505,14 @@ def check_training_splits(config: ml_collections.ConfigDict, dataset: datasets.D
 
 
 def run_stages(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Runs `config.stages` in order under the workdir lock, then writes and prints the summary.
-
-    A stage that had finished and runs again (its outputs were damaged, or it reads a stage that
-    ran again) makes the finished stages of the run that read it run again too, in fresh
-    folders: their outputs were made from the old ones. So does a stage that ran unfinished
-    while a stage reading it had finished (a repair that was interrupted, a deleted folder).
-    Every process takes the same decisions: they follow from the files, read by every process
-    before a stage's verify barrier."""
+    """Runs `config.stages` in order under the workdir lock (`run_stage` each: a stage made
+    again makes the stages that read it run again after it), then writes and prints the
+    summary."""
     with workdir_lock(workdir):
         dataset = datasets.resolve(config)
         check_training_splits(config, dataset)
-        made_again: dict[str, str] = {}  # stage that ran in this run -> why, for its readers
         for name in config.stages:
-            was_finished = is_finished(workdir, name, config)
-            read = next((dep for dep in deps_of(name, config) if dep in made_again), None)
-            why = f"its input stage {read} was run again ({made_again[read]})" if read else None
-            if not run_stage(name, config, workdir, dataset, inputs_made_again=why):
-                continue
-            if not was_finished:
-                made_again[name] = "it had not finished"
-            elif read:
-                made_again[name] = f"it reads {read}, which was run again"
-            else:
-                made_again[name] = "repaired"
+            run_stage(name, config, workdir, dataset)
         if distributed.is_chief():
             print(write_summary(config, workdir), flush=True)
 

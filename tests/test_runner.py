@@ -159,19 +159,43 @@ def test_a_stage_run_again_runs_its_finished_readers_again_in_fresh_folders(
     os.remove(artifacts.metrics_file(workdir, "toy"))
     pipeline.run_stages(toy, workdir)
     assert "stage toy: finished, but its outputs are missing or damaged" in caplog.text
-    assert "stage reader: its input stage toy was run again (repaired): running it" in caplog.text
+    assert "stage reader: its input stage toy was made again after it ran: running" in caplog.text
     assert _out(workdir, "reader.stale-1") == _out(workdir, "reader")  # the old one kept
     assert _runs(workdir) == 2 and _runs(workdir, "reader") == 2
     pipeline.run_stages(toy, workdir)  # repaired: nothing more runs
     assert _runs(workdir) == 2 and _runs(workdir, "reader") == 2
     os.remove(artifacts.done_file(workdir, "toy"))  # e.g. its repair was interrupted
-    caplog.clear()
     pipeline.run_stages(toy, workdir)
-    assert "its input stage toy was run again (it had not finished)" in caplog.text
     assert (tmp_path / "reader.stale-2").is_dir() and _runs(workdir) == 3
-    toy.stages = ("reader",)  # its input not in the run: nothing runs again
-    pipeline.run_stages(toy, workdir)
     assert _runs(workdir, "reader") == 3
+
+
+def test_a_reader_out_of_the_run_is_out_of_date_until_a_run_selects_it(toy, tmp_path, monkeypatch):
+    reader = pipeline.Stage("reader", _reader_run, ("eval",), ("toy",), missing=_reader_missing)
+    next_reader = pipeline.Stage("next", _reader_run, ("eval",), ("reader",))
+    monkeypatch.setitem(pipeline.STAGES, "reader", reader)
+    monkeypatch.setitem(pipeline.STAGES, "next", next_reader)
+    workdir, toy.stages = str(tmp_path), ("toy", "reader", "next")
+    pipeline.run_stages(toy, workdir)
+    os.remove(artifacts.metrics_file(workdir, "toy"))
+    toy.stages = ("toy",)  # its readers are left out of this run
+    pipeline.run_stages(toy, workdir)
+    assert _runs(workdir) == 2 and _runs(workdir, "reader") == 2  # reader counts both
+    assert pipeline.out_of_date(workdir, "reader", toy) == (
+        "its input stage toy was made again after it ran"
+    )
+    toy.stages = ("next",)  # the stage between them is out of date: the chain is broken
+    with pytest.raises(
+        pipeline.StageError, match=r"needs stage reader .* \(its input stage toy was"
+    ):
+        pipeline.run_stages(toy, workdir)
+    # Killed after moving the reader aside: its old folder does not come back as finished.
+    os.rename(os.path.join(workdir, "reader"), os.path.join(workdir, "reader.stale-9"))
+    toy.stages = ("reader", "next")
+    pipeline.run_stages(toy, workdir)
+    assert _runs(workdir, "reader") == 4 and (tmp_path / "reader.stale-9").is_dir()
+    assert pipeline.is_finished(workdir, "next", toy)
+    assert not pipeline.run_stage("reader", toy, workdir)
 
 
 def test_a_partial_run_keeps_the_summary_rows_of_the_other_stages(toy, tmp_path, monkeypatch):

@@ -85,14 +85,11 @@ def test_damaged_outputs_rerun_their_stage_and_the_stages_that_read_it(damaged_c
     assert f"({aff} (empty)): running it again" in log
     assert "train_affinity: resuming from step 2, the newest checkpoint that restores" in log
     assert os.path.isdir(f"{affinity_ckpt}.damaged-3")
-    assert (
-        "stage random_walk: its input stage train_affinity was run again (repaired): running it "
-        "again" in log
-    )
-    assert (
-        "stage eval_pseudo_labels: its input stage random_walk was run again (it reads "
-        "train_affinity, which was run again): running it again" in log
-    )
+    for reader, read in (("random_walk", "train_affinity"), ("eval_pseudo_labels", "random_walk")):
+        assert (
+            f"stage {reader}: its input stage {read} was made again after it ran: running it "
+            "again in a fresh folder" in log
+        )
     for name in untouched:
         assert f"stage {name}: finished with this config" in log, name
         assert _files(artifacts.stage_dir(workdir, name)) == before[name], name  # not rewritten
