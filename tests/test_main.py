@@ -2,6 +2,8 @@
 command line, the config, the workdir or the machine; readable logs; a useful --help."""
 
 import os
+import pathlib
+import re
 import shlex
 import shutil
 import signal
@@ -158,15 +160,11 @@ def test_full_disk_during_a_checkpoint_is_one_line(tmp_path, synthetic_data_dir)
     assert "Unable to initialize backend" not in result.stderr
 
 
-@pytest.mark.slow  # a training run started and stopped
-def test_a_second_ctrl_c_is_one_line(tmp_path, synthetic_data_dir):
-    """Two Ctrl-C's during training: exit 130 with one line, no traceback."""
-    workdir = tmp_path / "run"
-    overrides = {
-        **tiny_run_overrides(synthetic_data_dir, ("train_oc",)),
-        "oc.steps": 5000,
-        "runtime.log_every": 1,
-    }
+def _signalled_main(
+    tmp_path, workdir, overrides: dict, started: str, signums: tuple[int, ...]
+) -> subprocess.CompletedProcess:
+    """Runs main, sends `signums` once `started` is in its log (each one after the previous was
+    taken: signals coalesce), and waits for it to exit."""
     command = [sys.executable, "-m", "pnoc_jax.main", "--config", "configs/quickstart.py",
                "--workdir", str(workdir), *as_flags(overrides)]  # fmt: skip
     log = tmp_path / "stderr.log"
@@ -174,20 +172,75 @@ def test_a_second_ctrl_c_is_one_line(tmp_path, synthetic_data_dir):
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=MAIN_ENV, stdout=subprocess.DEVNULL, stderr=err
         )
-    metrics = workdir / "train_oc" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    while "SIGINT received" not in log.read_text() and time.time() < deadline:
-        time.sleep(0.01)  # the second must come after the first was taken (signals coalesce)
-    process.send_signal(signal.SIGINT)
+    deadline, waited = time.time() + 240, started
+    for signum in signums:
+        while waited not in log.read_text() and time.time() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.01)
+        process.send_signal(signum)
+        waited = f"{signal.Signals(signum).name} received"
     process.wait(timeout=120)
-    stderr = log.read_text()
-    result = subprocess.CompletedProcess(command, process.returncode, "", stderr)
-    assert result.returncode == 130, stderr[-3000:]
+    return subprocess.CompletedProcess(command, process.returncode, "", log.read_text())
+
+
+@pytest.mark.slow  # a training run started and stopped
+def test_a_second_ctrl_c_is_one_line(tmp_path, synthetic_data_dir):
+    """Two Ctrl-C's during training: exit 130 with one line, no traceback."""
+    overrides = {
+        **tiny_run_overrides(synthetic_data_dir, ("train_oc",)),
+        "oc.steps": 5000,
+        "runtime.log_every": 1,
+    }
+    result = _signalled_main(
+        tmp_path, tmp_path / "run", overrides, "train_oc: 1/", (signal.SIGINT, signal.SIGINT)
+    )
+    assert result.returncode == 130, result.stderr[-3000:]
     assert "stopped by a second Ctrl-C" in one_error_line(result)
+
+
+@pytest.mark.slow  # the shared tiny run (built once per session), two launches
+def test_a_per_image_stage_stops_on_ctrl_c_and_resumes(tiny_run, tmp_path):
+    """DeepLab's inference, its folder a symlink, run again without the CRF: the folder moves
+    aside as the link (its target untouched); a Ctrl-C finishes the images in flight, one
+    "stopped" line, exit 130, no traceback, no temporary file; the next run does the rest, each
+    prediction equal to the uninterrupted run's, and its summary keeps every other stage's row
+    and lists the stale folder. (SIGTERM, on 2 processes: tests/test_multiprocess.py.)"""
+    config, finished = tiny_run
+    finished, workdir = pathlib.Path(finished), tmp_path / "run"
+    shutil.copytree(finished, workdir, symlinks=True)
+    stage, elsewhere = "infer_segmentation", tmp_path / "elsewhere"
+    (workdir / stage).rename(elsewhere)
+    (workdir / stage).symlink_to(elsewhere)
+    before = {p: p.read_bytes() for p in elsewhere.rglob("*") if p.is_file()}
+    overrides = {
+        **tiny_run_overrides(config.data.data_dir, (stage,)),
+        "segmentation_infer.crf_iterations": 0,
+        "runtime.predict_batch_size": 1,
+    }
+    result = _signalled_main(tmp_path, workdir, overrides, f"{stage} val: 1/", (signal.SIGINT,))
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert re.search(
+        rf"{stage}: after \d+ more image\(s\) of val: stopped by SIGINT", result.stderr
+    )
+    assert not (workdir / stage / "DONE.json").exists()
+    assert not [p for p in (workdir / stage).rglob("*") if ".tmp" in p.name]
+    assert (workdir / f"{stage}.stale-1").resolve() == elsewhere
+    result = run_main("--workdir", str(workdir), *as_flags(overrides))
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = re.search(rf"{stage} val: (\d+) computed, (\d+) already there", result.stderr)
+    assert done and int(done[1]) > 0 and int(done[2]) > 0, result.stderr[-3000:]
+    plain = sorted((finished / stage / "val_nocrf").glob("*.png"))
+    assert sorted(p.name for p in (workdir / stage / "val").glob("*.png")) == [
+        p.name for p in plain
+    ]
+    for path in plain:  # without the CRF, as the first run's plain predictions
+        assert (workdir / stage / "val" / path.name).read_bytes() == path.read_bytes(), path
+    assert {p: p.read_bytes() for p in elsewhere.rglob("*") if p.is_file()} == before
+    summary = (workdir / "summary.md").read_text()
+    for name in ("eval_cam", "eval_pseudo_labels", "train_segmentation", "eval_segmentation_gt"):
+        assert f"| {name} | " in summary, name
+    assert f"{stage}.stale-1 (" in summary and "--remove_stale" in summary
 
 
 @pytest.mark.slow  # the shared tiny run (built once per session)
