@@ -571,6 +571,11 @@ def base_config() -> ml_collections.ConfigDict:
             # the training process; -1 = every CPU but two, at most 32 (0 with <= 4 CPUs).
             "input_workers": -1,
             "predict_batch_size": 4,  # images per forward pass at inference (x2 with flips)
+            # Recompute each backbone block's activations in the backward pass of the CAM,
+            # C²AM-H, detector and DeepLab updates: about a third more FLOPs per step for a
+            # fraction of the activation memory, the same values up to float rounding (what
+            # `plan` advises when an update does not fit a chip).
+            "remat": False,
         }
     )
     return config

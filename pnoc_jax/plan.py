@@ -261,9 +261,10 @@ def compile_predictors(
     return programs, device_s
 
 
-def advice(program: Program, chip: aot.Chip, chips: int) -> str:
-    """What would make a program that does not fit fit: a smaller per-chip batch (more chips,
-    or accumulation), or a chip with more HBM."""
+def advice(program: Program, chip: aot.Chip, remat: bool) -> str:
+    """What would make a program that does not fit fit: recomputing the backbone's blocks in
+    the backward pass (when `remat` is off), a smaller per-chip batch (more chips, or
+    accumulation), or a chip with more HBM."""
     c = program.compiled
     over = c.total_bytes - chip.hbm_bytes
     per_example = c.temp_bytes / max(program.per_chip_batch, 1e-9)
@@ -287,12 +288,18 @@ def advice(program: Program, chip: aot.Chip, chips: int) -> str:
             "even one image per chip does not fit: the parameters and optimizer state alone "
             "are too large"
         )
+    if not remat:
+        lines.insert(
+            1,
+            "--config.runtime.remat=True recomputes each backbone block in the backward pass "
+            "(activation memory of a few blocks instead of all, about a third more FLOPs, the "
+            "same values up to float rounding): plan again with it",
+        )
     larger = [
         k for k in (*aot.TPU_CHIPS, *aot.GPU_CHIPS) if aot.CHIPS[k].hbm_bytes >= c.total_bytes
     ]
     if larger:
         lines.append(f"chips with enough HBM at this per-chip batch: {', '.join(larger)}")
-    del chips
     return "; ".join(lines)
 
 
@@ -423,7 +430,7 @@ def make_plan(
     host = host_work(config)
     stage_rows += host
     total_cpu = sum(r["cpu_s"] for r in host)
-    advice_lines = [advice(p, chip, len(devices)) for p in programs if not p.fits]
+    advice_lines = [advice(p, chip, config.runtime.remat) for p in programs if not p.fits]
     return {
         "config": config_lib.get(config, "data.name"),
         "target": target,

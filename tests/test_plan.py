@@ -252,4 +252,5 @@ def test_a_batch_too_large_for_a_chip_is_reported():
     assert not program["fits"] and program["total_bytes"] > 16 * aot.GIB
     (advice,) = result["advice"]
     assert "GiB over the v5e's 16 GiB" in advice and "images per chip fit" in advice, advice
+    assert "--config.runtime.remat=True recomputes each backbone block" in advice
     assert jax.default_backend() == "cpu"  # nothing claimed or ran on a TPU

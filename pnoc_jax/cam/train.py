@@ -25,9 +25,13 @@ STAGE_OF = {"oc": "train_oc", "train": "train_cam"}  # the stage of each trainin
 
 
 def build_model(
-    config: ml_collections.ConfigDict, frozen_bn: bool | None = None, dtype: str | None = None
+    config: ml_collections.ConfigDict,
+    frozen_bn: bool | None = None,
+    dtype: str | None = None,
+    remat: bool = False,
 ) -> CAMClassifier:
-    """The CAM classifier of `config.model` for `config.data`'s classes."""
+    """The CAM classifier of `config.model` for `config.data`'s classes (`remat`: the
+    training programs' `config.runtime.remat`)."""
     info = datasets.get_info(config.data.name)
     return CAMClassifier(
         backbone=config.model.backbone,
@@ -35,6 +39,7 @@ def build_model(
         output_stride=config.model.output_stride,
         frozen_bn=config.model.frozen_bn if frozen_bn is None else frozen_bn,
         dtype=jnp.dtype(dtype or "float32"),
+        remat=remat,
     )
 
 
@@ -97,7 +102,7 @@ def _oc_state(
     BN is frozen (FixedBatchNorm) and BN parameters never move; for P-NOC the rest is trained
     by its own optimizer (noc), for OC-CSE and P-OC it stays fixed.
     """
-    oc_model = build_model(config, frozen_bn=True, dtype=section.dtype)
+    oc_model = build_model(config, True, section.dtype, config.runtime.remat)
     steps = strategy.total_steps // strategy.noc_every
     tx, step_stats = optim.make_optimizer(
         optimizer_config(section, steps, ("bn",), lr_mult=section.noc_lr_mult)
@@ -120,14 +125,14 @@ def program(
     None no weight file is read (fresh variables; `pnoc_jax.plan` compiles it)."""
     section = config[section_name]
     strategy = strategies.strategy_config(section, total_steps)
-    model = build_model(config, dtype=section.dtype)
+    model = build_model(config, dtype=section.dtype, remat=config.runtime.remat)
     frozen = ("bn",) if config.model.frozen_bn else ()
     tx, step_stats = optim.make_optimizer(optimizer_config(section, total_steps, frozen))
     input_shape = (1, config.data.image_size, config.data.image_size, 3)
     init = backbone_start(config, section_name).initializer(workdir, model, input_shape)
     oc_model = None
     if strategies.needs_oc(section.strategy):
-        oc_model = build_model(config, frozen_bn=True, dtype=section.dtype)
+        oc_model = build_model(config, True, section.dtype, config.runtime.remat)
 
     def make_states() -> dict[str, TrainState]:
         key = rng.init_key(config.seed)

@@ -36,6 +36,7 @@ class CCAM(nn.Module):
     output_stride: int = 16
     frozen_bn: bool = False
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute each backbone block in the backward pass
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -45,7 +46,12 @@ class CCAM(nn.Module):
                 f"{self.output_stride}; use 16 or 8"
             )
         feats = build_backbone(
-            self.backbone, self.output_stride, self.frozen_bn, self.dtype, name="backbone"
+            self.backbone,
+            self.output_stride,
+            self.frozen_bn,
+            self.dtype,
+            remat=self.remat,
+            name="backbone",
         )(x, train=train)
         features = jnp.concatenate([feats["layer4"], feats["layer3"]], axis=-1)
         z = conv(1, 3, self.dtype, "disentangler_conv", kernel_init=KAIMING_FAN_IN)(features)

@@ -26,11 +26,17 @@ class CAMClassifier(nn.Module):
     output_stride: int = 16
     frozen_bn: bool = False
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute each backbone block in the backward pass
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         feats = build_backbone(
-            self.backbone, self.output_stride, self.frozen_bn, self.dtype, name="backbone"
+            self.backbone,
+            self.output_stride,
+            self.frozen_bn,
+            self.dtype,
+            remat=self.remat,
+            name="backbone",
         )(x, train=train)
         head = conv(self.num_classes, 1, self.dtype, "classifier", kernel_init=KAIMING_FAN_IN)
         cams = head(feats["layer4"])

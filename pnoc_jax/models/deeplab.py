@@ -205,6 +205,7 @@ class DeepLabV3Plus(nn.Module):
     atrous_rates: Sequence[int] | None = None
     head_channels: int = ASPP_CHANNELS
     low_level_channels: int = LOW_LEVEL_CHANNELS
+    remat: bool = False  # recompute each backbone block in the backward pass
 
     @nn.compact
     def __call__(
@@ -213,7 +214,12 @@ class DeepLabV3Plus(nn.Module):
         _check_output_stride(self.output_stride)
         rates = self.atrous_rates or default_atrous_rates(self.output_stride)
         feats = build_backbone(
-            self.backbone, self.output_stride, self.frozen_bn, self.dtype, name="backbone"
+            self.backbone,
+            self.output_stride,
+            self.frozen_bn,
+            self.dtype,
+            remat=self.remat,
+            name="backbone",
         )(x, train=train)
         deep = low = None
         if valid is not None:  # the image's cells at layer4 (stride os) and layer1 (stride 4)
@@ -273,12 +279,18 @@ class DeepLabV2(nn.Module):
     dtype: Any = jnp.float32
     atrous_rates: Sequence[int] = V2_ATROUS_RATES
     msc_scales: Sequence[float] = MSC_SCALES
+    remat: bool = False  # recompute each backbone block in the backward pass
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         _check_output_stride(self.output_stride)
         feats = build_backbone(
-            self.backbone, self.output_stride, self.frozen_bn, self.dtype, name="backbone"
+            self.backbone,
+            self.output_stride,
+            self.frozen_bn,
+            self.dtype,
+            remat=self.remat,
+            name="backbone",
         )(x, train=train)
         return ASPPV2(self.num_classes, tuple(self.atrous_rates), dtype=self.dtype, name="aspp")(
             feats["layer4"]

@@ -152,6 +152,7 @@ class PoolNet(nn.Module):
     backbone: str = "resnet50"
     frozen_bn: bool = True
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute each backbone block in the backward pass
     # Every head width (128...512 channels) divided by this; 1 is PoolNet. The synthetic recipe
     # uses 8 (16...64 channels): the head then costs a 64th of its full-width FLOPs.
     head_divisor: int = 1
@@ -166,9 +167,9 @@ class PoolNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         dt = self.dtype
-        feats = build_backbone(self.backbone, OUTPUT_STRIDE, self.frozen_bn, dt, name="backbone")(
-            x, train=train
-        )
+        feats = build_backbone(
+            self.backbone, OUTPUT_STRIDE, self.frozen_bn, dt, remat=self.remat, name="backbone"
+        )(x, train=train)
         taps = [feats[name] for name in TAPS]
 
         # Global guidance module: pyramid pooling on layer4, then one guidance map per level.

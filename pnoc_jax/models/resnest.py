@@ -251,6 +251,7 @@ class ResNeSt(nn.Module):
     output_stride: int = 16
     frozen_bn: bool = False
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute each block in the backward pass (same parameters)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
@@ -267,9 +268,10 @@ class ResNeSt(nn.Module):
         # Flax pads max-pool windows with -inf, like torch.
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         feats = {"stem": x}
+        block = nn.remat(Bottleneck) if self.remat else Bottleneck
         for i, blocks in enumerate(plan, start=1):
             for j, cfg in enumerate(blocks):
-                x = Bottleneck(
+                x = block(
                     **cfg,
                     radix=self.radix,
                     cardinality=self.cardinality,

@@ -146,6 +146,7 @@ class ResNet(nn.Module):
     output_stride: int = 16
     frozen_bn: bool = False
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute each block in the backward pass (same parameters)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
@@ -154,6 +155,7 @@ class ResNet(nn.Module):
         )
         ura = (not train) or self.frozen_bn
         block_cls = Bottleneck if self.block == "bottleneck" else BasicBlock
+        block_cls = nn.remat(block_cls) if self.remat else block_cls
         x = x.astype(self.dtype)
         x = conv(self.stem_width, 7, self.dtype, "conv1", stride=2)(x)
         x = nn.relu(batch_norm(ura, self.dtype, "bn1")(x))

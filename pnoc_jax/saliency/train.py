@@ -44,9 +44,11 @@ def backbone_name(config: ml_collections.ConfigDict) -> str:
     return config.saliency.backbone or config.model.backbone
 
 
-def build_model(config: ml_collections.ConfigDict, dtype: str = "float32") -> CCAM:
+def build_model(
+    config: ml_collections.ConfigDict, dtype: str = "float32", remat: bool = False
+) -> CCAM:
     cfg = config.saliency
-    return CCAM(backbone_name(config), cfg.output_stride, dtype=jnp.dtype(dtype))
+    return CCAM(backbone_name(config), cfg.output_stride, dtype=jnp.dtype(dtype), remat=remat)
 
 
 def backbone_start(config: ml_collections.ConfigDict) -> backbones.BackboneStart:
@@ -215,7 +217,7 @@ def program(
     """The training program of `config.saliency` over `mesh` (`workdir` None: fresh variables,
     no weight file read; `pnoc_jax.plan` compiles it)."""
     cfg = config.saliency
-    model = build_model(config, cfg.dtype)
+    model = build_model(config, cfg.dtype, config.runtime.remat)
     tx, step_stats = make_optimizer(cfg, total_steps)
     shape = (1, cfg.crop_size, cfg.crop_size, 3)
     init = backbone_start(config).initializer(workdir, model, shape)

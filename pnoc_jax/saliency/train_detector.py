@@ -45,11 +45,11 @@ FROZEN = ("bn",)  # BatchNorm statistics and affine parameters never move (`net.
 MIN_CANVAS = 16 * max(poolnet.FAM_POOL_SIZES)  # PoolNet's 8x8 pools need stride-16 maps >= 8
 
 
-def build_model(config: ml_collections.ConfigDict, dtype: str = "float32") -> PoolNet:
+def build_model(
+    config: ml_collections.ConfigDict, dtype: str = "float32", remat: bool = False
+) -> PoolNet:
     cfg = config.detector
-    return PoolNet(
-        cfg.backbone, frozen_bn=True, dtype=jnp.dtype(dtype), head_divisor=cfg.head_divisor
-    )
+    return PoolNet(cfg.backbone, True, jnp.dtype(dtype), head_divisor=cfg.head_divisor, remat=remat)
 
 
 def canvas(config: ml_collections.ConfigDict) -> int:
@@ -146,7 +146,7 @@ def program(
     depend on `total_steps`."""
     del total_steps
     cfg = config.detector
-    model = build_model(config, cfg.dtype)
+    model = build_model(config, cfg.dtype, config.runtime.remat)
     tx, step_stats = make_optimizer(cfg)
     shape = input_shape(config)
     init = backbone_start(config).initializer(workdir, model, shape)

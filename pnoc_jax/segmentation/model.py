@@ -30,13 +30,16 @@ class ModelSpec:
     class_names: tuple[str, ...]  # background first
     dataset: str
 
-    def build(self, frozen_bn: bool = True, dtype: str = "float32") -> nn.Module:
+    def build(
+        self, frozen_bn: bool = True, dtype: str = "float32", remat: bool = False
+    ) -> nn.Module:
         dt = jnp.dtype(dtype)
         if self.model == "deeplabv2":
             kwargs = {"atrous_rates": self.atrous_rates} if self.atrous_rates else {}
             return DeepLabV2(
-                self.backbone, self.num_classes, self.output_stride, frozen_bn, dt, **kwargs
-            )
+                self.backbone, self.num_classes, self.output_stride, frozen_bn, dt,
+                remat=remat, **kwargs,
+            )  # fmt: skip
         return DeepLabV3Plus(
             self.backbone,
             self.num_classes,
@@ -46,6 +49,7 @@ class ModelSpec:
             atrous_rates=self.atrous_rates or None,
             head_channels=self.head_channels,
             low_level_channels=self.low_level_channels,
+            remat=remat,
         )
 
     def to_json(self) -> dict:

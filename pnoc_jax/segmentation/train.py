@@ -239,7 +239,7 @@ def program(
     start; `workdir` None: fresh variables, no weight file read; `pnoc_jax.plan` compiles it).
     The pseudo-label and ground-truth stages train the same program."""
     cfg = config.segmentation
-    model = seg_model.model_spec(config).build(frozen_bn=cfg.frozen_bn, dtype=cfg.dtype)
+    model = seg_model.model_spec(config).build(cfg.frozen_bn, cfg.dtype, config.runtime.remat)
     tx, step_stats = make_optimizer(cfg, total_steps)
     shape = (1, cfg.crop_size, cfg.crop_size, 3)
     init = backbone_start(config, stage).initializer(workdir, model, shape)
