@@ -1,6 +1,8 @@
 """Where every trainer's backbone starts (`models.backbones.BackboneStart`): the source a config
 chooses, "~" expanded, the stages it reads, its checks, and a file of another architecture."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,7 @@ from pnoc_jax.core import artifacts, weights
 from pnoc_jax.models.backbones import BackboneStart, build_backbone
 from pnoc_jax.saliency import train as saliency_train
 from pnoc_jax.segmentation import train as seg_train
+from tests.conftest import as_flags, run_main, tiny_run_overrides
 
 
 def _backbone_file(path, output_stride: int = 8) -> dict:
@@ -25,8 +28,8 @@ def _backbone_file(path, output_stride: int = 8) -> dict:
     return tree
 
 
-def test_home_relative_weights_start_a_real_stage(tiny_config, tmp_path, monkeypatch):
-    """`--config.model.pretrained=~/tiny.npz` passes validation and train_oc opens it."""
+def test_home_relative_weights_start_from_that_file(tiny_config, tmp_path, monkeypatch):
+    """`model.pretrained="~/tiny.npz"` passes validation and starts train_oc from that file."""
     monkeypatch.setenv("HOME", str(tmp_path))
     saved = _backbone_file(tmp_path / "tiny.npz")
     config = tiny_config
@@ -44,8 +47,31 @@ def test_home_relative_weights_start_a_real_stage(tiny_config, tmp_path, monkeyp
     started = init(fresh)
     same = jax.tree.map(np.array_equal, started["params"]["backbone"], saved["params"]["backbone"])
     assert all(jax.tree.leaves(same))
-    pipeline.run_stages(config, workdir)
-    assert weights.load(artifacts.weights_file(workdir, "train_oc"))["params"]["backbone"]
+
+
+@pytest.mark.slow  # two short trainings
+def test_home_relative_weights_through_the_command_line(synthetic_data_dir, tmp_path):
+    """`--config.model.pretrained=~/tiny.npz` starts train_oc, `--config.train.oc_weights=~/oc.npz`
+    gives train_cam its OC: "~" is $HOME in every key that names a file."""
+    home = tmp_path / "home"
+    home.mkdir()
+    _backbone_file(home / "tiny.npz")
+    workdir = str(tmp_path / "run")
+    overrides = tiny_run_overrides(synthetic_data_dir, ("train_oc",))
+    result = run_main(
+        "--workdir", workdir, *as_flags({**overrides, "oc.steps": 1}),
+        "--config.model.pretrained=~/tiny.npz", env={"HOME": str(home)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    shutil.copy(artifacts.weights_file(workdir, "train_oc"), home / "oc.npz")
+    overrides = tiny_run_overrides(synthetic_data_dir, ("train_cam",))
+    result = run_main(
+        "--workdir", str(tmp_path / "run2"),
+        *as_flags({**overrides, "train.steps": 1, "train.strategy": "poc"}),
+        "--config.train.oc_weights=~/oc.npz", env={"HOME": str(home)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "run2" / "train_oc").exists()  # the OC came from ~/oc.npz
 
 
 def test_sources_and_the_stages_they_read(tiny_config, tmp_path):
