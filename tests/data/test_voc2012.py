@@ -112,25 +112,12 @@ def test_corrupted_jpeg_names_file(tmp_path):
     assert val["2007_000063"]["labels"].sum() == 0
 
 
-@pytest.mark.parametrize("mistake", ["empty", "missing", "mis-sized"])
-def test_a_bad_vocdevkit_is_one_line_naming_the_file(tmp_path, mistake):
-    """`python -m pnoc_jax.main` on a VOCdevkit with an empty JPEG, a listed JPEG missing or a
-    mask of another size than its image: exit 1, one line naming the file, nothing built."""
+def test_an_empty_jpeg_is_one_line_naming_the_file(tmp_path):
+    """`python -m pnoc_jax.main` on a VOCdevkit with a 0-byte JPEG: exit 1, one line naming
+    the file, nothing built."""
     voc = write_voc(tmp_path / "manual")
-    jpeg = voc / "JPEGImages" / ("2008_000003.jpg" if mistake == "missing" else "2007_000063.jpg")
-    expected = {
-        "empty": f"Empty VOC image file (0 bytes): '{jpeg}'",
-        "missing": f"Expected VOC file not found: '{jpeg}'",
-        "mis-sized": f"Mask '{voc}/SegmentationClass/2007_000039.png' has size (10, 10) but "
-        f"image '{voc}/JPEGImages/2007_000039.jpg' has size (48, 36)",
-    }[mistake]
-    if mistake == "empty":
-        jpeg.write_bytes(b"")
-    elif mistake == "missing":
-        jpeg.unlink()
-    else:
-        mask = voc / "SegmentationClass" / "2007_000039.png"
-        save_palette_png(np.zeros((10, 10), np.uint8), mask)
+    jpeg = voc / "JPEGImages" / "2007_000063.jpg"
+    jpeg.write_bytes(b"")
     result = run_main(
         "--workdir", str(tmp_path / "run"),
         "--config.data.name=voc2012",
@@ -141,12 +128,35 @@ def test_a_bad_vocdevkit_is_one_line_naming_the_file(tmp_path, mistake):
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]
     line = one_error_line(result)
-    assert expected in line and line.endswith(
+    assert f"Empty VOC image file (0 bytes): '{jpeg}'" in line and line.endswith(
         "fix or restore that file, then rerun (the dataset "
         "is built again from the files as they are then)"
     )
     _assert_not_built(tmp_path / "tfds")
     assert os.listdir(tmp_path / "run") == [".lock"]
+
+
+@pytest.mark.parametrize("mistake", ["missing", "mis-sized"])
+def test_a_bad_vocdevkit_file_is_one_line_naming_it(tmp_path, mistake):
+    """A listed JPEG missing, a mask of another size than its image: a `SourceError` (one line
+    on the command line, as the empty JPEG above) naming the files, nothing built."""
+    voc = write_voc(tmp_path / "manual")
+    if mistake == "missing":
+        jpeg = voc / "JPEGImages" / "2008_000003.jpg"
+        jpeg.unlink()
+        expected = f"Expected VOC file not found: '{jpeg}'"
+    else:
+        mask = voc / "SegmentationClass" / "2007_000039.png"
+        save_palette_png(np.zeros((10, 10), np.uint8), mask)
+        expected = (
+            f"Mask '{mask}' has size (10, 10) but image '{voc}/JPEGImages/2007_000039.jpg' "
+            "has size (48, 36)"
+        )
+    with pytest.raises(datasets.SourceError) as err:
+        datasets.prepare("voc2012", str(tmp_path / "tfds"), str(voc))
+    message = str(err.value)
+    assert expected in message and "\n" not in message and "fix or restore that file" in message
+    _assert_not_built(tmp_path / "tfds")
 
 
 def test_missing_segmentation_folder_names_path(tmp_path):
