@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import threading
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -135,6 +136,13 @@ def _check_config_file(path: str) -> None:
         fail(f"--config {path}: cannot read it ({e})", 2)
 
 
+def _raised_in(error: BaseException, path: str) -> bool:
+    """Whether `error` was raised by code of the file at `path` (a frame of its traceback)."""
+    target = os.path.realpath(fileio.expand(path))
+    frames = traceback.walk_tb(error.__traceback__)
+    return any(os.path.realpath(frame.f_code.co_filename) == target for frame, _ in frames)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with one-line errors for the user's mistakes."""
     config_arg = next(
@@ -151,12 +159,16 @@ def parse_flags(argv: list[str]) -> list[str]:
         if "Traceback (most recent call last):" in lines:  # an error inside the config file
             fail(f"--config {config_arg}: {lines[-1]}", 2)
         fail(lines[0] if lines else repr(e), 2)
-    except (KeyError, AttributeError) as e:
-        if "get_config" in str(e):
-            fail(f"--config {config_arg}: the file defines no get_config(arg=None)", 2)
-        fail(_unknown_override(argv, e), 2)
-    except (ValueError, TypeError) as e:
-        fail(f"{config_arg}: {e}", 2)
+    except Exception as e:
+        if config_arg is not None and _raised_in(e, config_arg.split(":", 1)[0]):
+            fail(f"--config {config_arg}: get_config raised {type(e).__name__}: {first_line(e)}", 2)
+        if isinstance(e, (KeyError, AttributeError)):
+            if "get_config" in str(e):
+                fail(f"--config {config_arg}: the file defines no get_config(arg=None)", 2)
+            fail(_unknown_override(argv, e), 2)
+        if isinstance(e, (ValueError, TypeError)):
+            fail(f"{config_arg}: {e}", 2)
+        raise
     if len(rest) > 1:
         fail(f"unexpected arguments {rest[1:]}: options are --name=value (see --help)", 2)
     return rest

@@ -145,11 +145,19 @@ REPO_ROOT = os.path.join(os.path.dirname(__file__), "..")
 MAIN_ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
 
-def run_main(*args: str, config: str = "configs/quickstart.py") -> subprocess.CompletedProcess:
-    """`python -m pnoc_jax.main --config <config> <args>` as a user runs it, output captured."""
+def run_main(
+    *args: str, config: str = "configs/quickstart.py", env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m pnoc_jax.main --config <config> <args>` as a user runs it, output captured;
+    `env` replaces variables of MAIN_ENV."""
     command = [sys.executable, "-m", "pnoc_jax.main", "--config", config, *args]
     return subprocess.run(
-        command, cwd=REPO_ROOT, env=MAIN_ENV, capture_output=True, text=True, timeout=300
+        command,
+        cwd=REPO_ROOT,
+        env={**MAIN_ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

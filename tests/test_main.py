@@ -43,6 +43,10 @@ from tests.conftest import (
         ([], "x = 1\n", "broken.py: the file defines no get_config(arg=None)"),
         ([], "def get_config(arg=None):\n    return {}\n", "get_config() returned a dict, "
          "expected an ml_collections.ConfigDict"),
+        ([], "def get_config(arg=None):\n    raise RuntimeError('no GPU here')\n", "broken.py: "
+         "get_config raised RuntimeError: no GPU here"),
+        (["--config.runtime.keep_stale=0"], None, "--config.runtime.keep_stale: no such config "
+         "key"),
     ],
 )  # fmt: skip
 def test_command_line_mistakes_are_one_line(tmp_path, args, config, expected):
@@ -77,13 +81,41 @@ def test_workdir_and_record_problems_are_one_line(tmp_path, synthetic_data_dir):
     workdir = tmp_path / "run"
     (workdir / "eval_cam").mkdir(parents=True)
     (workdir / "eval_cam" / "DONE.json").write_text("{not json")
-    result = run_main(
+    args = (
         "--workdir", str(workdir),
         f"--config.data.data_dir={synthetic_data_dir}",
         "--config.stages=('eval_cam',)",
     )  # fmt: skip
+    result = run_main(*args)
     assert result.returncode == 1
     assert "eval_cam/DONE.json is not valid JSON" in one_error_line(result)
+    (workdir / "eval_cam" / "DONE.json").write_text('["stage", "fingerprint"]')
+    result = run_main(*args)
+    assert result.returncode == 1
+    assert "eval_cam/DONE.json holds a JSON list, not the object" in one_error_line(result)
+    (workdir / ".lock").unlink()
+    (workdir / ".lock").mkdir()
+    result = run_main(*args)
+    assert result.returncode == 1
+    assert f"{workdir}/.lock is a folder, where the run keeps its lock" in one_error_line(result)
+
+
+def test_a_training_split_smaller_than_a_batch_stops_before_the_first_stage(
+    tmp_path, synthetic_data_dir
+):
+    result = run_main(
+        "--workdir", str(tmp_path),
+        f"--config.data.data_dir={synthetic_data_dir}",
+        "--config.stages=('train_oc', 'train_cam')",
+        "--config.train.split=val", "--config.train.batch_size=256",  # val has 200 images
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert re.search(
+        r"config.train.batch_size=256: stage train_cam trains on split 'val' "
+        r"\(config.train.split\), which has \d+ images with a class, fewer than one batch",
+        one_error_line(result),
+    )
+    assert os.listdir(tmp_path) == [".lock"]  # train_oc did not run
 
 
 def test_remove_stale_lists_what_goes_and_needs_no_config(tmp_path):

@@ -357,15 +357,3 @@ def test_compare_sub_config_reads_oc_only_when_needed_and_infers_the_eval_split(
     config.train.init_backbone_from = ""
     assert compare_strategies.sub_config(config, 0, "cam", "/oc/f.npz").train.oc_weights == ""
     assert compare_strategies.sub_config(config, 0, "poc", "/oc/f.npz").train.oc_weights
-
-
-def test_a_training_split_smaller_than_a_batch_stops_before_the_first_stage(tiny_config, tmp_path):
-    config = tiny_config
-    config.stages = ("train_oc", "train_cam")
-    config.train.split = "val"
-    config.train.batch_size = 256  # the synthetic val split has 200 images
-    with pytest.raises(config_lib.ConfigError, match=r"config.train.batch_size=256: stage "
-                       r"train_cam trains on split 'val' \(config.train.split\), which has \d+ "
-                       r"images with a class, fewer than one batch"):  # fmt: skip
-        pipeline.run_stages(config, str(tmp_path))
-    assert os.listdir(tmp_path) == [".lock"]  # train_oc did not run

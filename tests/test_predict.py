@@ -1,7 +1,6 @@
 """`python -m pnoc_jax.predict` on a real photograph of an arbitrary size, a folder, a rotated
 JPEG and files that are not images."""
 
-import dataclasses
 import os
 import shutil
 import struct
@@ -19,6 +18,7 @@ from PIL import Image
 from pnoc_jax import predict
 from pnoc_jax.core import fileio, weights
 from pnoc_jax.core.errors import UserError
+from pnoc_jax.models.classifier import CAMClassifier
 from pnoc_jax.segmentation import model as seg_model
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -122,49 +122,36 @@ def _png_claiming(path: str, width: int, height: int) -> None:
         f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
 
 
-def test_16_bit_and_palette_pngs_read_and_too_large_images_skipped(checkpoint, tmp_path):
+def _odd_pngs(folder) -> None:
+    """In `folder`: a 16-bit greyscale PNG and a palette PNG, each with its 8-bit RGB twin
+    (what it must read as), and a PNG whose header claims 20000 x 20000."""
+    folder.mkdir()
     grey16 = (np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 54).astype(np.uint16)
-    Image.fromarray(grey16).save(tmp_path / "deep.png")
-    read = predict.read_image(str(tmp_path / "deep.png"))
-    assert read.shape == (30, 40, 3) and read.dtype == np.uint8
-    np.testing.assert_array_equal(read[..., 0], np.round(grey16 / 257.0).astype(np.uint8))
+    Image.fromarray(grey16).save(folder / "deep.png")
+    grey8 = np.round(grey16 / 257.0).astype(np.uint8)
+    Image.fromarray(np.repeat(grey8[..., None], 3, -1)).save(folder / "deep_as_rgb.png")
     indices = np.arange(30 * 40, dtype=np.uint8).reshape(30, 40) % 4
     palette = Image.fromarray(indices, mode="P")
     palette.putpalette([0, 0, 0, 200, 10, 10, 10, 200, 10, 10, 10, 200])
-    palette.save(tmp_path / "palette.png")
+    palette.save(folder / "palette.png")
     colours = np.array([[0, 0, 0], [200, 10, 10], [10, 200, 10], [10, 10, 200]], np.uint8)
-    np.testing.assert_array_equal(
-        predict.read_image(str(tmp_path / "palette.png")), colours[indices]
-    )
-    _png_claiming(str(tmp_path / "huge.png"), 20000, 20000)
-    files = [str(tmp_path / n) for n in ("huge.png", "deep.png", "palette.png")]
-    written, problems = predict.segment_images(
-        files, str(tmp_path / "out"), checkpoint,
-        os.path.join(os.path.dirname(checkpoint), "model.json"),
-        scales=[1.0], flip=False, crf_iterations=0, max_side=64, batch=2,
-    )  # fmt: skip
-    assert [os.path.basename(w) for w in written] == ["deep.png", "palette.png"]
-    assert len(problems) == 1 and problems[0].startswith(f"{files[0]}: too large to decode (")
+    Image.fromarray(colours[indices]).save(folder / "palette_as_rgb.png")
+    _png_claiming(str(folder / "huge.png"), 20000, 20000)
 
 
-def test_weights_of_another_network_are_one_line(checkpoint, tmp_path):
-    folder = tmp_path / "oc"
-    folder.mkdir()
-    other = seg_model.ModelSpec(*dataclasses.astuple(SPEC)[:2], 3, *dataclasses.astuple(SPEC)[3:])
-    variables = other.build().init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-    weights.save(jax.device_get(variables), str(folder / "f.npz"))
-    shutil.copy(os.path.join(os.path.dirname(checkpoint), "model.json"), folder)
-    with pytest.raises(weights.WeightsError, match=r"f.npz: not the weights of a deeplabv3plus"):
-        seg_model.load_predictor(SPEC, str(folder / "f.npz"))
+def test_16_bit_and_palette_pngs_read_as_their_8_bit_rgb(tmp_path):
+    _odd_pngs(tmp_path / "odd")
+    for name in ("deep", "palette"):
+        read = predict.read_image(str(tmp_path / "odd" / f"{name}.png"))
+        assert read.shape == (30, 40, 3) and read.dtype == np.uint8
+        twin = np.asarray(Image.open(tmp_path / "odd" / f"{name}_as_rgb.png"))
+        np.testing.assert_array_equal(read, twin)
 
 
-def test_out_must_not_be_a_file_or_hold_the_inputs(images, tmp_path):
+def test_out_must_not_hold_the_inputs_and_quoted_globs(images, tmp_path):
     predict.check_out(str(tmp_path / "new"), [images["photo"]])
     with pytest.raises(UserError, match=r"holds input images \(hopper.jpg and 1 more\)"):
         predict.check_out(images["folder"], [images["photo"], images["small"]])
-    (tmp_path / "file").write_text("")
-    with pytest.raises(UserError, match="is a file; give a folder"):
-        predict.check_out(str(tmp_path / "file"), [images["photo"]])
     files, problems = predict.collect([os.path.join(images["folder"], "hopper.*"), "/no/*.png"])
     assert [os.path.basename(f) for f in files] == ["hopper.jpg", "hopper.png"]
     assert problems == ["/no/*.png: no file matches"]
@@ -204,3 +191,49 @@ def test_command_line(checkpoint, images, tmp_path):
     assert onto.returncode == 2 and len(onto.stderr.splitlines()) == 1, onto.stderr
     assert "holds input images (hopper.png)" in onto.stderr
     assert fileio.read_bytes(images["small"]) == before
+
+
+def test_odd_images_a_file_beside_a_folder_and_wrong_inputs(checkpoint, images, tmp_path):
+    """One call: a file and a folder of a 16-bit PNG, a palette PNG (each segmented as its
+    8-bit RGB twin) and a PNG too large to decode (one "skipped" line, the others still done).
+    Then an --out that is a file, and a classifier's weights beside a model.json: one line
+    each, naming it."""
+    _odd_pngs(tmp_path / "odd")
+    out = tmp_path / "out"
+    done = _predict(
+        f"--checkpoint={checkpoint}", "--images", images["small"], str(tmp_path / "odd"),
+        f"--out={out}", "--scales=1.0", "--noflip", "--crf_iterations=0", "--max_side=64",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    skipped = [line for line in done.stderr.splitlines() if "predict.py" not in line]
+    assert len(skipped) == 1, done.stderr  # besides its log lines: no traceback
+    huge = tmp_path / "odd" / "huge.png"
+    assert skipped[0].startswith(f"pnoc_jax.predict: skipped {huge}: too large to decode (")
+    assert "segmented 5 image(s)" in done.stdout and "1 skipped" in done.stdout
+    assert fileio.read_png(str(out / "hopper.png")).shape == (97, 131)
+    for name in ("deep", "palette"):
+        mask = fileio.read_png(str(out / f"{name}.png"))
+        assert mask.shape == (30, 40)
+        np.testing.assert_array_equal(mask, fileio.read_png(str(out / f"{name}_as_rgb.png")))
+    assert not (out / "huge.png").exists()
+
+    (tmp_path / "file").write_text("mine")
+    onto_file = _predict(
+        f"--checkpoint={checkpoint}", "--images", images["small"], f"--out={tmp_path}/file"
+    )
+    assert onto_file.returncode == 2 and len(onto_file.stderr.splitlines()) == 1, onto_file.stderr
+    assert f"--out {tmp_path}/file is a file; give a folder" in onto_file.stderr
+    assert (tmp_path / "file").read_text() == "mine"
+
+    oc = tmp_path / "oc"
+    oc.mkdir()
+    classifier = CAMClassifier(SPEC.backbone, SPEC.num_classes - 1)
+    variables = classifier.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    weights.save(jax.device_get(variables), str(oc / "f.npz"))
+    shutil.copy(os.path.join(os.path.dirname(checkpoint), "model.json"), oc)
+    other = _predict(f"--checkpoint={oc}/f.npz", "--images", images["small"], f"--out={out}2")
+    assert other.returncode == 1, other.stderr[-2000:]
+    errors = [line for line in other.stderr.splitlines() if "predict.py" not in line]
+    assert len(errors) == 1 and "Traceback" not in other.stderr, other.stderr
+    assert errors[0].startswith("pnoc_jax.predict: error: ")
+    assert f"{oc}/f.npz: not the weights of a deeplabv3plus" in errors[0]

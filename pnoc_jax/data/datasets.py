@@ -200,11 +200,12 @@ def source_fingerprint(name: str, manual_dir: str) -> str:
     come from and the size of every listed image, mask and annotation (os.stat only, no
     decoding; `builders/voc2012.SourcePlan`). For coco2014: the resolved folder, the SHA-256 of
     each annotation file and the size of every image file (`builders/coco2014.SourcePlan`).
-    Independent of `data_dir`. Raises FileNotFoundError naming what is missing.
+    Independent of `data_dir`. Raises a `SourceError` naming what is missing.
     """
     if name not in _MANUAL:
         raise ValueError(f"Dataset {name!r} is generated; it has no manual source.")
-    return _SOURCES[name].plan_source(_expand(manual_dir)).fingerprint()
+    with _source_errors(name, manual_dir):
+        return _SOURCES[name].plan_source(_expand(manual_dir)).fingerprint()
 
 
 @dataclasses.dataclass(frozen=True)

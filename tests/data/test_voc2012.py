@@ -14,6 +14,7 @@ from PIL import Image
 
 from pnoc_jax.core.masks import PALETTE
 from pnoc_jax.data import datasets
+from tests.conftest import one_error_line, run_main
 from tests.data.voc_devkit import (
     SPECS,
     TRAIN,
@@ -111,14 +112,50 @@ def test_corrupted_jpeg_names_file(tmp_path):
     assert val["2007_000063"]["labels"].sum() == 0
 
 
-def test_empty_jpeg_is_one_line_naming_the_file(tmp_path):
+def test_an_empty_jpeg_is_one_line_naming_the_file(tmp_path):
+    """`python -m pnoc_jax.main` on a VOCdevkit with a 0-byte JPEG: exit 1, one line naming
+    the file, nothing built."""
     voc = write_voc(tmp_path / "manual")
-    (voc / "JPEGImages" / "2007_000063.jpg").write_bytes(b"")
+    jpeg = voc / "JPEGImages" / "2007_000063.jpg"
+    jpeg.write_bytes(b"")
+    result = run_main(
+        "--workdir", str(tmp_path / "run"),
+        "--config.data.name=voc2012",
+        f"--config.data.data_dir={tmp_path / 'tfds'}",
+        f"--config.data.manual_dir={tmp_path / 'manual'}",
+        "--config.stages=('train_oc',)",
+        "--config.model.allow_random_init=True",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    line = one_error_line(result)
+    assert f"Empty VOC image file (0 bytes): '{jpeg}'" in line and line.endswith(
+        "fix or restore that file, then rerun (the dataset "
+        "is built again from the files as they are then)"
+    )
+    _assert_not_built(tmp_path / "tfds")
+    assert os.listdir(tmp_path / "run") == [".lock"]
+
+
+@pytest.mark.parametrize("mistake", ["missing", "mis-sized"])
+def test_a_bad_vocdevkit_file_is_one_line_naming_it(tmp_path, mistake):
+    """A listed JPEG missing, a mask of another size than its image: a `SourceError` (one line
+    on the command line, as the empty JPEG above) naming the files, nothing built."""
+    voc = write_voc(tmp_path / "manual")
+    if mistake == "missing":
+        jpeg = voc / "JPEGImages" / "2008_000003.jpg"
+        jpeg.unlink()
+        expected = f"Expected VOC file not found: '{jpeg}'"
+    else:
+        mask = voc / "SegmentationClass" / "2007_000039.png"
+        save_palette_png(np.zeros((10, 10), np.uint8), mask)
+        expected = (
+            f"Mask '{mask}' has size (10, 10) but image '{voc}/JPEGImages/2007_000039.jpg' "
+            "has size (48, 36)"
+        )
     with pytest.raises(datasets.SourceError) as err:
         datasets.prepare("voc2012", str(tmp_path / "tfds"), str(voc))
     message = str(err.value)
-    assert "Empty VOC image file (0 bytes)" in message and "2007_000063.jpg" in message
-    assert "\n" not in message and "fix or restore that file" in message
+    assert expected in message and "\n" not in message and "fix or restore that file" in message
     _assert_not_built(tmp_path / "tfds")
 
 
@@ -144,15 +181,6 @@ def test_missing_list_image_and_manual_dir(tmp_path):
     val_list.unlink()
     with pytest.raises(datasets.SourceError, match=re.escape(str(val_list))):
         datasets.prepare("voc2012", data_dir, str(voc))
-    _assert_not_built(tmp_path / "tfds")
-
-
-def test_mask_size_mismatch_names_both_files(tmp_path):
-    voc = write_voc(tmp_path / "manual")
-    save_palette_png(np.zeros((10, 10), np.uint8), voc / "SegmentationClass" / "2007_000039.png")
-    with pytest.raises(ValueError, match=re.escape("2007_000039.png")) as err:
-        datasets.prepare("voc2012", str(tmp_path / "tfds"), str(voc))
-    assert "2007_000039.jpg" in str(err.value)
     _assert_not_built(tmp_path / "tfds")
 
 

@@ -83,7 +83,7 @@ def test_bad_annotations_name_the_file(tmp_path):
     write_annotations(voc)
     xml = voc / "Annotations" / "2008_000002.xml"
     xml.unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(xml))):
+    with pytest.raises(datasets.SourceError, match=re.escape(str(xml))):
         datasets.source_fingerprint("voc2012", str(tmp_path / "a"))
     write_annotations(voc)
     xml.write_text(xml.read_text().replace("<name>bird</name>", "<name>birdd</name>"))

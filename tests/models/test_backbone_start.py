@@ -14,6 +14,7 @@ from pnoc_jax.core import artifacts, weights
 from pnoc_jax.models.backbones import BackboneStart, build_backbone
 from pnoc_jax.saliency import train as saliency_train
 from pnoc_jax.segmentation import train as seg_train
+from tests.conftest import as_flags, run_main, tiny_run_overrides
 
 
 def _backbone_file(path, output_stride: int = 8) -> dict:
@@ -25,8 +26,8 @@ def _backbone_file(path, output_stride: int = 8) -> dict:
     return tree
 
 
-def test_home_relative_weights_start_a_real_stage(tiny_config, tmp_path, monkeypatch):
-    """`--config.model.pretrained=~/tiny.npz` passes validation and train_oc opens it."""
+def test_home_relative_weights_start_from_that_file(tiny_config, tmp_path, monkeypatch):
+    """`model.pretrained="~/tiny.npz"` passes validation and starts train_oc from that file."""
     monkeypatch.setenv("HOME", str(tmp_path))
     saved = _backbone_file(tmp_path / "tiny.npz")
     config = tiny_config
@@ -44,7 +45,24 @@ def test_home_relative_weights_start_a_real_stage(tiny_config, tmp_path, monkeyp
     started = init(fresh)
     same = jax.tree.map(np.array_equal, started["params"]["backbone"], saved["params"]["backbone"])
     assert all(jax.tree.leaves(same))
-    pipeline.run_stages(config, workdir)
+
+
+@pytest.mark.slow  # a one-step training
+def test_home_relative_weights_through_the_command_line(synthetic_data_dir, tmp_path):
+    """`--config.model.pretrained=~/tiny.npz` on the command line starts train_oc ("~" is
+    $HOME: `fileio.expand` in every key that names a file; `train.oc_weights` is checked
+    in-process below)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    _backbone_file(home / "tiny.npz")
+    workdir = str(tmp_path / "run")
+    overrides = tiny_run_overrides(synthetic_data_dir, ("train_oc",))
+    result = run_main(
+        "--workdir", workdir, *as_flags({**overrides, "oc.steps": 1}),
+        "--config.model.pretrained=~/tiny.npz", env={"HOME": str(home)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RANDOM backbone" not in result.stderr
     assert weights.load(artifacts.weights_file(workdir, "train_oc"))["params"]["backbone"]
 
 

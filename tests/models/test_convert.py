@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from functools import partial
 
 import jax
@@ -19,6 +22,7 @@ from pnoc_jax.models.convert import (  # noqa: E402
     torch_resnet_to_flax,
 )
 from pnoc_jax.models.resnet import ResNet  # noqa: E402
+from tests.conftest import REPO_ROOT  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # Reference: same module names and dilation rules as torchvision.models.resnet (written here,
@@ -278,7 +282,11 @@ def test_cli(tmp_path) -> None:
     assert n == 11_176_512
 
 
-def test_cli_bad_input_is_one_line_and_out_expands_home(tmp_path, monkeypatch) -> None:
+def test_command_line_bad_input_is_one_line_and_out_expands_home(tmp_path, monkeypatch) -> None:
+    """A missing file, a truncated .pth, an .npz and a pickled list: one line naming the file
+    (`python -m pnoc_jax.models.convert` for the truncated one: exit 1, no traceback; the
+    others through `main`, which the command runs); `--out=~/x.npz` writes under $HOME. The two
+    command-line runs go at once (each start imports torch and JAX)."""
     tmodel = TorchResNet(TorchBasicBlock, [2, 2, 2, 2])
     good = tmp_path / "r18.pth"
     torch.save(tmodel.state_dict(), good)
@@ -286,18 +294,36 @@ def test_cli_bad_input_is_one_line_and_out_expands_home(tmp_path, monkeypatch) -
     truncated.write_bytes(good.read_bytes()[:1000])
     np.savez(as_npz, a=np.zeros(3))
     torch.save([torch.zeros(2)], as_list)
-    cases = {
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": os.path.abspath(REPO_ROOT)}
+    command = [sys.executable, "-m", "pnoc_jax.models.convert", "--depth=18", "--out=~/x.npz"]
+    runs = {
+        path: subprocess.Popen(
+            [*command, f"--torch_checkpoint={path}"],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for path in (truncated, good)
+    }
+    in_process = {
         tmp_path / "none.pth": "none.pth: no such file",
-        truncated: "cut.pth: not a torch checkpoint torch can read",
         as_npz: "w.npz: not a torch checkpoint torch can read",
         as_list: "list.pth: holds a list, not a state_dict",
     }
-    for path, expected in cases.items():
+    for path, expected in in_process.items():
         with pytest.raises(SystemExit) as exit_info:
             main(["--torch_checkpoint", str(path), "--depth", "18", "--out", "x.npz"])
         message = str(exit_info.value.code)
         assert message.startswith("error: ") and expected in message and "\n" not in message
+    stdout, stderr = runs[truncated].communicate(timeout=300)
+    assert runs[truncated].returncode == 1, stderr[-2000:]
+    assert len(stderr.splitlines()) == 1 and "Traceback" not in stderr, stderr
+    assert stderr.startswith("error: ") and "cut.pth: not a torch checkpoint" in stderr, stderr
+    stdout, stderr = runs[good].communicate(timeout=300)
+    assert runs[good].returncode == 0, stderr[-2000:]
+    assert f"wrote {tmp_path}/x.npz: resnet18" in stdout
+    assert not (tmp_path / "~").exists()
     monkeypatch.setenv("HOME", str(tmp_path))
-    main(["--torch_checkpoint", str(good), "--depth", "18", "--out=~/x.npz"])
-    assert (tmp_path / "x.npz").exists()
     assert "backbone" in weights.load("~/x.npz")["params"]  # every weights key: ~ expanded
