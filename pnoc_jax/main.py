@@ -138,9 +138,9 @@ def _check_config_file(path: str) -> None:
 
 def _raised_in(error: BaseException, path: str) -> bool:
     """Whether `error` was raised by code of the file at `path` (a frame of its traceback)."""
-    target = os.path.realpath(fileio.expand(path))
+    target = os.path.abspath(fileio.expand(path))
     frames = traceback.walk_tb(error.__traceback__)
-    return any(os.path.realpath(frame.f_code.co_filename) == target for frame, _ in frames)
+    return any(os.path.abspath(frame.f_code.co_filename) == target for frame, _ in frames)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

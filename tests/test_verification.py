@@ -136,6 +136,8 @@ def test_a_stage_whose_checkpoints_all_fail_to_restore_stops_in_one_line(damaged
 
 
 def test_a_damaged_input_of_a_stage_run_alone_names_its_producer(damaged_copy):
+    """Damaged weights, then a truncated per-image score file, read by a stage run alone: one
+    line naming the file and the stage to add; nothing is touched."""
     config, workdir = damaged_copy
     oc_weights = artifacts.weights_file(workdir, "train_oc")
     _truncate(oc_weights, 10)
@@ -149,3 +151,13 @@ def test_a_damaged_input_of_a_stage_run_alone_names_its_producer(damaged_copy):
     )
     assert _files(artifacts.stage_dir(workdir, "train_cam")) == cam
     assert os.path.getsize(oc_weights) == 10  # the user's file is left as it is
+    cams = artifacts.cam_dir(workdir, "val")
+    score = os.path.join(cams, sorted(os.listdir(cams))[3])
+    _truncate(score, os.path.getsize(score) // 2)
+    os.remove(artifacts.done_file(workdir, "eval_cam"))
+    result = _main(config, workdir, ("eval_cam",))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert one_error_line(result).endswith(
+        f"stage eval_cam reads stage infer_cam, whose outputs are missing or damaged ({score}"
+        f" (truncated)); add 'infer_cam' to config.stages before 'eval_cam' to redo them"
+    )
