@@ -70,6 +70,13 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` holds on any process (one tiny all-gather; every process must call it)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(allgather(np.asarray(flag, np.int32)).any())
+
+
 def allgather(x: np.ndarray) -> np.ndarray:
     """Stacks a host array from every process along a new leading axis."""
     if jax.process_count() == 1:

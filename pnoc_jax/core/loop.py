@@ -135,12 +135,20 @@ class StopSignals:
         return self.signum is not None
 
     def preempted(self, where: str) -> "Preempted":
-        """The `Preempted` a per-image stage raises once the signal stopped it at `where`."""
+        """The `Preempted` a per-image stage raises once the signal stopped it at `where` (a
+        process not signalled itself stops with the others, as by SIGTERM)."""
+        by = signal.Signals(self.signum).name if self.signum else "SIGTERM to another process"
         return Preempted(
-            f"{where}: stopped by {signal.Signals(self.signum or signal.SIGTERM).name}; what is "
-            f"written is whole and kept: rerun the same command to continue",
+            f"{where}: stopped by {by}; what is written is whole and kept: rerun the same "
+            f"command to continue",
             self.signum or signal.SIGTERM,
         )
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop: called once at the end of each split of a
+        per-image stage by every process, stopped or finished, so that all leave together
+        (a process leaving alone makes JAX's coordination service abort the others)."""
+        return distributed.any_process(self.requested())
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -264,7 +272,7 @@ def _stop_agreed(stop: StopSignals, checkpointer: Checkpointer, done: int, log_e
         return stop.requested()
     if done % min(log_every, AGREE_EVERY):
         return False
-    return bool(distributed.allgather(np.asarray(stop.requested(), np.int32)).any())
+    return distributed.any_process(stop.requested())
 
 
 def train_loop(

@@ -105,7 +105,7 @@ def _run_split(
     )
     workers = runtime.num_workers
     done = sum(1 for _ in pool.run_tasks(worker, todo, workers, stop=stop.requested))
-    if stop.requested():
+    if stop.agreed():
         raise stop.preempted(f"{stage}: after {done} more image(s) of {split}")
     logging.info("%s %s: %d computed, %d already there", stage, split, done, len(source) - done)
 
@@ -120,17 +120,19 @@ def device_batches(
 ) -> Iterator[list[dict]]:
     """The examples `todo` (indices into `source`) in batches of `batch_size`, for a stage that
     predicts them on the accelerator in the main process (no pool): logs how many there are,
-    shows progress, and between batches raises `stop.preempted` once a stop was requested."""
+    shows progress, and once a stop was requested stops between batches; at the end of the
+    split the processes agree (`stop.agreed`) and all raise `stop.preempted` if any stopped."""
     logging.info("%s %s: %d of %d images to do", stage, split, len(todo), len(source))
     bar = progress.bar(len(todo), f"{stage} {split}")
-    for start in range(0, len(todo), batch_size):
-        if stop.requested():
-            bar.close()
-            raise stop.preempted(f"{stage}: after {start} image(s) of {split}")
-        examples = [source[i] for i in todo[start : start + batch_size]]
+    done = 0
+    while done < len(todo) and not stop.requested():
+        examples = [source[i] for i in todo[done : done + batch_size]]
         yield examples
         bar.update(len(examples))
+        done += len(examples)
     bar.close()
+    if stop.agreed():
+        raise stop.preempted(f"{stage}: after {done} image(s) of {split}")
 
 
 def missing(dataset: datasets.Dataset, splits: Sequence[str], outputs: Outputs) -> list[str]:
