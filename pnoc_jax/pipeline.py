@@ -258,12 +258,13 @@ def input_tokens(name: str, config: ml_collections.ConfigDict, workdir: str) -> 
 
 
 def _inputs_made_again(record: dict | None, tokens: dict[str, str]) -> list[str]:
-    """The stages whose outputs a record's stage read that were made again since. A record
-    without `inputs` (written before tokens existed) counts as current."""
+    """The stages whose outputs a record's stage read that were made again since: finished
+    now with another token. One not finished now (deleted, or running again) is not evidence;
+    a record without `inputs` (written before tokens existed) counts as current."""
     recorded = (record or {}).get("inputs")
     if recorded is None:
         return []
-    return [dep for dep, token in tokens.items() if recorded.get(dep, "") != token]
+    return [dep for dep, token in tokens.items() if token and recorded.get(dep, "") != token]
 
 
 def made_from_old_inputs(workdir: str, name: str, config: ml_collections.ConfigDict) -> str | None:
