@@ -19,6 +19,19 @@ SEGMENTATION_STAGES = (
 )  # fmt: skip
 
 
+# The sections whose networks train, each with its compute dtype (parameters stay float32).
+TRAINED_SECTIONS = ("oc", "train", "saliency", "detector", "segmentation")
+DTYPES = ("float32", "bfloat16")
+
+
+def set_dtype(config: ml_collections.ConfigDict, dtype: str, recipe: str) -> None:
+    """The compute dtype of every trained network of a recipe (its `dtype` argument)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"{recipe}:dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+    for section in TRAINED_SECTIONS:
+        config[section].dtype = dtype
+
+
 def prior_stages(train: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The stages that make the priors of the training section `train`: the ordinary
     classifier first when the strategy trains against it or starts from its backbone."""

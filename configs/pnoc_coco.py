@@ -15,6 +15,7 @@ Arguments (`configs/pnoc_coco.py:strategy=poc,backbone=resnet101,ls=0.1`):
   ls        label smoothing of the strategy (default 0.0: the published COCO P-NOC,
             docs/recipes.md "P-NOC (OC+ra)", was trained without it)
   saliency  detector | masks | none, as configs/pnoc_voc.py (default detector)
+  dtype     float32 (default) | bfloat16, as configs/pnoc_voc.py
 
 Recipe (HEAD runner for COCO where it states a value, method.md §11/§14; the rest as VOC):
   data      train = train2014 (82,783 images), priors and pseudo-labels evaluated on
@@ -42,7 +43,7 @@ common = config_lib.import_beside(__file__, "common")
 
 def get_config(arg: str | None = None):
     args = config_lib.parse_arg(
-        arg, strategy="pnoc", backbone="resnest269", ls=0.0, saliency="detector"
+        arg, strategy="pnoc", backbone="resnest269", ls=0.0, saliency="detector", dtype="float32"
     )
     config = config_lib.base_config()
     config.data.name = "coco2014"
@@ -80,4 +81,5 @@ def get_config(arg: str | None = None):
     config.segmentation.update(split="train", val_split="val", lr=0.004)
     config.segmentation_infer.update(splits=("val",), max_image_size=640)
     config.stages += (*common.SEGMENTATION_STAGES, "analyze")
+    common.set_dtype(config, args.dtype, "configs/pnoc_coco.py")
     return config

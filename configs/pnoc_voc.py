@@ -23,6 +23,9 @@ Arguments (`configs/pnoc_voc.py:strategy=poc,backbone=resnet101,ls=0.0`):
                from PoolNet's maps; masks: the labels use the C²AM-H CRF masks, no detector;
                none: the conventional affinity labels, no saliency stages). The detector's
                ImageNet ResNet-50: --config.detector.pretrained=resnet50.npz.
+  dtype        float32 (default) | bfloat16: the compute dtype of every trained network
+               (parameters stay float32), as the reference's mixed precision (AMP) on GPUs;
+               a 16 GiB TPU chip needs it (README, "plan").
 
 Recipe (method.md §14, paper-era runner where HEAD differs):
   OC        vanilla CAM, RandAugment (n2, m10) + cutout, LS 0.1, B32, SGD m0 lr 0.1, 15 epochs.
@@ -67,6 +70,7 @@ def get_config(arg: str | None = None):
         train_split="train_aug",
         saliency="detector",
         segmentation="deeplabv3plus",
+        dtype="float32",
     )
     if args.train_split not in ("train_aug", "train"):
         raise ValueError(
@@ -123,4 +127,5 @@ def get_config(arg: str | None = None):
         )  # fmt: skip
     config.segmentation_infer.update(splits=("val",), max_image_size=500, crf_iterations=10)
     config.stages += (*common.SEGMENTATION_STAGES, "analyze")
+    common.set_dtype(config, args.dtype, "configs/pnoc_voc.py")
     return config

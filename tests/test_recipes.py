@@ -64,6 +64,13 @@ def test_recipes_default_to_resnest269_and_keep_the_backbone_argument():
     assert (v2.lr, v2.weight_decay, v2.crop_size, v2.frozen_bn) == (2.5e-4, 5e-4, 321, True)
     with pytest.raises(ValueError, match="segmentation='deeplabv4'"):
         _recipe("pnoc_voc", "segmentation=deeplabv4")
+    # dtype: every trained network's compute dtype at once (float32 unless asked).
+    trained = ("oc", "train", "saliency", "detector", "segmentation")
+    for name in ("pnoc_voc", "pnoc_coco"):
+        assert {_recipe(name)[s].dtype for s in trained} == {"float32"}
+        assert {_recipe(name, "dtype=bfloat16")[s].dtype for s in trained} == {"bfloat16"}
+    with pytest.raises(ValueError, match=r"pnoc_voc\.py:dtype='float16': expected one of float32"):
+        _recipe("pnoc_voc", "dtype=float16")
 
 
 @pytest.mark.parametrize("name", ["pnoc_voc", "pnoc_coco"])
