@@ -2,9 +2,10 @@
 # Before starting a pod: compile the recipe's training programs for the slice, on any machine
 # (no TPU needed; `pip install -e ".[tpu]"` brings libtpu), and read whether each fits a chip,
 # what it communicates and how long the recipe takes at best:
-#   bash launch/tpu/plan.sh configs/pnoc_voc.py v5e:4x4 [--config.train.dtype=bfloat16 ...]
+#   bash launch/tpu/plan.sh configs/pnoc_voc.py:dtype=bfloat16 v5e:2x2 [--config.runtime.remat=True ...]
 # Prints the table, writes plan-<topology>.json; exit 3 when a program does not fit (the table
-# says which and what would), 2 for a config the run would refuse on that slice.
+# says which and what would: e.g. --config.runtime.remat=True), 2 for a config the run would
+# refuse on that slice. Then run the recipe with the same config and overrides (run.sh).
 set -euo pipefail
 config=$1; topology=$2; shift 2
 export TF_CPP_MIN_LOG_LEVEL=3
