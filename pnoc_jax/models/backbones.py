@@ -87,6 +87,16 @@ def build_backbone(
     )
 
 
+def backbone_features(net: nn.Module, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+    """The features of `x` by the backbone submodule "backbone" of `net`, a network module
+    with the fields `backbone` (its name), `output_stride`, `frozen_bn`, `dtype` and `remat`;
+    called from `net`'s compact `__call__`."""
+    return build_backbone(
+        net.backbone, net.output_stride, net.frozen_bn, net.dtype, remat=net.remat,
+        name="backbone",
+    )(x, train=train)  # fmt: skip
+
+
 def load_backbone(
     arch: str, npz_path: str, output_stride: int = 16, frozen_bn: bool = True
 ) -> tuple[nn.Module, dict]:

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pnoc_jax.models.backbones import build_backbone
+from pnoc_jax.models.backbones import backbone_features
 from pnoc_jax.models.layers import KAIMING_FAN_IN, batch_norm, conv
 
 
@@ -45,14 +45,7 @@ class CCAM(nn.Module):
                 f"CCAM concatenates layer4 and layer3, which differ in size at output stride "
                 f"{self.output_stride}; use 16 or 8"
             )
-        feats = build_backbone(
-            self.backbone,
-            self.output_stride,
-            self.frozen_bn,
-            self.dtype,
-            remat=self.remat,
-            name="backbone",
-        )(x, train=train)
+        feats = backbone_features(self, x, train)
         features = jnp.concatenate([feats["layer4"], feats["layer3"]], axis=-1)
         z = conv(1, 3, self.dtype, "disentangler_conv", kernel_init=KAIMING_FAN_IN)(features)
         z = batch_norm(not train, self.dtype, "disentangler_bn")(z)

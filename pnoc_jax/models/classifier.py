@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pnoc_jax.models.backbones import build_backbone
+from pnoc_jax.models.backbones import backbone_features
 from pnoc_jax.models.layers import KAIMING_FAN_IN, conv
 
 
@@ -30,14 +30,7 @@ class CAMClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-        feats = build_backbone(
-            self.backbone,
-            self.output_stride,
-            self.frozen_bn,
-            self.dtype,
-            remat=self.remat,
-            name="backbone",
-        )(x, train=train)
+        feats = backbone_features(self, x, train)
         head = conv(self.num_classes, 1, self.dtype, "classifier", kernel_init=KAIMING_FAN_IN)
         cams = head(feats["layer4"])
         cams = cams.astype(jnp.float32)

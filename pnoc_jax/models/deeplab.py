@@ -44,7 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pnoc_jax.models.backbones import build_backbone
+from pnoc_jax.models.backbones import backbone_features
 from pnoc_jax.models.layers import KAIMING_FAN_IN, conv
 from pnoc_jax.models.resize import rescale_bilinear, resize_bilinear
 
@@ -213,14 +213,7 @@ class DeepLabV3Plus(nn.Module):
     ) -> jax.Array:
         _check_output_stride(self.output_stride)
         rates = self.atrous_rates or default_atrous_rates(self.output_stride)
-        feats = build_backbone(
-            self.backbone,
-            self.output_stride,
-            self.frozen_bn,
-            self.dtype,
-            remat=self.remat,
-            name="backbone",
-        )(x, train=train)
+        feats = backbone_features(self, x, train)
         deep = low = None
         if valid is not None:  # the image's cells at layer4 (stride os) and layer1 (stride 4)
             deep = _cells(valid, self.output_stride, feats["layer4"].shape[1:3])
@@ -284,14 +277,7 @@ class DeepLabV2(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         _check_output_stride(self.output_stride)
-        feats = build_backbone(
-            self.backbone,
-            self.output_stride,
-            self.frozen_bn,
-            self.dtype,
-            remat=self.remat,
-            name="backbone",
-        )(x, train=train)
+        feats = backbone_features(self, x, train)
         return ASPPV2(self.num_classes, tuple(self.atrous_rates), dtype=self.dtype, name="aspp")(
             feats["layer4"]
         )
