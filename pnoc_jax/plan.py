@@ -203,9 +203,9 @@ def compile_stage(
             carry = aot.abstract(traced.out_info[2])
             compiled = aot.compile_traced(traced)
             logging.info(
-                "plan: %s/%s compiled in %.0f s: %.2f GiB per chip, %.1f GFLOP per chip",
-                stage, update.name, compiled.compile_s, compiled.total_bytes / aot.GIB,
-                compiled.flops / 1e9,
+                "plan: %s/%s compiled in %.0f s: %.2f GiB per chip, %.1f GFLOP and %.1f GB "
+                "accessed per chip", stage, update.name, compiled.compile_s,
+                compiled.total_bytes / aot.GIB, compiled.flops / 1e9, compiled.bytes_accessed / 1e9,
             )  # fmt: skip
             parameters = sum(
                 int(np.prod(x.shape)) for x in jax.tree.leaves(states[update.name].params)
