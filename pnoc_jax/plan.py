@@ -62,7 +62,9 @@ _TOPOLOGY = flags.DEFINE_string("topology", "", "TPU slice, e.g. v5e:4x4, v4:2x2
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices of --topology (multi-slice).")
 _GPU = flags.DEFINE_enum("gpu", "", ["", *aot.GPU_CHIPS], "Estimate for this GPU instead.")
 _GPUS = flags.DEFINE_integer("gpus", 8, "GPUs of the --gpu estimate (CPU devices compiled for).")
-_STAGES = flags.DEFINE_list("stages", [], "Only these training stages (default: all of them).")
+_STAGES = flags.DEFINE_list(
+    "stages", [], "Only these training or prediction stages (default: all of config.stages')."
+)
 _JSON = flags.DEFINE_string("json", "", "Also write the plan as JSON to this file.")
 _CORES_PER_HOST = flags.DEFINE_integer(
     "cores_per_host", 96, "CPU cores per host for the host-side stages' wall time."
@@ -388,8 +390,8 @@ def make_plan(
     cores_per_host: int,
     estimate: bool,
 ) -> dict:
-    """Compiles the training stages `stages` (all of config.stages' when empty) on a mesh over
-    `devices`; the plan as a JSON-ready dict."""
+    """Compiles the programs of `stages` (training updates and device predictors; all of
+    config.stages' when empty) on a mesh over `devices`; the plan as a JSON-ready dict."""
     hosts = len({d.process_index for d in devices})
     config.model.allow_random_init = True  # no weights are read: fresh variables compile alike
     pipeline.validate(config, config_lib.Topology(len(devices), hosts, reads_data=False))
