@@ -9,5 +9,9 @@
 set -euo pipefail
 config=$1; topology=$2; shift 2
 export TF_CPP_MIN_LOG_LEVEL=3
+# Fewer glibc heaps, so that the next TPU compile reuses what one freed: ResNeSt-269's programs
+# take 8-14 GB of RAM each to compile, P-NOC's two in one process 19.6 GB with this setting and
+# over 24 GB without it (docs/performance.md).
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 exec python -m pnoc_jax.plan --config "$config" --topology "$topology" \
     --json "plan-${topology//:/_}.json" "$@"
