@@ -270,7 +270,8 @@ def pipeline_crf_settings() -> dict[str, tuple[str, int, float, int, dict[str, f
     """The dense-CRF settings of the pipeline (method.md §9.8): name -> (unary, classes,
     gt_prob, iterations, kernels). "labels": a label map of `classes` labels (background
     included: 2 for saliency masks, 1 + the classes present for affinity and pseudo-labels);
-    "probs": a segmentation network's softmax over every class (DeepLab's test time)."""
+    "probs": a segmentation network's softmax over every class (DeepLab's test time: VOC's 21,
+    COCO's 81)."""
     from pnoc_jax.segmentation.tasks import CRF_KERNELS  # no jax import
 
     return {
@@ -280,6 +281,7 @@ def pipeline_crf_settings() -> dict[str, tuple[str, int, float, int, dict[str, f
         "pseudo_labels_k3_t1": ("labels", 3, 0.9, 1, _PAPER_KERNELS),
         "pseudo_labels_k6_t1": ("labels", 6, 0.9, 1, _PAPER_KERNELS),
         "deeplab_probs_k21_t10": ("probs", 21, 0.0, 10, CRF_KERNELS),
+        "deeplab_probs_k81_t10": ("probs", 81, 0.0, 10, CRF_KERNELS),
     }
 
 

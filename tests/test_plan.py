@@ -77,6 +77,23 @@ def test_unknown_chip_name_is_one_line():
         aot.tpu_devices("v9x:2x2")
 
 
+def test_host_work_prices_deeplabs_crf_by_the_datasets_classes():
+    """DeepLab's test-time CRF row names its softmax's classes (background included) and is
+    priced at their measured per-image cost, scaled by the dataset's image pixels."""
+    for name, classes, pixels, images in (
+        ("pnoc_voc", 21, 375 * 500, 1_449),  # val
+        ("pnoc_coco", 81, 480 * 640, 40_504),  # val2014
+    ):
+        row = {r["stage"]: r for r in plan.host_work(load_config(name))}["infer_segmentation"]
+        assert row["what"] == f"CRF, {classes}-class softmax, t 10"
+        assert row["images"] == images
+        expected = plan.SEGMENTATION_CRF_S[classes] * pixels / plan.VOC_PIXELS
+        assert row["cpu_s"] / images == pytest.approx(expected)
+    voc, coco = plan.SEGMENTATION_CRF_S[21], plan.SEGMENTATION_CRF_S[81]
+    assert plan.segmentation_crf_seconds(51) == pytest.approx((voc + coco) / 2)
+    assert plan.segmentation_crf_seconds(3) == voc
+
+
 def tiny_plan_config():
     """The quickstart at 32-pixel crops: every training stage family, compiled fast."""
     config = load_config()
