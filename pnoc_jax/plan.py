@@ -331,14 +331,14 @@ def host_work(config: ml_collections.ConfigDict) -> list[dict]:
     for stage in config.stages:
         if stage not in HOST_WORK:
             continue
-        key, what, seconds = HOST_WORK[stage]
-        if seconds is None:
-            classes = info.num_classes + 1
-            what, seconds = what.format(classes=classes), segmentation_crf_seconds(classes)
         if stage == "eval_cam" and not config.eval.crf_iterations:
             continue
         if stage.startswith("infer_segmentation") and not config.segmentation_infer.crf_iterations:
             continue
+        key, what, seconds = HOST_WORK[stage]
+        if seconds is None:
+            classes = info.num_classes + 1
+            what, seconds = what.format(classes=classes), segmentation_crf_seconds(classes)
         splits = config_lib.get(config, key)
         splits = (splits,) if isinstance(splits, str) else tuple(splits)
         images = sum(info.split_sizes[s] for s in splits)
