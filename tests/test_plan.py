@@ -33,6 +33,12 @@ needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,
     reason='libtpu is not installed (pip install -e ".[tpu]")',
 )
+# The suite's persistent compilation cache (conftest) is on for the CPU tests, and JAX decides
+# once per process whether to use it; so the TPU programs compiled here are stored in it too,
+# and the next run cannot load them without a TPU client: JAX says so and compiles again.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Error reading persistent compilation cache entry:UserWarning"
+)
 # C²AM's contrastive losses compare every pair of images of the batch (B x B similarities), so
 # its data-parallel step gathers the batch's embeddings: an all-gather, by the method's design.
 CONTRASTIVE = {"all-gather"}

@@ -330,6 +330,18 @@ def read_npz(path: str, names: Sequence[str] | None = None) -> dict[str, np.ndar
 
 # ---------------------------------------------------------------------------- atomic writing
 @contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """An OSError raised without a file name (by `write` or `close` of an open file, e.g. a
+    full disk) is raised again naming `path`, so that its one-line report says which file."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, path) from e
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Local paths only: yields a temporary path beside `path`; renames it onto `path` only if
     the block succeeds. The file gets `file_mode()` (mkstemp alone would make it 0o600,
@@ -356,7 +368,7 @@ def atomic_write(path: str) -> Iterator[IO[bytes]]:
     """Yields a binary file; what the block wrote appears at `path` whole, and only if the
     block succeeds (an exception leaves `path` as it was)."""
     if not is_remote(path):
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with _naming(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
             yield f
         return
     buffer = io.BytesIO()
@@ -403,7 +415,7 @@ def append_bytes(path: str, data: bytes) -> None:
     this returns. Object store: the object rewritten whole (`atomic_write`) with `data` at its
     end; a single writer is assumed (the chief)."""
     if not is_remote(path):
-        with open(path, "ab") as f:
+        with _naming(path), open(path, "ab") as f:
             f.write(data)
         return
     old = read_bytes(path) if exists(path) else b""

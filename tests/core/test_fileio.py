@@ -1,5 +1,6 @@
 """Atomic writes honour the umask; label PNGs are palette PNGs that read back as indices."""
 
+import errno
 import os
 import stat
 
@@ -67,6 +68,19 @@ def test_failed_block_leaves_no_file(tmp_path):
             f.write(b"partial")
         raise RuntimeError
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_names_the_file_being_written(tmp_path):
+    # Writing to /dev/full fails with ENOSPC in write/close, where Python names no file.
+    with pytest.raises(OSError) as raised:
+        fileio.append_text("/dev/full", "a logged row\n")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == "/dev/full"
+    path = str(tmp_path / "x.json")
+    with pytest.raises(OSError) as raised, fileio.atomic_write(path) as f:
+        f.write(b"{}")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert raised.value.filename == path and not os.listdir(tmp_path)
 
 
 def test_label_png_is_palette_and_reads_back_bit_identical(tmp_path):
