@@ -356,7 +356,8 @@ def atomic_path(path: str) -> Iterator[str]:
     finally:
         os.close(fd)
     try:
-        yield tmp
+        with _naming(path):
+            yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -368,7 +369,7 @@ def atomic_write(path: str) -> Iterator[IO[bytes]]:
     """Yields a binary file; what the block wrote appears at `path` whole, and only if the
     block succeeds (an exception leaves `path` as it was)."""
     if not is_remote(path):
-        with _naming(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             yield f
         return
     buffer = io.BytesIO()
